@@ -1,0 +1,26 @@
+"""The `Cost` record shared by the structure layer (modelled cost) and the independent counter."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+CostValue = int | Tensor
+
+
+class Cost(NamedTuple):
+    """Resource cost of one model (or a batch of sampled structures) at batch size 1.
+
+    Fields are ints, or float Tensors [N] when computed for N sampled structures at once.
+    Definitions (shared contract): params = Σ numel of parameters; macs = multiply-accumulates of one
+    forward pass (Linear in·out per position, ConvNd out·(in/groups)·∏kernel·∏out_spatial,
+    LSTM 4·H·(in+H) and GRU 3·H·(in+H) per step per direction; BN/activations/pooling 0);
+    activation_bytes = max over leaf-module calls of (input bytes + output bytes);
+    model_bytes = Σ bytes of state_dict tensors (parameters + buffers).
+    """
+
+    params: CostValue
+    macs: CostValue
+    activation_bytes: CostValue
+    model_bytes: CostValue
