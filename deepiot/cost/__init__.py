@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deepiot.cost.counter import measure_cost
 from deepiot.cost.types import Cost
 
-__all__ = ["Cost"]
+__all__ = ["Cost", "measure_cost"]
