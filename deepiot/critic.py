@@ -1,0 +1,278 @@
+"""The critic's judgement of a sampled structure: the reward, its resource cost, and the baselines.
+
+Reward (DESIGN §3): r_i = −ℓ_i − λ · cost(z_i) / cost(original), with ℓ_i the task loss of sample i under its
+mask z_i; λ = 0 is the paper. The compressor follows mean_i[adv_i · ∇ log P(z_i)] with adv_i = (r_i − b) /
+max(1, s). With λ = 0 this is exactly the paper's (ℓ_i − b_ℓ)/max(1, s) descent direction, since r = −ℓ.
+
+Baselines b:
+- `EMABaseline` (the paper): b = EMA (decay 0.9) of the batch-mean reward, s = EMA of the batch std.
+- `LearnedCritic`: a small MLP Q(features of z) predicting the reward of a sampled structure from its
+  per-group kept fractions and cost. A baseline that depends on the sampled z biases REINFORCE, so it is
+  used as a control variate: the estimate gains the term ∇ E_z[Q(z)] ≈ ∇ Q(features of E[z] = p')
+  (exact for a Q linear in the kept fractions; the delta-method approximation otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from deepiot.cost.types import Cost
+
+if TYPE_CHECKING:
+    from deepiot.structure import Structure
+
+# A cost model: (structure, masks {group: [N, size]} in [0, 1]) → cost of each of the N structures [N].
+# Masks may be soft (keep probabilities); cost models should then stay differentiable.
+CostFunction = Callable[["Structure", Mapping[str, Tensor]], Tensor]
+COST_FUNCTIONS: dict[str, CostFunction] = {}
+BASELINES = ("ema", "learned")
+
+
+def register_cost(name: str) -> Callable[[CostFunction], CostFunction]:
+    """Decorator adding a cost model to `COST_FUNCTIONS` under `name` (e.g. a latency or energy model)."""
+
+    def add(function: CostFunction) -> CostFunction:
+        if name in COST_FUNCTIONS:
+            raise ValueError(f"a cost function named {name!r} is already registered.")
+        COST_FUNCTIONS[name] = function
+        return function
+
+    return add
+
+
+def _kept_counts(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {name: mask.sum(dim=-1) for name, mask in masks.items()}  # [N, size] → [N]
+
+
+def _structure_cost_field(field_name: str) -> CostFunction:
+    def cost(structure: Structure, masks: Mapping[str, Tensor]) -> Tensor:
+        return torch.as_tensor(getattr(structure.cost(_kept_counts(masks)), field_name), dtype=torch.float32)
+
+    cost.__doc__ = f"`{field_name}` of each sampled structure, from the structure's real module shapes."
+    return cost
+
+
+for _field in Cost._fields:
+    register_cost(_field)(_structure_cost_field(_field))
+
+
+def get_cost_function(name: str) -> CostFunction:
+    """The registered cost model `name`; ValueError listing the known names otherwise."""
+    if name not in COST_FUNCTIONS:
+        raise ValueError(f"unknown cost {name!r}; registered cost functions: {sorted(COST_FUNCTIONS)}.")
+    return COST_FUNCTIONS[name]
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """How the critic (the model being compressed) trains and how its judgement becomes a reward.
+
+    Defaults are the paper's: Adam lr 1e-4, betas (0.5, 0.9), L2 5e-4; EMA baseline with decay 0.9; λ = 0.
+    """
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 5e-4
+    baseline: str = "ema"  # "ema" | "learned"
+    ema_decay: float = 0.9
+    lam: float = 0.0  # weight of the cost term in the reward
+    cost: str = "params"  # a name in COST_FUNCTIONS
+    value_hidden: int = 64  # LearnedCritic width
+    value_lr: float = 1e-3  # LearnedCritic Adam learning rate
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or not self.value_lr > 0:
+            raise ValueError(f"critic.lr and critic.value_lr must be > 0, got {self.lr} and {self.value_lr}.")
+        if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"critic.betas must be two numbers in [0, 1), got {self.betas}.")
+        if self.weight_decay < 0 or self.lam < 0:
+            raise ValueError(
+                f"critic.weight_decay and critic.lam must be >= 0, got {self.weight_decay} and {self.lam}."
+            )
+        if self.baseline not in BASELINES:
+            raise ValueError(f"critic.baseline must be one of {BASELINES}, got {self.baseline!r}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"critic.ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if self.value_hidden <= 0:
+            raise ValueError(f"critic.value_hidden must be positive, got {self.value_hidden}.")
+        get_cost_function(self.cost)
+
+
+class RewardBatch(NamedTuple):
+    """Reward of N sampled structures and its parts, each [N]."""
+
+    reward: Tensor
+    loss: Tensor
+    cost_ratio: Tensor  # cost(z_i) / cost(original)
+
+
+class Reward:
+    """r_i = −ℓ_i − λ·cost(z_i)/cost(original); the original's cost comes from the same cost model."""
+
+    def __init__(self, structure: Structure, cost: str = "params", lam: float = 0.0) -> None:
+        self.structure = structure
+        self.cost_function = get_cost_function(cost)
+        self.lam = lam
+        full = {group.name: torch.ones(1, group.size) for group in structure.groups}  # [1, size]: keep all
+        self.original_cost = float(self.cost_function(structure, full)[0])
+        if not self.original_cost > 0:
+            raise ValueError(f"cost {cost!r} of the original model is {self.original_cost}; it must be > 0.")
+
+    def cost_ratio(self, masks: Mapping[str, Tensor]) -> Tensor:
+        """cost(z) / cost(original) for masks {group: [N, size]} (soft masks allowed): [N]."""
+        return self.cost_function(self.structure, masks) / self.original_cost
+
+    def __call__(self, losses: Tensor, masks: Mapping[str, Tensor]) -> RewardBatch:
+        cost_ratio = self.cost_ratio(masks)
+        return RewardBatch(-losses - self.lam * cost_ratio, losses, cost_ratio)
+
+
+def structure_features(masks: Mapping[str, Tensor], cost_ratio: Tensor) -> Tensor:
+    """The learned critic's input: per-group kept fractions and the cost ratio, [N, groups + 1]."""
+    fractions = [mask.mean(dim=-1) for mask in masks.values()]  # each [N, size] → [N]
+    return torch.stack([*fractions, cost_ratio], dim=1)  # [N, G + 1]
+
+
+class BiasCorrectedEMA:
+    """Exponential moving average with TensorFlow's zero-debias: avg_t = shadow_t / (1 − decay^t)."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.shadow = 0.0
+        self.count = 0
+
+    def update(self, value: float) -> float:
+        self.shadow = self.decay * self.shadow + (1.0 - self.decay) * value
+        self.count += 1
+        return self.value
+
+    @property
+    def value(self) -> float:
+        return self.shadow / (1.0 - self.decay**self.count) if self.count else 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"shadow": self.shadow, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.shadow, self.count = float(state["shadow"]), int(state["count"])
+
+
+class Baseline(Protocol):
+    """Turns rewards of sampled structures into advantages for the compressor's REINFORCE step."""
+
+    def advantages(self, rewards: Tensor, features: Tensor) -> Tensor: ...
+
+    def control_variate(self, expected_features: Tensor) -> Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class EMABaseline:
+    """The paper's baseline: adv_i = (r_i − b)/max(1, s), b and s bias-corrected EMAs of batch mean and std.
+
+    Each call first folds the batch into the averages (as the paper's code runs the EMA update with the
+    compressor step), then uses them.
+    """
+
+    def __init__(self, decay: float = 0.9) -> None:
+        self.mean = BiasCorrectedEMA(decay)
+        self.std = BiasCorrectedEMA(decay)
+
+    def advantages(self, rewards: Tensor, features: Tensor) -> Tensor:
+        baseline = self.mean.update(float(rewards.mean()))
+        scale = max(1.0, self.std.update(float(rewards.std(unbiased=False))))
+        return (rewards - baseline) / scale
+
+    def control_variate(self, expected_features: Tensor) -> Tensor:
+        return torch.zeros(())  # an action-independent baseline needs no correction
+
+    @property
+    def value(self) -> float:
+        return self.mean.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.state_dict(), "std": self.std.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.mean.load_state_dict(state["mean"])
+        self.std.load_state_dict(state["std"])
+
+
+class LearnedCritic:
+    """A small MLP Q(kept fractions, cost ratio) → reward, trained by MSE on every batch it judges.
+
+    adv_i = (r_i − Q(f(z_i))) / max(1, s) with s the EMA batch std of the rewards (as `EMABaseline`), plus
+    the control-variate correction Q(f(p')) / max(1, s) whose gradient flows into the compressor only.
+    Q is evaluated before its MSE step on the batch, so a sample never judges itself.
+    """
+
+    def __init__(self, num_features: int, hidden: int = 64, lr: float = 1e-3, ema_decay: float = 0.9) -> None:
+        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.reward_mean = BiasCorrectedEMA(ema_decay)  # centres the targets: the MLP learns the shape only
+        self.std = BiasCorrectedEMA(ema_decay)
+        self.scale = 1.0
+        self.last_mse = math.nan
+
+    def predict(self, features: Tensor) -> Tensor:
+        """Predicted reward of each structure, [N, F] → [N]; gradients reach the features, not the MLP."""
+        frozen = {name: param.detach() for name, param in self.net.named_parameters()}
+        centred = torch.func.functional_call(self.net, frozen, (features,))  # [N, 1]
+        return centred.squeeze(-1) + self.reward_mean.value
+
+    def advantages(self, rewards: Tensor, features: Tensor) -> Tensor:
+        self.reward_mean.update(float(rewards.mean()))
+        self.scale = max(1.0, self.std.update(float(rewards.std(unbiased=False))))
+        predicted = self.predict(features.detach())
+        self._fit(features.detach(), rewards.detach())
+        return (rewards - predicted) / self.scale
+
+    def control_variate(self, expected_features: Tensor) -> Tensor:
+        """Q at the expected features [1, F], scaled like the advantages."""
+        return self.predict(expected_features).sum() / self.scale
+
+    def _fit(self, features: Tensor, rewards: Tensor) -> None:
+        """One Adam step on the MSE between predicted and observed rewards."""
+        self.optimizer.zero_grad(set_to_none=True)
+        predicted = self.net(features).squeeze(-1) + self.reward_mean.value  # [N, 1] → [N]
+        loss = (predicted - rewards).pow(2).mean()
+        loss.backward()
+        self.optimizer.step()
+        self.last_mse = float(loss.detach())
+
+    @property
+    def value(self) -> float:
+        return self.reward_mean.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "reward_mean": self.reward_mean.state_dict(),
+            "std": self.std.state_dict(),
+            "scale": self.scale,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.reward_mean.load_state_dict(state["reward_mean"])
+        self.std.load_state_dict(state["std"])
+        self.scale = float(state["scale"])
+
+
+def build_baselines(config: CriticConfig, num_groups: int) -> dict[str, Baseline]:
+    """Both baselines, keyed by name: the configured one drives the compressor, the other is measured
+    on the same batches so the two gradient variances can be compared."""
+    return {
+        "ema": EMABaseline(config.ema_decay),
+        "learned": LearnedCritic(num_groups + 1, config.value_hidden, config.value_lr, config.ema_decay),
+    }
