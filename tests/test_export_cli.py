@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from deepiot.checkpoint import CheckpointError, save_checkpoint
+from deepiot.cli import CONFIG_DIR
+from deepiot.cli.export import run_export
+from deepiot.export import ExportError, export_compressed
+from deepiot.models import build_model
+
+MODEL_CONFIG = {
+    "_target_": "deepiot.models.LSTMClassifier",
+    "hidden_size": 8,
+    "num_layers": 2,
+    "bidirectional": False,
+    "input_shape": [16, 6],
+    "num_classes": 3,
+}
+DATA = {
+    "name": "toy_imu",
+    "input_shape": [16, 6],
+    "num_classes": 3,
+    "class_names": ["walk", "sit", "lie"],
+    "normalization": {"mean": [0.1] * 6, "std": [2.0] * 6},
+    "channel_axis": -1,
+}
+
+
+@pytest.fixture
+def trained_checkpoint(tmp_path):
+    """A tiny "trained_model" checkpoint written by deepiot.checkpoint.save_checkpoint."""
+    torch.manual_seed(0)
+    model = build_model(MODEL_CONFIG)
+    path = tmp_path / "run" / "model.pt"
+    payload = {
+        "kind": "trained_model",
+        "model_config": MODEL_CONFIG,
+        "state_dict": model.state_dict(),
+        "metrics": {"test_accuracy": 0.75, "val_accuracy": 0.8},
+        "config": {},
+        "data": DATA,
+    }
+    save_checkpoint(payload, path)
+    return path
+
+
+def compose_export(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="export", overrides=overrides)
+
+
+def test_export_without_plan_keeps_the_model_and_describes_the_data(trained_checkpoint):
+    result = export_compressed(trained_checkpoint, None, onnx_exporter="torchscript")
+    out_dir = trained_checkpoint.parent / "export"  # the default destination
+    assert result.paths["manifest"] == out_dir / "manifest.json"
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["input_layout"] == "NTC"
+    assert manifest["normalization"] == {**DATA["normalization"], "channel_axis": -1}
+    assert manifest["class_names"] == DATA["class_names"]
+    assert manifest["metrics"] == {"test_accuracy": 0.75, "val_accuracy": 0.8}
+    assert manifest["slicing_plan"] is None
+    model = build_model(MODEL_CONFIG)
+    model.load_state_dict(torch.load(trained_checkpoint, weights_only=True)["state_dict"])
+    assert manifest["cost"]["params"] == sum(parameter.numel() for parameter in model.parameters())
+    inputs = torch.randn(2, 16, 6)
+    exported = torch.jit.load(str(result.paths["torchscript"]))
+    assert torch.allclose(exported(inputs), model.eval()(inputs), atol=1e-6)
+
+
+def test_run_export_from_composed_config(trained_checkpoint, tmp_path):
+    cfg = compose_export(
+        [
+            f"checkpoint={trained_checkpoint}",
+            f"out_dir={tmp_path / 'out'}",
+            "formats=[onnx]",
+            "onnx_exporter=torchscript",
+        ]
+    )
+    result = run_export(cfg)
+    assert set(result.paths) == {"onnx", "manifest"}
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_run_export_requires_a_checkpoint():
+    with pytest.raises(ExportError, match="needs checkpoint="):
+        run_export(compose_export([]))
+
+
+def test_missing_checkpoint_fails_before_writing(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        export_compressed(tmp_path / "nope.pt", None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_checkpoint_is_refused(trained_checkpoint, tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    content = trained_checkpoint.read_bytes()
+    truncated.write_bytes(content[: len(content) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        export_compressed(truncated, None, tmp_path / "out")
+
+
+def test_plain_state_dict_is_not_ours(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(build_model(MODEL_CONFIG).state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a deepiot checkpoint"):
+        export_compressed(path, None, tmp_path / "out")
+
+
+def test_command_line(trained_checkpoint, tmp_path):
+    command = [sys.executable, "-m", "deepiot.cli.export", "onnx_exporter=torchscript"]
+    out_dir = tmp_path / "cli_export"
+    completed = subprocess.run(
+        [*command, f"checkpoint={trained_checkpoint}", f"out_dir={out_dir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "max |exported - PyTorch|" in completed.stdout
+    assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json", "model.onnx", "model.ts"]
+    failed = subprocess.run(
+        [*command, f"checkpoint={tmp_path / 'missing.pt'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert failed.returncode == 2
+    assert "missing.pt does not exist" in failed.stderr
