@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepiot.cost.latency import LatencyStats, measure_latency, measure_onnx_latency
+from deepiot.cost.latency import LatencyStats, measure_latency, measure_onnx_latency, time_interleaved
 from deepiot.models import LeNet300
 
 
@@ -37,6 +37,20 @@ def test_callable_runs_at_batch_one_with_requested_threads_and_no_grad():
     finally:
         torch.set_num_threads(original_threads)
     assert seen == [(1, 1, True)] * 4
+
+
+def test_interleaved_timing_alternates_candidates_round_by_round():
+    order = []
+    stats = time_interleaved(
+        {"original": lambda: order.append("o"), "sliced": lambda: order.append("s")},
+        warmup=1,
+        repeats=4,
+        rounds=2,
+    )
+    assert (
+        "".join(order) == "o" + "s" + "oo" + "ss" + "oo" + "ss"
+    )  # warmup, then two rounds of two calls each
+    assert all(entry.repeats == 4 for entry in stats.values())
 
 
 def test_rejects_zero_repeats():

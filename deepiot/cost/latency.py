@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,19 +26,41 @@ class LatencyStats(NamedTuple):
 
 def time_calls(call: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats:
     """Run `call` `warmup` times untimed, then time `repeats` calls one by one."""
-    if repeats < 1 or warmup < 0:
+    return time_interleaved({"call": call}, warmup, repeats, rounds=1)["call"]
+
+
+def time_interleaved(
+    calls: Mapping[str, Callable[[], Any]], warmup: int, repeats: int, rounds: int = 10
+) -> dict[str, LatencyStats]:
+    """Time several calls side by side: `rounds` rounds, each timing every call repeats/rounds times in turn.
+
+    Interleaving spreads slow drifts of a shared machine (other jobs, clock changes) over all candidates
+    instead of charging them to whichever ran last. Every call gets `repeats` timed runs in total.
+    """
+    if repeats < 1 or warmup < 0 or not 1 <= rounds <= repeats:
         raise ValueError(
-            f"latency needs repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}"
+            f"latency needs repeats >= 1, warmup >= 0 and 1 <= rounds <= repeats, "
+            f"got repeats={repeats}, warmup={warmup}, rounds={rounds}"
         )
-    for _ in range(warmup):
-        call()
-    durations_ns = np.empty(repeats, dtype=np.float64)
-    for index in range(repeats):
-        start = time.perf_counter_ns()
-        call()
-        durations_ns[index] = time.perf_counter_ns() - start
-    p10, median, p90 = np.percentile(durations_ns / 1e6, [10, 50, 90])
-    return LatencyStats(median_ms=float(median), p10_ms=float(p10), p90_ms=float(p90), repeats=repeats)
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    durations_ns = {name: np.empty(repeats, dtype=np.float64) for name in calls}
+    bounds = np.linspace(0, repeats, rounds + 1).astype(int)  # round r times runs bounds[r]:bounds[r+1]
+    for start_index, end_index in zip(bounds[:-1], bounds[1:], strict=True):
+        for name, call in calls.items():
+            for index in range(start_index, end_index):
+                start = time.perf_counter_ns()
+                call()
+                durations_ns[name][index] = time.perf_counter_ns() - start
+    return {name: _stats(durations / 1e6) for name, durations in durations_ns.items()}
+
+
+def _stats(durations_ms: np.ndarray) -> LatencyStats:
+    p10, median, p90 = np.percentile(durations_ms, [10, 50, 90])
+    return LatencyStats(
+        median_ms=float(median), p10_ms=float(p10), p90_ms=float(p90), repeats=len(durations_ms)
+    )
 
 
 @contextmanager
@@ -109,6 +131,11 @@ def measure_onnx_latency(
     repeats: int = 200,
 ) -> LatencyStats:
     """Time one batch-1 run of an ONNX model in ONNX Runtime (CPU, `threads` intra-op threads)."""
+    return time_calls(onnx_call(model_path, example_inputs, threads), warmup, repeats)
+
+
+def onnx_call(model_path: str | Path, example_inputs: ExampleInputs, threads: int = 1) -> Callable[[], Any]:
+    """A no-argument callable running the ONNX model once on the batch-1 example (for `time_interleaved`)."""
     session = onnx_session(model_path, threads)
     feed = onnx_feed(session, as_batch_of_one(example_inputs))
-    return time_calls(lambda: session.run(None, feed), warmup, repeats)
+    return lambda: session.run(None, feed)
