@@ -1,0 +1,469 @@
+"""Train an original (uncompressed) model: the pure `train(cfg) -> metrics` behind `deepiot-train`.
+
+One run is one folder, `cfg.paths.output_dir`:
+  last.pt       resume state (model, optimizer, scheduler, epoch, history), rewritten atomically every epoch;
+  model.pt      the self-describing trained model (kind "trained_model"), read by `load_trained_model`;
+  metrics.json  final metrics and the per-epoch history;  tensorboard/  TensorBoard events.
+Rerunning the same command resumes from last.pt. Every epoch reseeds all generators from (seed, epoch), so a
+resumed run computes exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, StepLR
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from deepiot.checkpoint import load_checkpoint, save_checkpoint
+from deepiot.data import DataError, DatasetBundle
+from deepiot.models import build_model
+from deepiot.utils import ConfigError, derive_seed, describe_differences, flatten, seed_everything
+
+log = logging.getLogger(__name__)
+
+# Config groups that decide what a training run computes (compared before resuming or reusing a model).
+RESULT_GROUPS = ("seed", "data", "model", "trainer")
+# Keys inside those groups that change only how a run is shown or how fast it goes.
+NON_RESULT_KEYS = (
+    "trainer.resume",
+    "trainer.progress_bar",
+    "trainer.log_every",
+    "trainer.num_threads",
+    "data.num_workers",
+)
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# (dotted key, test, what is expected): checked before any data is loaded.
+CONFIG_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("seed", lambda v: _is_int(v, 0), "an integer >= 0"),
+    ("data.batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0"),
+    ("trainer.epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("trainer.optimizer", lambda v: v in ("adam", "sgd"), "one of: adam, sgd"),
+    ("trainer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("trainer.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("trainer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("trainer.lr_schedule", lambda v: v in ("constant", "cosine", "step"), "one of: constant, cosine, step"),
+    ("trainer.lr_step_epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("trainer.lr_gamma", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("trainer.gradient_clip_norm", lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    ("trainer.eval_batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("trainer.num_threads", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    ("trainer.limit_batches", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    ("trainer.resume", lambda v: isinstance(v, bool), "true or false"),
+    ("trainer.progress_bar", lambda v: v in (True, False, "auto"), "true, false or auto"),
+    ("trainer.log_every", lambda v: _is_int(v, 1), "an integer >= 1"),
+)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: epochs finished, seconds spent in them, and one record per finished epoch."""
+
+    epoch: int = 0
+    wall_time_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Loaders:
+    """Train/val/test loaders; the train loader shuffles with `shuffle_generator`, reseeded every epoch."""
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    shuffle_generator: torch.Generator
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train `cfg.model` on `cfg.data` with `cfg.trainer` into `cfg.paths.output_dir`; return the final metrics.
+
+    Returns:
+        train_loss (last epoch's mean), val_accuracy (last epoch), test_accuracy, epochs, wall_time_s
+        (seconds spent in training + validation epochs, summed over resumed sessions) and params.
+    """
+    check_train_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    output_dir = Path(cfg.paths.output_dir)
+    saved_state = read_resume_state(output_dir / "last.pt", config) if cfg.trainer.resume else None
+    if cfg.trainer.num_threads is not None:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    seed_everything(cfg.seed)
+    bundle = load_bundle(cfg)
+    model_config = describe_model(cfg, bundle)
+    device = torch.device(cfg.trainer.device)
+    model = build_model(model_config).to(device)
+    loaders = make_loaders(bundle, cfg)
+    steps_per_epoch = count_batches(loaders.train, cfg.trainer.limit_batches)
+    optimizer = make_optimizer(model, cfg.trainer)
+    scheduler = make_scheduler(optimizer, cfg.trainer, steps_per_epoch)
+    progress = restore(saved_state, model, optimizer, scheduler) if saved_state else Progress()
+    writer = SummaryWriter(cfg.paths.tensorboard_dir, purge_step=progress.epoch * steps_per_epoch)
+    if progress.epoch == 0:
+        writer.add_text("hyperparameters", hyperparameter_table(config))
+    for epoch in range(progress.epoch, cfg.trainer.epochs):
+        progress = run_epoch(model, loaders, optimizer, scheduler, cfg, epoch, progress, writer)
+        save_checkpoint(train_state(model, optimizer, scheduler, progress, config), output_dir / "last.pt")
+    test_accuracy, _ = evaluate(model, loaders.test, device, cfg.trainer.limit_batches)
+    writer.add_scalar("charts/test_accuracy", test_accuracy, progress.epoch * steps_per_epoch)
+    writer.close()
+    metrics = final_metrics(model, progress, test_accuracy)
+    payload = trained_model(model, model_config, bundle, metrics, progress, config)
+    save_checkpoint(payload, output_dir / "model.pt")
+    record = {"name": cfg.name, "metrics": metrics, "history": progress.history}
+    (output_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    return metrics
+
+
+def ensure_trained(cfg: DictConfig) -> Path:
+    """Path of the trained original for `cfg` (its data, model, trainer, seed), training it first if missing.
+
+    The original lives in deepiot-train's run folder `cfg.paths.original_dir` (default outputs/train/<name>)
+    as model.pt. A missing one is trained there (resuming a partial run); an existing one trained with a
+    different data/model/trainer/seed config raises ConfigError instead of being silently reused.
+    """
+    run_dir = Path(cfg.paths.original_dir)
+    model_path = run_dir / "model.pt"
+    if model_path.is_file():
+        checkpoint = load_checkpoint(model_path, kind="trained_model")
+        expected = result_config(OmegaConf.to_container(cfg, resolve=True))
+        if result_config(checkpoint["config"]) != expected:
+            raise ConfigError(
+                f"the trained original {model_path} was trained with another config "
+                f"({describe_differences(result_config(checkpoint['config']), expected)}). Delete that folder to "
+                "retrain it, or point paths.original_dir at the run that matches this config."
+            )
+        return model_path
+    train_cfg = cfg.copy()
+    with open_dict(train_cfg):
+        train_cfg.paths.output_dir = str(run_dir)
+        train_cfg.paths.tensorboard_dir = str(run_dir / "tensorboard")
+    log.info("no trained original at %s: training it now", model_path)
+    train(train_cfg)
+    return model_path
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first missing or out-of-range value, before any long work starts."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"config value(s) {', '.join(missing)} must be set (they are '???' in the config). Pass them on the "
+            f"command line, e.g. `deepiot-train ... {missing[0]}=<value>`, or in configs/local/default.yaml."
+        )
+    for key, is_valid, expected in CONFIG_CHECKS:
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if not is_valid(value):
+            raise ConfigError(
+                f"config value {key}={value!r} is invalid: expected {expected}. Fix it in configs/ or override "
+                f"it on the command line ({key}=...)."
+            )
+    check_device(cfg.trainer.device)
+
+
+def check_device(name: Any) -> None:
+    """The device must parse and exist on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(
+            f"config value trainer.device={name!r} is not a torch device: expected e.g. cpu."
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"config value trainer.device={name!r} asks for CUDA, but CUDA is not available here."
+        )
+
+
+def result_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that decides what training computes (see RESULT_GROUPS, NON_RESULT_KEYS)."""
+    flat = flatten({group: config.get(group) for group in RESULT_GROUPS})
+    return {key: value for key, value in flat.items() if key not in NON_RESULT_KEYS}
+
+
+def read_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The "train_state" in `path` if it exists; ConfigError if it was written with another config."""
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path, kind="train_state")
+    saved, current = result_config(state["config"]), result_config(config)
+    if saved != current:
+        raise ConfigError(
+            f"cannot resume from {path}: it was written by a run with another config ({describe_differences(saved, current)}). "
+            "Choose another run name (name=...), set trainer.resume=false to start this run over, or delete the folder."
+        )
+    return state
+
+
+def restore(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler
+) -> Progress:
+    """Load model/optimizer/scheduler from a "train_state" checkpoint; returns the progress it recorded."""
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    log.info("resuming after epoch %d", state["epoch"])
+    return Progress(state["epoch"], state["wall_time_s"], state["history"])
+
+
+def load_bundle(cfg: DictConfig) -> DatasetBundle:
+    """Instantiate `cfg.data.dataset` and check that it returned a DatasetBundle with non-empty splits.
+
+    A loader's DataError (missing/corrupt files) is raised as is, not wrapped in Hydra's InstantiationException.
+    """
+    try:
+        bundle = instantiate(cfg.data.dataset)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, DataError):  # the loader's own message names the file and the fix
+            raise err.__cause__ from None
+        raise
+    if not isinstance(bundle, DatasetBundle):
+        raise ConfigError(
+            f"data.dataset (_target_ {cfg.data.dataset._target_}) returned a {type(bundle).__name__}; "
+            "expected a deepiot.data.DatasetBundle."
+        )
+    for split in ("train", "val", "test"):
+        if len(getattr(bundle, split)) == 0:
+            raise ConfigError(
+                f"the {split} split of dataset {bundle.name!r} is empty; raise data.dataset.limit."
+            )
+    return bundle
+
+
+def describe_model(cfg: DictConfig, bundle: DatasetBundle) -> dict[str, Any]:
+    """The model's self-describing config: the model group plus the dataset's input shape and class count."""
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    shape = [int(size) for size in bundle.input_shape]
+    return {**model_config, "input_shape": shape, "num_classes": int(bundle.num_classes)}
+
+
+def make_loaders(bundle: DatasetBundle, cfg: DictConfig) -> Loaders:
+    """Shuffled train loader (own generator) and ordered val/test loaders."""
+    shuffle_generator = torch.Generator()
+    workers = cfg.data.num_workers
+    evaluation = {"batch_size": cfg.trainer.eval_batch_size, "num_workers": workers}
+    return Loaders(
+        train=DataLoader(
+            bundle.train, cfg.data.batch_size, shuffle=True, generator=shuffle_generator, num_workers=workers
+        ),
+        val=DataLoader(bundle.val, **evaluation),
+        test=DataLoader(bundle.test, **evaluation),
+        shuffle_generator=shuffle_generator,
+    )
+
+
+def count_batches(loader: DataLoader, limit_batches: int | None) -> int:
+    """Batches one pass over `loader` takes, capped by `limit_batches`."""
+    return len(loader) if limit_batches is None else min(len(loader), limit_batches)
+
+
+def make_optimizer(model: nn.Module, trainer: DictConfig) -> torch.optim.Optimizer:
+    """Adam or SGD (with momentum) over all model parameters."""
+    if trainer.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=trainer.lr, weight_decay=trainer.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=trainer.lr, momentum=trainer.momentum, weight_decay=trainer.weight_decay
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, trainer: DictConfig, steps_per_epoch: int
+) -> LRScheduler:
+    """Learning-rate schedule stepped once per batch: constant, cosine to 0 over the run, or step decay."""
+    if trainer.lr_schedule == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=trainer.epochs * steps_per_epoch)
+    if trainer.lr_schedule == "step":
+        return StepLR(optimizer, step_size=trainer.lr_step_epochs * steps_per_epoch, gamma=trainer.lr_gamma)
+    return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def run_epoch(
+    model: nn.Module,
+    loaders: Loaders,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    cfg: DictConfig,
+    epoch: int,
+    progress: Progress,
+    writer: SummaryWriter,
+) -> Progress:
+    """Reseed from (seed, epoch), train one epoch, validate, log; returns the progress after this epoch."""
+    started = time.perf_counter()
+    seed_everything(derive_seed(cfg.seed, epoch))
+    loaders.shuffle_generator.manual_seed(derive_seed(cfg.seed, epoch, 1))
+    train_loss = train_one_epoch(model, loaders.train, optimizer, scheduler, cfg.trainer, epoch, writer)
+    device = torch.device(cfg.trainer.device)
+    val_accuracy, val_loss = evaluate(model, loaders.val, device, cfg.trainer.limit_batches)
+    seconds = time.perf_counter() - started
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "learning_rate": optimizer.param_groups[0]["lr"],
+        "seconds": seconds,
+    }
+    step = (epoch + 1) * count_batches(loaders.train, cfg.trainer.limit_batches)
+    writer.add_scalar("losses/val", val_loss, step)
+    writer.add_scalar("charts/val_accuracy", val_accuracy, step)
+    writer.add_scalar("charts/learning_rate", record["learning_rate"], step)
+    log.info(
+        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_accuracy %.4f  lr %.2e  %.1f s",
+        epoch + 1, cfg.trainer.epochs, train_loss, val_loss, val_accuracy, record["learning_rate"], seconds,
+    )  # fmt: skip
+    return Progress(epoch + 1, progress.wall_time_s + seconds, [*progress.history, record])
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    trainer: DictConfig,
+    epoch: int,
+    writer: SummaryWriter,
+) -> float:
+    """One pass over the training batches; logs `losses/train` every `log_every` steps; returns the mean loss."""
+    model.train()
+    device = torch.device(trainer.device)
+    steps = count_batches(loader, trainer.limit_batches)
+    epoch_loss, window_loss = 0.0, 0.0
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{trainer.epochs}",
+        leave=False,
+        disable=not show_progress(trainer),
+    )
+    for step, (inputs, labels) in enumerate(islice(loader, steps), start=1):
+        loss = F.cross_entropy(model(inputs.to(device)), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if trainer.gradient_clip_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), trainer.gradient_clip_norm)
+        optimizer.step()
+        scheduler.step()
+        epoch_loss, window_loss = epoch_loss + loss.item(), window_loss + loss.item()
+        if step % trainer.log_every == 0:
+            writer.add_scalar("losses/train", window_loss / trainer.log_every, epoch * steps + step)
+            window_loss = 0.0
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.update()
+    bar.close()
+    return epoch_loss / steps
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, limit_batches: int | None
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` in eval mode over at most `limit_batches` batches."""
+    model.eval()
+    correct, loss_sum, count = 0, 0.0, 0
+    for inputs, labels in islice(loader, count_batches(loader, limit_batches)):
+        logits = model(inputs.to(device))
+        labels = labels.to(device)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        count += len(labels)
+    return correct / count, loss_sum / count
+
+
+def show_progress(trainer: DictConfig) -> bool:
+    """Progress bars: as configured, or with "auto" only in an interactive terminal outside CI."""
+    if trainer.progress_bar == "auto":
+        return sys.stderr.isatty() and not os.environ.get("CI")
+    return bool(trainer.progress_bar)
+
+
+def hyperparameter_table(config: dict[str, Any]) -> str:
+    """Markdown table of every result-deciding config value, for TensorBoard's text tab."""
+    rows = [f"|{key}|{value}|" for key, value in result_config(config).items()]
+    return "|parameter|value|\n|-|-|\n" + "\n".join(rows)
+
+
+def train_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    progress: Progress,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """The "train_state" checkpoint (last.pt): everything needed to continue after `progress.epoch`."""
+    return {
+        "kind": "train_state",
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": progress.epoch,
+        "wall_time_s": progress.wall_time_s,
+        "history": progress.history,
+        "config": config,
+    }
+
+
+def final_metrics(model: nn.Module, progress: Progress, test_accuracy: float) -> dict[str, float]:
+    """The metrics `train` returns, from the last epoch's record and the test evaluation."""
+    last = progress.history[-1]
+    return {
+        "train_loss": last["train_loss"],
+        "val_accuracy": last["val_accuracy"],
+        "test_accuracy": test_accuracy,
+        "epochs": float(progress.epoch),
+        "wall_time_s": progress.wall_time_s,
+        "params": float(sum(parameter.numel() for parameter in model.parameters())),
+    }
+
+
+def trained_model(
+    model: nn.Module,
+    model_config: dict[str, Any],
+    bundle: DatasetBundle,
+    metrics: dict[str, float],
+    progress: Progress,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """The "trained_model" checkpoint (model.pt): weights plus everything needed to rebuild and feed them."""
+    data = {
+        "name": bundle.name,
+        "input_shape": [int(size) for size in bundle.input_shape],
+        "num_classes": int(bundle.num_classes),
+        "class_names": [str(name) for name in bundle.class_names],
+        "normalization": {key: [float(v) for v in values] for key, values in bundle.normalization.items()},
+        "channel_axis": int(bundle.channel_axis),
+    }
+    return {
+        "kind": "trained_model",
+        "model_config": model_config,
+        "state_dict": model.state_dict(),
+        "metrics": metrics,
+        "history": progress.history,
+        "epoch": progress.epoch,
+        "config": config,
+        "data": data,
+    }

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from deepiot.cli import CONFIG_DIR, compose_config
+from deepiot.data import DataError
+from deepiot.train import check_train_config, result_config, train
+from deepiot.utils import ConfigError
+
+EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
+EXPECTED = {
+    "lenet5_mnist": ("deepiot.data.load_mnist", "deepiot.models.LeNet5"),
+    "lenet300_mnist": ("deepiot.data.load_mnist", "deepiot.models.LeNet300"),
+    "deepsense_hapt_activity": ("deepiot.data.load_hapt_activity", "deepiot.models.DeepSense"),
+    "deepsense_hapt_user": ("deepiot.data.load_hapt_user", "deepiot.models.DeepSense"),
+    "lstm_hapt_activity": ("deepiot.data.load_hapt_activity", "deepiot.models.LSTMClassifier"),
+    "vgg_cifar10": ("deepiot.data.load_cifar10", "deepiot.models.VGG"),
+}
+
+
+@pytest.fixture(autouse=True)
+def clear_hydra():
+    GlobalHydra.instance().clear()
+    yield
+    GlobalHydra.instance().clear()
+
+
+def test_every_experiment_file_is_listed():
+    assert sorted(EXPECTED) == EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_with_its_data_model_and_name(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+    assert (cfg.data.dataset._target_, cfg.model._target_) == EXPECTED[experiment]
+    assert cfg.name == experiment
+    assert cfg.paths.original_dir == f"outputs/train/{experiment}"
+    if experiment != "vgg_cifar10":  # needs the user's CIFAR-10 folder
+        check_train_config(cfg)
+
+
+def test_default_config_is_the_lenet5_mnist_experiment(tmp_path):
+    default = OmegaConf.to_container(compose_config([f"paths.output_dir={tmp_path}"]), resolve=True)
+    lenet5 = OmegaConf.to_container(
+        compose_config(["experiment=lenet5_mnist", f"paths.output_dir={tmp_path}"]), resolve=True
+    )
+    assert default == lenet5
+
+
+def test_run_and_sweep_folders_are_deterministic():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="train"):
+        cfg = compose(config_name="config", overrides=["experiment=lenet300_mnist"], return_hydra_config=True)
+    assert cfg.hydra.run.dir == "outputs/train/lenet300_mnist"
+    assert cfg.hydra.sweep.dir == "multirun/train/lenet300_mnist"
+
+
+def test_vgg_without_cifar_folder_names_the_missing_setting(tmp_path):
+    cfg = compose_config(["experiment=vgg_cifar10", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(DataError, match=r"data\.dataset\.root=<path>/cifar-10-batches-py"):
+        train(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_mandatory_value_fails_before_loading_data(tmp_path):
+    cfg = compose_config(["data=npz", "model=lstm", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"data\.dataset\.path must be set"):
+        train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.optimizer=adamw", "trainer.optimizer='adamw' is invalid: expected one of: adam, sgd"),
+        ("trainer.epochs=0", "trainer.epochs=0 is invalid: expected an integer >= 1"),
+        ("trainer.lr=-1", "trainer.lr=-1 is invalid: expected a number > 0"),
+        ("trainer.lr_schedule=linear", "expected one of: constant, cosine, step"),
+        ("trainer.progress_bar=sometimes", "expected true, false or auto"),
+        ("data.batch_size=0", "data.batch_size=0 is invalid"),
+        ("trainer.device=tpu9", "trainer.device='tpu9' is not a torch device"),
+    ],
+)
+def test_bad_config_value_gives_clear_error(override, message, tmp_path):
+    cfg = compose_config([override, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(cfg)
+
+
+def test_result_config_ignores_presentation_keys(tmp_path):
+    base = compose_config([f"paths.output_dir={tmp_path}"])
+    cosmetic = compose_config(
+        [f"paths.output_dir={tmp_path}/other", "trainer.progress_bar=false", "trainer.num_threads=1"]
+    )
+    changed = compose_config([f"paths.output_dir={tmp_path}", "trainer.lr=0.01"])
+    as_dict = lambda cfg: result_config(OmegaConf.to_container(cfg, resolve=True))  # noqa: E731
+    assert as_dict(base) == as_dict(cosmetic)
+    assert as_dict(base) != as_dict(changed)
