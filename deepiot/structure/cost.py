@@ -1,0 +1,116 @@
+"""Structure cost: params, MACs, activation and model bytes as polynomials in the kept counts.
+
+Discovery records, from the real shapes of one traced forward pass, every quantity of the contract as a
+sum of `Term`s: a constant times a product of dimension sizes, each size a `LinearForm` of the kept
+counts (e.g. Linear MACs = positions · in_kept · out_kept). Evaluating them needs no slicing and works
+elementwise on Tensors [N] of kept counts, so a batch of sampled structures is costed in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from deepiot.cost.types import Cost
+from deepiot.structure.layout import CountValue, Layout
+
+
+@dataclass(frozen=True)
+class LinearForm:
+    """The size of one dimension: constant + Σ multiplier · kept_count[group]."""
+
+    constant: int
+    coefficients: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def from_layout(cls, layout: Layout) -> LinearForm:
+        constant, multipliers = 0, {}
+        for segment in layout:
+            if segment.group is None:
+                constant += segment.width
+            else:
+                multipliers[segment.group] = multipliers.get(segment.group, 0) + segment.repeat
+        return cls(constant, tuple(multipliers.items()))
+
+    def value(self, counts: Mapping[str, CountValue]) -> CountValue:
+        total: CountValue = self.constant
+        for group, multiplier in self.coefficients:
+            total = total + multiplier * counts[group]
+        return total
+
+
+@dataclass(frozen=True)
+class Term:
+    """coefficient · Π form sizes."""
+
+    coefficient: int
+    forms: tuple[LinearForm, ...] = ()
+
+    @classmethod
+    def of(cls, coefficient: int, layouts: Sequence[Layout] = ()) -> Term:
+        return cls(coefficient, tuple(LinearForm.from_layout(layout) for layout in layouts))
+
+    def value(self, counts: Mapping[str, CountValue]) -> CountValue:
+        total: CountValue = self.coefficient
+        for form in self.forms:
+            total = total * form.value(counts)
+        return total
+
+
+def terms_value(terms: Sequence[Term], counts: Mapping[str, CountValue]) -> CountValue:
+    """Σ of the terms' values (an int, or a Tensor when some count is a Tensor)."""
+    total: CountValue = 0
+    for term in terms:
+        total = total + term.value(counts)
+    return total
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Every quantity of the structure cost, as terms recorded at discovery.
+
+    `activations` holds one term list per leaf-module call (input + output bytes at batch 1);
+    `unknown_macs` names leaf modules with parameters whose MACs the contract does not define.
+    """
+
+    params: tuple[Term, ...]
+    model_bytes: tuple[Term, ...]
+    macs: tuple[Term, ...]
+    activations: tuple[tuple[Term, ...], ...]
+    unknown_macs: tuple[str, ...]
+
+    def evaluate(self, counts: Mapping[str, CountValue]) -> Cost:
+        """The `Cost` for kept `counts` (every group present: int, or float Tensor [N])."""
+        call_bytes = [terms_value(call, counts) for call in self.activations]
+        values = [
+            terms_value(self.params, counts),
+            terms_value(self.macs, counts),
+            _maximum(call_bytes),
+            terms_value(self.model_bytes, counts),
+        ]
+        batch = _batch_size(counts)
+        if batch is None:
+            return Cost(*(int(value) for value in values))
+        return Cost(*(torch.as_tensor(value, dtype=torch.float64).expand(batch).float() for value in values))
+
+
+def _maximum(values: list[CountValue]) -> CountValue:
+    """Elementwise maximum of ints and Tensors [N] (0 for no values)."""
+    if not values:
+        return 0
+    if not any(isinstance(value, Tensor) for value in values):
+        return max(values)
+    batch = _batch_size({str(i): v for i, v in enumerate(values)})
+    stacked = [torch.as_tensor(value, dtype=torch.float64).expand(batch) for value in values]
+    return torch.stack(stacked).amax(dim=0)  # [calls, N] → [N]
+
+
+def _batch_size(counts: Mapping[str, CountValue]) -> int | None:
+    """N when some count is a Tensor [N] (1 for 0-d tensors), else None (plain ints)."""
+    sizes = [value.numel() for value in counts.values() if isinstance(value, Tensor)]
+    if not sizes:
+        return None
+    return max(sizes)

@@ -1,0 +1,195 @@
+"""The public face of discovery: `Group` and `Structure` (groups, compressor weights, structure cost)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from deepiot.cost.types import Cost
+from deepiot.structure.discovery import Discovery, ExampleInputs, StructureData, graph_signature, trace
+from deepiot.structure.errors import StructureError
+from deepiot.structure.recurrent import rnn_weight_matrix
+
+KeptCounts = Mapping[str, int | Tensor]
+KeptIndices = Mapping[str, Sequence[int] | Tensor]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Hidden elements that share one mask: the output units of `modules` (producer ids, forward order).
+
+    `name` is the first producer's qualified module name ("conv1", "features.0"); an LSTM/GRU layer i of
+    module "gru" is the producer "gru.l0", "gru.l1", ... (both directions of a layer share its units).
+    """
+
+    name: str
+    kind: Literal["linear", "conv", "rnn"]
+    size: int
+    modules: tuple[str, ...]
+
+
+class Structure:
+    """Compressible hidden-element groups of a model, found by tracing it (see `from_model`).
+
+    Attributes:
+        groups: the groups in forward order; the logit layer (and anything reaching the output) never appears.
+        excluded: producer id → why it is not compressible (reaches the output, excluded by the caller, ...).
+    """
+
+    def __init__(self, data: StructureData, example_inputs: tuple[Tensor, ...]) -> None:
+        self.groups = [Group(name, kind, size, modules) for name, kind, size, modules in data.groups]
+        self.excluded = dict(data.excluded)
+        self.example_inputs = tuple(value.detach().clone() for value in example_inputs)
+        self.data = data
+        self._by_name = {group.name: group for group in self.groups}
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        example_inputs: ExampleInputs,
+        declared: Sequence[Sequence[str]] | None = None,
+        *,
+        exclude: Sequence[str] = (),
+    ) -> Structure:
+        """Discover the groups of `model` by tracing it and running it on `example_inputs` (batch first).
+
+        Args:
+            model: the network; it is run twice in eval mode (training flags restored), never modified.
+            example_inputs: a tensor or tuple of tensors, batch as dim 0 (any batch size, e.g. 2).
+            declared: producer-name lists whose elements must share one mask (sizes must match), on top
+                of what discovery merges itself (residual adds, elementwise products, ...).
+            exclude: producers to keep uncompressed: module names, or "<rnn>.l<i>" for one RNN layer.
+                Their outputs then carry no group, so ops discovery does not understand may follow them.
+
+        Raises:
+            StructureError: an op or module touching a group's channels is not understood (the message
+                names the node, its type and the `exclude=` that works around it).
+        """
+        discovery = Discovery(model, example_inputs, exclude)
+        discovery.run()
+        return cls(discovery.resolve(declared or []), discovery.inputs)
+
+    def __repr__(self) -> str:
+        lines = [f"  {g.name}: {g.kind} × {g.size}" + (f" {list(g.modules)}" if len(g.modules) > 1 else "")
+                 for g in self.groups]  # fmt: skip
+        return "Structure(\n" + "\n".join(lines) + "\n)"
+
+    @property
+    def group_sizes(self) -> dict[str, int]:
+        """Group name → number of hidden elements."""
+        return {group.name: group.size for group in self.groups}
+
+    def group(self, name: str) -> Group:
+        """The group called `name` (StructureError listing the valid names otherwise)."""
+        if name not in self._by_name:
+            raise StructureError(f"no group named {name!r}; groups: {list(self._by_name)}.")
+        return self._by_name[name]
+
+    def weight_matrix(self, model: nn.Module, name: str) -> Tensor:
+        """The compressor's view of group `name`: W [fan-in rows incl. one bias row, size], detached.
+
+        Linear: cat(W.T, b) → [in + 1, out]; Conv: kernel as [in·∏k, out] plus the bias row; RNN layer:
+        `rnn_weight_matrix` (gate blocks stacked, both directions); several producers: rows concatenated.
+        `model` is any instance of the discovered architecture (e.g. the critic as it trains).
+        """
+        blocks = []
+        for producer_id in self.group(name).modules:
+            producer = self.data.producers[producer_id]
+            module = model.get_submodule(producer.module)
+            if producer.kind == "rnn":
+                blocks.append(rnn_weight_matrix(module, producer.layer))
+                continue
+            weight = module.weight.detach()
+            bias = module.bias.detach() if module.bias is not None else weight.new_zeros(weight.shape[0])
+            blocks.append(
+                torch.cat([weight.reshape(weight.shape[0], -1).t(), bias[None, :]])
+            )  # [fan_in+1, out]
+        return torch.cat(blocks)
+
+    def cost(self, kept: KeptCounts | None = None) -> Cost:
+        """Params, MACs, activation bytes and model bytes (batch 1) with `kept[g]` elements left in group g.
+
+        Counts are ints, or Tensors [N] (one per sampled structure: the result fields are float Tensors [N]);
+        missing groups keep every element. Computed from the shapes recorded at discovery, no slicing.
+        """
+        if self.data.cost_model.unknown_macs:
+            raise StructureError(
+                f"structure cost: the MACs of {list(self.data.cost_model.unknown_macs)} are not defined by the "
+                "cost contract (only Linear, Conv and LSTM/GRU compute is counted)."
+            )
+        counts: dict[str, int | Tensor] = dict(self.group_sizes)
+        for name, count in (kept or {}).items():
+            size = self.group(name).size
+            if isinstance(count, Tensor):
+                counts[name] = count.detach().to(torch.float64)
+                bad = bool(((counts[name] < 0) | (counts[name] > size)).any())
+            else:
+                counts[name], bad = int(count), not 0 <= int(count) <= size
+            if bad:
+                raise StructureError(f"kept count of group {name!r} must lie in [0, {size}], got {count!r}.")
+        return self.data.cost_model.evaluate(counts)
+
+    def kept_indices(self, kept: KeptIndices) -> dict[str, Tensor]:
+        """Validated kept indices for every group (missing groups keep everything), as int64 Tensors.
+
+        Each entry is a sorted list of distinct indices in [0, size) with at least one element, or a bool
+        Tensor [size] marking the kept elements.
+        """
+        unknown = sorted(set(kept) - set(self._by_name))
+        if unknown:
+            raise StructureError(f"kept names unknown groups {unknown}; groups: {list(self._by_name)}.")
+        indices = {group.name: torch.arange(group.size) for group in self.groups}
+        for name, value in kept.items():
+            indices[name] = _checked_indices(name, value, self._by_name[name].size)
+        return indices
+
+    def masks_from_kept(self, kept: KeptIndices) -> dict[str, Tensor]:
+        """Hard 0/1 masks [size] equivalent to keeping `kept` (every group present)."""
+        masks = {}
+        for name, indices in self.kept_indices(kept).items():
+            masks[name] = torch.zeros(self._by_name[name].size)
+            masks[name][indices] = 1.0
+        return masks
+
+    def trace_matching(self, model: nn.Module) -> fx.GraphModule:
+        """Trace `model` and check it is the architecture this structure was discovered on."""
+        graph_module = trace(model)
+        if graph_signature(graph_module) != self.data.signature:
+            raise StructureError(
+                f"{type(model).__name__} does not trace to the graph this Structure was discovered on (different "
+                "architecture or widths); call Structure.from_model on this model."
+            )
+        return graph_module
+
+
+def _checked_indices(name: str, value: Sequence[int] | Tensor, size: int) -> Tensor:
+    """Kept indices of group `name` as a sorted int64 Tensor, or StructureError explaining what is wrong."""
+    indices = torch.as_tensor(value)
+    if indices.dtype == torch.bool:
+        if indices.shape != (size,):
+            raise StructureError(
+                f"kept mask of group {name!r} must have shape [{size}], got {tuple(indices.shape)}."
+            )
+        indices = indices.nonzero().flatten()
+    elif indices.is_floating_point() or indices.dim() != 1:
+        raise StructureError(f"kept indices of group {name!r} must be a 1-D list of ints, got {value!r}.")
+    if len(indices) == 0:
+        raise StructureError(
+            f"group {name!r} keeps zero elements; at least one must stay (removing a whole layer would cut "
+            "the network)."
+        )
+    if indices.min() < 0 or indices.max() >= size:
+        raise StructureError(
+            f"kept indices of group {name!r} must lie in [0, {size}), got {indices.tolist()}."
+        )
+    if not bool((indices[1:] > indices[:-1]).all()):
+        raise StructureError(
+            f"kept indices of group {name!r} must be sorted and distinct, got {indices.tolist()}."
+        )
+    return indices.long()

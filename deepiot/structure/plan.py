@@ -1,0 +1,162 @@
+"""Slicing plans: the portable record (model config + kept indices) that rebuilds a sliced model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from deepiot.models import build_model
+from deepiot.structure.discovery import ExampleInputs
+from deepiot.structure.errors import StructureError
+from deepiot.structure.graph import KeptIndices, Structure
+from deepiot.structure.slicing import slice_model
+
+PLAN_FORMAT = "deepiot-slicing-plan"
+PLAN_VERSION = 1
+
+
+@dataclass
+class SlicingPlan:
+    """Which hidden elements of which model survive: JSON-portable, checked against a `Structure`.
+
+    Attributes:
+        model_config: the checkpoint's model config; `deepiot.models.build_model` rebuilds the original.
+        kept: group name → sorted distinct indices of the kept elements (every group listed).
+        group_sizes: group name → size in the original model (guards against a different architecture).
+    """
+
+    model_config: dict[str, Any]
+    kept: dict[str, list[int]]
+    group_sizes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_structure(
+        cls, structure: Structure, model_config: dict[str, Any], kept: KeptIndices
+    ) -> SlicingPlan:
+        """A plan for `structure` keeping `kept` (missing groups keep everything)."""
+        indices = structure.kept_indices(kept)
+        return cls(
+            model_config=dict(model_config),
+            kept={name: [int(i) for i in value] for name, value in indices.items()},
+            group_sizes=structure.group_sizes,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "version": PLAN_VERSION,
+            "model_config": self.model_config,
+            "group_sizes": self.group_sizes,
+            "kept": self.kept,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> SlicingPlan:
+        if not isinstance(payload, dict) or payload.get("format") != PLAN_FORMAT:
+            raise StructureError(f'not a deepiot slicing plan (expected "format": "{PLAN_FORMAT}").')
+        if payload.get("version") != PLAN_VERSION:
+            raise StructureError(
+                f"slicing plan version {payload.get('version')!r} is not supported (this deepiot reads {PLAN_VERSION})."
+            )
+        missing = [
+            key for key in ("model_config", "group_sizes", "kept") if not isinstance(payload.get(key), dict)
+        ]
+        if missing:
+            raise StructureError(f"slicing plan lacks the object field(s) {missing}.")
+        return cls(dict(payload["model_config"]), dict(payload["kept"]), dict(payload["group_sizes"]))
+
+    def save(self, path: str | Path) -> None:
+        """Write the plan as JSON atomically (temporary file in the same folder, fsync, rename)."""
+        path = Path(path)
+        try:
+            text = json.dumps(self.to_dict(), indent=2)
+        except TypeError as error:
+            raise StructureError(
+                f"slicing plan is not JSON-serialisable ({error}); use plain dicts/lists."
+            ) from error
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> SlicingPlan:
+        try:
+            payload = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise StructureError(f"cannot read slicing plan {path}: {error}") from error
+        return cls.from_dict(payload)
+
+    def validate(self, structure: Structure) -> None:
+        """Raise StructureError unless the plan fits `structure` group by group."""
+        expected = structure.group_sizes
+        for what, names in (("group_sizes", self.group_sizes), ("kept", self.kept)):
+            unknown, missing = sorted(set(names) - set(expected)), sorted(set(expected) - set(names))
+            if unknown or missing:
+                raise StructureError(
+                    f"slicing plan {what} does not match the model's groups: unknown {unknown}, missing {missing} "
+                    f"(the model has {list(expected)})."
+                )
+        for name, size in expected.items():
+            if self.group_sizes[name] != size:
+                raise StructureError(
+                    f"slicing plan says group {name!r} has {self.group_sizes[name]} elements, but the model's has "
+                    f"{size}; the plan belongs to a model of different widths."
+                )
+            indices = self.kept[name]
+            if not isinstance(indices, list) or not all(type(i) is int for i in indices):
+                raise StructureError(f"slicing plan kept[{name!r}] must be a list of ints, got {indices!r}.")
+            structure.kept_indices({name: indices})
+
+
+def build_sliced_model(
+    plan: SlicingPlan, state_dict: dict[str, Tensor], example_inputs: ExampleInputs
+) -> nn.Module:
+    """Rebuild the sliced model of `plan` in eval mode.
+
+    `state_dict` is either the full model's (e.g. the fine-tuned critic: it is sliced) or the sliced
+    model's own (e.g. after fine-tuning the small model: it is loaded into the rebuilt architecture).
+    """
+    model = build_model(plan.model_config)
+    structure = Structure.from_model(model, example_inputs)
+    plan.validate(structure)
+    if _fits(model, state_dict):
+        model.load_state_dict(state_dict)
+        return slice_model(model.eval(), structure, plan.kept).eval()
+    sliced = slice_model(model.eval(), structure, plan.kept)
+    if _fits(sliced, state_dict):
+        sliced.load_state_dict(state_dict)
+        return sliced.eval()
+    raise StructureError(
+        "state_dict fits neither the full model of the plan's model_config nor the sliced model (different "
+        f"keys or shapes, e.g. {_first_mismatch(sliced, state_dict)}); pass the full trained model's or the "
+        "sliced model's state_dict."
+    )
+
+
+def _fits(model: nn.Module, state_dict: dict[str, Tensor]) -> bool:
+    own = model.state_dict()
+    return own.keys() == state_dict.keys() and all(own[k].shape == state_dict[k].shape for k in own)
+
+
+def _first_mismatch(model: nn.Module, state_dict: dict[str, Tensor]) -> str:
+    own = model.state_dict()
+    for key in sorted(set(own) | set(state_dict)):
+        if key not in own or key not in state_dict or own[key].shape != state_dict[key].shape:
+            mine = tuple(own[key].shape) if key in own else "absent"
+            theirs = tuple(state_dict[key].shape) if key in state_dict else "absent"
+            return f"'{key}': sliced model {mine} vs given {theirs}"
+    return "none"
