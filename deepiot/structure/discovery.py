@@ -408,11 +408,13 @@ class Discovery:
                     f"declared must be a list of lists of at least two producer names sharing one mask, got "
                     f"entry {shared!r}."
                 )
+            compressible = [name for name in self.producers if name not in self.pinned]
             for name in shared:
-                if name not in self.producers:
+                if name not in compressible:
+                    why = f" ({self.pinned[name]})" if name in self.pinned else ""
                     raise StructureError(
-                        f"declared group {list(shared)} names '{name}', which is not a compressible producer; "
-                        f"producers: {list(self.producers)}."
+                        f"declared group {list(shared)} names '{name}', which is not a compressible producer"
+                        f"{why}; compressible producers: {compressible}."
                     )
             sizes = {self.producers[name].size for name in shared}
             if len(sizes) != 1:

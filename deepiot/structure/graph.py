@@ -171,6 +171,11 @@ class Structure:
 def _checked_indices(name: str, value: Sequence[int] | Tensor, size: int) -> Tensor:
     """Kept indices of group `name` as a sorted int64 Tensor, or StructureError explaining what is wrong."""
     indices = torch.as_tensor(value)
+    if indices.numel() == 0:
+        raise StructureError(
+            f"group {name!r} keeps zero elements; at least one must stay (removing a whole layer would cut "
+            "the network)."
+        )
     if indices.dtype == torch.bool:
         if indices.shape != (size,):
             raise StructureError(
@@ -180,10 +185,7 @@ def _checked_indices(name: str, value: Sequence[int] | Tensor, size: int) -> Ten
     elif indices.is_floating_point() or indices.dim() != 1:
         raise StructureError(f"kept indices of group {name!r} must be a 1-D list of ints, got {value!r}.")
     if len(indices) == 0:
-        raise StructureError(
-            f"group {name!r} keeps zero elements; at least one must stay (removing a whole layer would cut "
-            "the network)."
-        )
+        raise StructureError(f"group {name!r} keeps zero elements (its bool mask is all False).")
     if indices.min() < 0 or indices.max() >= size:
         raise StructureError(
             f"kept indices of group {name!r} must lie in [0, {size}), got {indices.tolist()}."

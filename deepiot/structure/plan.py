@@ -141,9 +141,9 @@ def build_sliced_model(
         sliced.load_state_dict(state_dict)
         return sliced.eval()
     raise StructureError(
-        "state_dict fits neither the full model of the plan's model_config nor the sliced model (different "
-        f"keys or shapes, e.g. {_first_mismatch(sliced, state_dict)}); pass the full trained model's or the "
-        "sliced model's state_dict."
+        "state_dict fits neither the full model of the plan's model_config nor the sliced model (first "
+        f"difference from the full model: {_first_mismatch(model, state_dict)}); pass the full trained "
+        "model's or the sliced model's state_dict."
     )
 
 
@@ -158,5 +158,5 @@ def _first_mismatch(model: nn.Module, state_dict: dict[str, Tensor]) -> str:
         if key not in own or key not in state_dict or own[key].shape != state_dict[key].shape:
             mine = tuple(own[key].shape) if key in own else "absent"
             theirs = tuple(state_dict[key].shape) if key in state_dict else "absent"
-            return f"'{key}': sliced model {mine} vs given {theirs}"
+            return f"'{key}': model {mine} vs given {theirs}"
     return "none"
