@@ -128,6 +128,31 @@ class Reward:
         """cost(z) / cost(original) for masks {group: [N, size]} (soft masks allowed): [N]."""
         return self.cost_function(self.structure, masks) / self.original_cost
 
+    def expected_cost_ratio(self, keep_probs: Mapping[str, Tensor]) -> Tensor:
+        """cost(E[z]) / cost(original) for keep probabilities {group: [size]}, differentiable in them: [1].
+
+        Cost models need not be differentiable (the structure's is not), so the gradient comes from the
+        slope of the cost per kept element of each group, measured in one vectorised call by adding (or, for
+        a full group, removing) one element per group — exact for costs linear in each group's count
+        (params, MACs, model bytes).
+        """
+        names = list(keep_probs)
+        probs = {name: prob.detach() for name, prob in keep_probs.items()}
+        steps = torch.tensor(
+            [1.0 if float(probs[name].sum()) + 1 <= probs[name].numel() else -1.0 for name in names]
+        )
+        rows = {
+            name: prob.expand(len(names) + 1, prob.numel()).clone() for name, prob in probs.items()
+        }  # [G+1, size]
+        for row, name in enumerate(names, start=1):
+            rows[name][row] += (
+                steps[row - 1] / probs[name].numel()
+            )  # one element more (or fewer) in group `name`
+        ratios = self.cost_ratio(rows)  # [G + 1]: E[z], then E[z] with group g changed
+        slopes = (ratios[1:] - ratios[0]) / steps  # [G]: cost ratio per kept element
+        counts = torch.stack([keep_probs[name].sum() for name in names])  # [G], carries the gradient
+        return ratios[:1] + (slopes * (counts - counts.detach())).sum()
+
     def __call__(self, losses: Tensor, masks: Mapping[str, Tensor]) -> RewardBatch:
         cost_ratio = self.cost_ratio(masks)
         return RewardBatch(-losses - self.lam * cost_ratio, losses, cost_ratio)
@@ -137,6 +162,12 @@ def structure_features(masks: Mapping[str, Tensor], cost_ratio: Tensor) -> Tenso
     """The learned critic's input: per-group kept fractions and the cost ratio, [N, groups + 1]."""
     fractions = [mask.mean(dim=-1) for mask in masks.values()]  # each [N, size] → [N]
     return torch.stack([*fractions, cost_ratio], dim=1)  # [N, G + 1]
+
+
+def expected_features(keep_probs: Mapping[str, Tensor], reward: Reward) -> Tensor:
+    """`structure_features` of the expected mask E[z] = p', differentiable in p': [1, groups + 1]."""
+    expected_masks = {name: prob.unsqueeze(0) for name, prob in keep_probs.items()}  # [size] → [1, size]
+    return structure_features(expected_masks, reward.expected_cost_ratio(keep_probs))
 
 
 class BiasCorrectedEMA:
@@ -168,7 +199,7 @@ class Baseline(Protocol):
 
     def advantages(self, rewards: Tensor, features: Tensor) -> Tensor: ...
 
-    def control_variate(self, expected_features: Tensor) -> Tensor: ...
+    def control_variate(self, keep_probs: Mapping[str, Tensor], reward: Reward) -> Tensor: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -191,7 +222,7 @@ class EMABaseline:
         scale = max(1.0, self.std.update(float(rewards.std(unbiased=False))))
         return (rewards - baseline) / scale
 
-    def control_variate(self, expected_features: Tensor) -> Tensor:
+    def control_variate(self, keep_probs: Mapping[str, Tensor], reward: Reward) -> Tensor:
         return torch.zeros(())  # an action-independent baseline needs no correction
 
     @property
@@ -235,9 +266,9 @@ class LearnedCritic:
         self._fit(features.detach(), rewards.detach())
         return (rewards - predicted) / self.scale
 
-    def control_variate(self, expected_features: Tensor) -> Tensor:
-        """Q at the expected features [1, F], scaled like the advantages."""
-        return self.predict(expected_features).sum() / self.scale
+    def control_variate(self, keep_probs: Mapping[str, Tensor], reward: Reward) -> Tensor:
+        """Q at the features of the expected mask p', scaled like the advantages; differentiable in p'."""
+        return self.predict(expected_features(keep_probs, reward)).sum() / self.scale
 
     def _fit(self, features: Tensor, rewards: Tensor) -> None:
         """One Adam step on the MSE between predicted and observed rewards."""

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from deepiot.compressor import MaskDistribution
 from deepiot.cost.types import Cost
 from deepiot.critic import (
     COST_FUNCTIONS,
@@ -126,14 +125,25 @@ def test_learned_critic_learns_the_reward_of_a_structure():
     assert advantages.std().item() < 0.2
 
 
-def test_learned_critic_control_variate_reaches_the_features_not_the_network():
+def test_learned_critic_control_variate_reaches_the_keep_probabilities_not_the_network():
     critic = LearnedCritic(num_features=3)
     critic.advantages(torch.randn(8), torch.rand(8, 3))
     critic.optimizer.zero_grad(set_to_none=True)
-    expected = torch.rand(1, 3, requires_grad=True)
-    critic.control_variate(expected).backward()
-    assert expected.grad is not None and expected.grad.abs().sum() > 0
+    keep_probs = {
+        "a": torch.full((4,), 0.5, requires_grad=True),
+        "b": torch.full((3,), 0.7, requires_grad=True),
+    }
+    critic.control_variate(keep_probs, Reward(ToyStructure(), cost="params")).backward()
+    assert keep_probs["a"].grad.abs().sum() > 0 and keep_probs["b"].grad.abs().sum() > 0
     assert all(param.grad is None for param in critic.net.parameters())
+
+
+def test_ema_baseline_needs_no_control_variate():
+    keep_probs = {
+        "a": torch.full((4,), 0.5, requires_grad=True),
+        "b": torch.full((3,), 0.5, requires_grad=True),
+    }
+    assert EMABaseline().control_variate(keep_probs, Reward(ToyStructure())).item() == 0.0
 
 
 def test_structure_features_are_kept_fractions_and_cost():
@@ -142,13 +152,23 @@ def test_structure_features_are_kept_fractions_and_cost():
     torch.testing.assert_close(features, torch.tensor([[0.5, 1 / 3, 0.25]]))
 
 
-def test_soft_masks_give_a_differentiable_expected_cost():
-    reward = Reward(ToyStructure(), cost="params")
-    logits = {"a": torch.zeros(4, requires_grad=True), "b": torch.zeros(3, requires_grad=True)}
-    probs = MaskDistribution(logits).keep_probs
-    soft = {name: prob.unsqueeze(0) for name, prob in probs.items()}  # [1, size]
-    reward.cost_ratio(soft).sum().backward()
-    assert logits["a"].grad.abs().sum() > 0
+@pytest.mark.parametrize("cost", ["params", "macs"])
+def test_expected_cost_ratio_has_the_exact_gradient_of_the_cost_polynomial(cost):
+    reward = Reward(ToyStructure(), cost=cost)
+    keep_probs = {
+        "a": torch.tensor([0.9, 0.5, 0.2, 1.0], requires_grad=True),
+        "b": torch.tensor([1.0, 1.0, 1.0], requires_grad=True),
+    }
+    ratio = reward.expected_cost_ratio(keep_probs)
+    ratio.sum().backward()
+    a, b = 2.6, 3.0  # expected kept counts (group b is full: its slope is measured by removing one element)
+    original = reward.original_cost
+    value = {"params": 11 * a + (a + 1) * b + (b + 1) * 2, "macs": 10 * a + a * b + b * 2}[cost]
+    d_a = {"params": 11 + b, "macs": 10 + b}[cost]  # ∂cost/∂a, the same for every element of group a
+    d_b = {"params": a + 1 + 2, "macs": a + 2}[cost]
+    assert ratio.item() == pytest.approx(value / original, rel=1e-6)
+    torch.testing.assert_close(keep_probs["a"].grad, torch.full((4,), d_a / original))
+    torch.testing.assert_close(keep_probs["b"].grad, torch.full((3,), d_b / original))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,202 @@
+"""`deepiot.compress(...)`: compress your own trained model in one call."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from deepiot.export import PLAN_NAME, export_model
+from deepiot.report import build_report, write_report
+from deepiot.schedules import ScheduleConfig
+from deepiot.structure import Structure
+from deepiot.trainer import CompressionConfig, CompressionResult, compress_model, dataset_tensors
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What the run records beyond the result: how to rebuild the model, and extra manifest/report entries."""
+
+    model_config: Mapping[str, Any] = field(default_factory=dict)  # `_target_`, input_shape, num_classes, ...
+    manifest_extra: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # normalisation, class names, dataset, ...
+    report_extra: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # e.g. run name, training time of the original
+    latency_threads: int | None = 1  # threads for the before/after host latency; None skips it
+
+
+PLAN_FILE = PLAN_NAME  # the run folder's copy of the slicing plan
+EXPORT_DIR = "export"
+
+
+def compress(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset,
+    test_data: Dataset | None = None,
+    *,
+    example_inputs: Tensor | None = None,
+    target: float | None = None,
+    cost: str | None = None,
+    lam: float | None = None,
+    baseline: str | None = None,
+    schedule: str | ScheduleConfig | None = None,
+    max_iterations: int | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    config: CompressionConfig | None = None,
+    structure: Structure | None = None,
+    outputs: OutputOptions | None = None,
+    progress: bool = True,
+) -> CompressionResult:
+    """Compress a trained classifier with DeepIoT and return the physically smaller model.
+
+    Every keyword left as None keeps the value of `config` (default `CompressionConfig()`: the paper's
+    settings, no size target). With `out_dir`, the run is resumable (rerun the same call) and the folder
+    receives report.json/report.md/plots, slicing_plan.json and export/ (TorchScript, ONNX, manifest).
+
+    Args:
+        model: trained model returning logits [N, classes]; it is not modified.
+        train_data, val_data, test_data: (input, label) datasets, e.g. TensorDatasets; without test_data the
+            validation set is also used as the test set.
+        example_inputs: one input batch for structure tracing and export (default: the first training sample).
+        target: fraction of the parameters to keep, in (0, 1] (stops as soon as it is met).
+        cost: resource cost in the reward ("params", "macs", "activation_bytes", "model_bytes" or registered).
+        lam: weight λ of the cost in the reward (0 = the paper).
+        baseline: "ema" (the paper) or "learned" (value critic).
+        schedule: "paper", "guarded" or a ScheduleConfig.
+        max_iterations: compressor-critic iterations at most.
+        seed: random seed of the loop (same seed → same result).
+        config: full settings (see `CompressionConfig`); the keywords above override its fields.
+        structure: the model's groups, for models that need declared groups.
+        outputs: model description, extra manifest/report entries, latency threads (see OutputOptions).
+        progress: show progress bars.
+
+    Returns:
+        CompressionResult(sliced_model, plan, report).
+
+    Example — a custom sensor model on [N, T=128, C=6] windows:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> from deepiot.api import compress
+        >>> class SensorNet(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.conv = nn.Conv1d(6, 32, 5, padding=2)
+        ...         self.gru = nn.GRU(32, 48, batch_first=True)
+        ...         self.fc = nn.Linear(48, 4)
+        ...     def forward(self, x):                      # x: [N, 128, 6]
+        ...         h = torch.relu(self.conv(x.transpose(1, 2)))  # [N, 32, 128]
+        ...         out, _ = self.gru(h.transpose(1, 2))  # [N, 128, 48]
+        ...         return self.fc(out.mean(dim=1))
+        >>> x, y = torch.randn(512, 128, 6), torch.randint(0, 4, (512,))
+        >>> data = TensorDataset(x, y)
+        >>> result = compress(SensorNet(), data, data, target=0.3, max_iterations=200,
+        ...                           out_dir="outputs/my_sensor_net")  # doctest: +SKIP
+        >>> result.sliced_model, result.report["cost"]["left"]["params"]  # doctest: +SKIP
+    """
+    config = _with_overrides(
+        config or CompressionConfig(),
+        target=target,
+        cost=cost,
+        lam=lam,
+        baseline=baseline,
+        schedule=schedule,
+        max_iterations=max_iterations,
+        seed=seed,
+    )
+    outputs = outputs or OutputOptions()
+    test_data = val_data if test_data is None else test_data
+    if example_inputs is None:
+        example_inputs = dataset_tensors(train_data, "train")[0][:1]
+    result = compress_model(
+        model,
+        train_data,
+        val_data,
+        test_data,
+        config,
+        run_dir=out_dir,
+        structure=structure,
+        model_config=outputs.model_config,
+        progress=progress,
+    )
+    report = build_report(
+        model,
+        result.sliced_model,
+        result.report,
+        example_inputs,
+        latency_threads=outputs.latency_threads,
+        extra=outputs.report_extra,
+    )
+    report["config"] = config.to_dict()
+    if out_dir is not None:
+        save_outputs(result, report, example_inputs, Path(out_dir), outputs.manifest_extra)
+    return CompressionResult(result.sliced_model, result.plan, report)
+
+
+def save_outputs(
+    result: CompressionResult,
+    report: dict[str, Any],
+    example_inputs: Tensor,
+    out_dir: Path,
+    manifest_extra: Mapping[str, Any],
+) -> None:
+    """Write the report, the slicing plan, and the TorchScript/ONNX export of the sliced model."""
+    result.plan.save(out_dir / PLAN_FILE)
+    plan_bytes = (out_dir / PLAN_FILE).read_bytes()
+    metrics = {
+        "test_accuracy": report["accuracy"]["compressed_test"],
+        "val_accuracy": report["accuracy"]["compressed_val"],
+        "original_test_accuracy": report["accuracy"]["original_test"],
+    }
+    extra = {
+        "metrics": metrics,
+        "model_config": json.loads(json.dumps(result.plan.model_config)),
+        "slicing_plan": PLAN_FILE,
+        **manifest_extra,
+    }
+    exported = export_model(
+        result.sliced_model,
+        example_inputs,
+        out_dir / EXPORT_DIR,
+        manifest_extra=extra,
+        extra_files={PLAN_FILE: plan_bytes},
+    )
+    report["export"] = {
+        "paths": {kind: str(path) for kind, path in exported.paths.items()},
+        "max_abs_diff": exported.max_abs_diff,
+    }
+    report["files"] = {kind: str(path) for kind, path in write_report(report, out_dir).items()}
+
+
+def _with_overrides(config: CompressionConfig, **overrides: Any) -> CompressionConfig:
+    """`config` with the keyword shortcuts of `compress` applied (None = keep)."""
+    loop, critic, schedule = config.loop, config.critic, config.schedule
+    values = {key: value for key, value in overrides.items() if value is not None}
+    loop = dataclasses.replace(
+        loop,
+        target_params=values.get("target", loop.target_params),
+        max_iterations=values.get("max_iterations", loop.max_iterations),
+        seed=values.get("seed", loop.seed),
+    )
+    critic = dataclasses.replace(
+        critic,
+        cost=values.get("cost", critic.cost),
+        lam=values.get("lam", critic.lam),
+        baseline=values.get("baseline", critic.baseline),
+    )
+    chosen = values.get("schedule", schedule)
+    if isinstance(chosen, str):
+        chosen = dataclasses.replace(schedule, name=chosen)
+    return dataclasses.replace(config, loop=loop, critic=critic, schedule=chosen)

@@ -1,0 +1,734 @@
+"""The DeepIoT compressor-critic loop (DESIGN §2), then fine-tuning, physical slicing and a test of the result.
+
+`compress_model(model, train, val, test, config)` runs, in order:
+  1. compression: `compressor_critic_step` every iteration (critic step, compressor step, store
+     probabilities); every `eval_every` iterations the current pruned structure (p ≥ τ kept, p < τ removed:
+     hard 0/1 masks, exactly what is exported) is validated and the stop rules are checked: target met,
+     kept set unchanged for `patience` evaluations once τ is at its limit ("converged"), or max iterations;
+  2. fine-tuning: the kept set is frozen (p = 1 kept, p = 0 removed), the compressor stops, only the critic
+     trains — so the exported model computes exactly the network that was evaluated;
+  3. `slice_model` builds the physically smaller model; its test accuracy is measured and its outputs are
+     checked against the masked network's.
+With a `run_dir`, the whole loop state is written atomically to `<run_dir>/compress_state.pt` at every
+evaluation and rerunning the same call resumes from it (same seed → same result as an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from deepiot.checkpoint import load_checkpoint, save_checkpoint
+from deepiot.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
+from deepiot.critic import Baseline, CriticConfig, Reward, build_baselines, structure_features
+from deepiot.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
+from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
+from deepiot.utils import describe_differences
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "compress_state.pt"
+SLICED_TOLERANCE = 1e-4  # max |sliced − masked| logit difference accepted (float32 reassociation only)
+
+
+class CompressionError(RuntimeError):
+    """The loop cannot continue (e.g. a loss became NaN); the message says what happened and what to do."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Loop settings. Targets are fractions of the original left (e.g. 0.07 = 7% of the parameters).
+
+    Stop rule (checked every `eval_every` iterations): every set size target met and validation accuracy ≥ the
+    floor, where the floor is the higher of `min_val_accuracy` and original − `max_accuracy_drop` (unset parts
+    are ignored); or the kept set unchanged for `patience` evaluations once τ is at its limit; or
+    `max_iterations`. Then `finetune_iterations` critic steps with the kept set fixed.
+    """
+
+    max_iterations: int = 2000
+    batch_size: int = 64
+    eval_every: int = 200
+    target_params: float | None = None
+    target_macs: float | None = None
+    min_val_accuracy: float | None = None
+    max_accuracy_drop: float | None = None
+    patience: int = 5
+    finetune_iterations: int = 1000
+    eval_batch_size: int = 512
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_iterations",
+            "batch_size",
+            "eval_every",
+            "patience",
+            "eval_batch_size",
+            "log_every",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"compress.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.finetune_iterations < 0 or self.seed < 0:
+            raise ValueError(
+                f"compress.finetune_iterations and seed must be >= 0, got {self.finetune_iterations} and {self.seed}."
+            )
+        for name in ("target_params", "target_macs"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(
+                    f"compress.{name} is a fraction of the original left and must be in (0, 1], got {value}."
+                )
+        for name in ("min_val_accuracy", "max_accuracy_drop"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"compress.{name} must be in [0, 1], got {value}.")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Everything that decides what a compression computes (compared before resuming a run)."""
+
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    compressor: CompressorConfig = field(default_factory=CompressorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-like dict (tuples as lists), as stored in the checkpoint."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+class CompressionResult(NamedTuple):
+    """What a compression hands back: the physically smaller model, its slicing plan and the report."""
+
+    sliced_model: nn.Module
+    plan: SlicingPlan
+    report: dict[str, Any]
+
+
+class StepStats(NamedTuple):
+    """What one compressor-critic iteration measured (for logs; `grad_var` only when asked)."""
+
+    tau: float
+    critic_loss: float
+    compressor_loss: float
+    reward_mean: float
+    baseline: float
+    advantage_var: float
+    entropy: float
+    grad_var: dict[str, float]
+
+
+class BatchStream:
+    """Endless shuffled mini-batches of a tensor dataset (epochs without replacement, last partial batch dropped).
+
+    Its whole state (permutation, position, generator) is saved, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, seed: int) -> None:
+        self.inputs, self.labels, self.batch_size = inputs, labels, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(labels), generator=self.generator)
+        self.position = 0
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        if self.position + self.batch_size > len(self.order):
+            self.order = torch.randperm(len(self.labels), generator=self.generator)
+            self.position = 0
+        indices = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.inputs[indices], self.labels[indices]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"], int(state["position"])
+
+
+@dataclass
+class LoopParts:
+    """The objects the loop drives; built once per session, their state is what the checkpoint saves."""
+
+    config: CompressionConfig
+    structure: Structure
+    critic: nn.Module  # the model being compressed (trained in place; a copy of the caller's model)
+    network: MaskedNetwork
+    compressor: Compressor
+    critic_optimizer: torch.optim.Optimizer
+    compressor_optimizer: torch.optim.Optimizer
+    baselines: dict[str, Baseline]
+    reward: Reward
+    schedule: ThresholdSchedule
+    batches: BatchStream
+    mask_generator: torch.Generator
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands; saved with the parts' state at every evaluation."""
+
+    keep_logits: dict[str, Tensor]  # step 3's stored probabilities (as logits) for the next critic step
+    iteration: int = 0
+    phase: str = "compress"  # "compress" → "finetune" → "done"
+    finetune_iteration: int = 0
+    unchanged_evaluations: int = 0
+    kept: dict[str, list[int]] = field(default_factory=dict)  # kept set at the last evaluation
+    stop_reason: str = ""
+    original: dict[str, float] = field(default_factory=dict)  # original val/test accuracy
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_time_s: dict[str, float] = field(default_factory=lambda: {"compress": 0.0, "finetune": 0.0})
+
+
+# ---------------------------------------------------------------------------------------------- the algorithm
+
+
+def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance: bool = False) -> StepStats:
+    """One DeepIoT iteration (DESIGN §2, steps 1–3), at threshold τ of the current iteration."""
+    tau = parts.schedule(state.iteration)
+    decay = parts.config.schedule.decay
+    batch_size = parts.config.loop.batch_size
+
+    # 1. Critic step: masks from the stored, threshold-decayed keep probabilities (p < τ → γ·p); one optimizer
+    #    step of the critic (the model, through its masks) on the task loss.
+    inputs, labels = parts.batches.next()
+    masks = MaskDistribution(state.keep_logits, tau, decay).sample(batch_size, parts.mask_generator)
+    parts.network.train()
+    critic_loss = F.cross_entropy(parts.network(inputs, masks), labels)
+    check_finite("critic loss", critic_loss, state, tau)
+    parts.critic_optimizer.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    parts.critic_optimizer.step()
+
+    # 2. Compressor step: the compressor re-reads the critic's (just updated) weights; on a fresh batch with
+    #    fresh masks z_i ~ Bernoulli(p'), the critic judges each structure (reward r_i = −ℓ_i − λ·cost ratio)
+    #    and REINFORCE follows mean_i[adv_i · Σ_groups Σ_j log P(z_ij | p'_j)], adv_i = (r_i − b)/max(1, s).
+    inputs, labels = parts.batches.next()
+    distribution = MaskDistribution(parts.compressor(weight_matrices(parts)), tau, decay)
+    masks = distribution.sample(batch_size, parts.mask_generator)
+    parts.network.eval()
+    with torch.no_grad():
+        losses = F.cross_entropy(parts.network(inputs, masks), labels, reduction="none")  # [N]
+    rewards = parts.reward(losses, masks)
+    features = structure_features(masks, rewards.cost_ratio)  # [N, G + 1]
+    # every baseline sees every batch (so the unused one stays trained); the configured one drives the update
+    advantages = {
+        name: baseline.advantages(rewards.reward, features) for name, baseline in parts.baselines.items()
+    }
+    baseline = parts.baselines[parts.config.critic.baseline]
+    advantage = advantages[parts.config.critic.baseline]  # [N]
+    control_variate = baseline.control_variate(
+        distribution.keep_probs, parts.reward
+    )  # 0 for the EMA baseline
+    compressor_loss = -(advantage * distribution.log_prob(masks)).mean() - control_variate
+    check_finite("compressor loss", compressor_loss, state, tau)
+    parts.compressor_optimizer.zero_grad(set_to_none=True)
+    compressor_loss.backward()
+    parts.compressor_optimizer.step()
+
+    # 3. Store the new probabilities (from the updated compressor) for the next iteration's sampling.
+    with torch.no_grad():
+        state.keep_logits = parts.compressor(weight_matrices(parts))
+
+    grad_var = {}
+    if measure_variance:
+        grad_var = {
+            name: score_variance(distribution.logits, tau, decay, masks, values)
+            for name, values in advantages.items()
+        }
+    return StepStats(
+        tau=tau,
+        critic_loss=float(critic_loss.detach()),
+        compressor_loss=float(compressor_loss.detach()),
+        reward_mean=float(rewards.reward.mean()),
+        baseline=baseline.value,
+        advantage_var=float(advantage.var()),
+        entropy=float(distribution.entropy().detach()),
+        grad_var=grad_var,
+    )
+
+
+def finetune_step(parts: LoopParts, state: LoopState, kept_masks: Mapping[str, Tensor]) -> float:
+    """One critic step with the kept set fixed (p = 1 kept, p = 0 removed) and the compressor frozen."""
+    inputs, labels = parts.batches.next()
+    parts.network.train()
+    loss = F.cross_entropy(parts.network(inputs, kept_masks), labels)
+    check_finite("fine-tuning loss", loss, state, tau=math.nan)
+    parts.critic_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    parts.critic_optimizer.step()
+    return float(loss.detach())
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def compress_model(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset,
+    test_data: Dataset,
+    config: CompressionConfig | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    structure: Structure | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> CompressionResult:
+    """Compress `model` (a trained classifier) with DeepIoT; `model` itself is left untouched.
+
+    Args:
+        model: trained classifier whose output is logits [N, classes].
+        train_data, val_data, test_data: (input, label) datasets (TensorDataset or any indexable dataset).
+        config: loop/compressor/critic/schedule settings (defaults: the paper's).
+        run_dir: where the resumable state and TensorBoard events go; None keeps everything in memory.
+        structure: the model's groups, when `Structure.from_model` needs declared groups.
+        model_config: how to rebuild the model (`_target_`, input_shape, ...), stored in the slicing plan.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        CompressionResult(sliced_model, plan, report) where report holds the loop's history, stop reason,
+        kept elements, modelled cost ratios, accuracies (original and compressed) and wall times.
+    """
+    config = config or CompressionConfig()
+    train_inputs, train_labels = dataset_tensors(train_data, "train")
+    val_inputs, val_labels = dataset_tensors(val_data, "val")
+    test_inputs, test_labels = dataset_tensors(test_data, "test")
+    if len(train_labels) < config.loop.batch_size:
+        raise ValueError(
+            f"the training set has {len(train_labels)} samples, fewer than one batch (compress.batch_size="
+            f"{config.loop.batch_size}); use more data or a smaller batch size."
+        )
+    critic = copy.deepcopy(model).cpu()
+    structure = structure or Structure.from_model(critic, train_inputs[:1])
+    if not structure.groups:
+        raise ValueError(
+            f"{type(model).__name__} has no compressible group (Linear/Conv/LSTM/GRU hidden elements other than "
+            "the output layer); there is nothing to compress."
+        )
+    state_path = Path(run_dir) / STATE_FILE if run_dir is not None else None
+    saved = read_saved_state(state_path, config) if state_path is not None else None
+    parts = build_parts(critic, structure, (train_inputs, train_labels), config)
+    if saved is not None:
+        state = restore(parts, saved)
+        log.info(
+            "resuming compression from %s (phase %s, iteration %d)", state_path, state.phase, state.iteration
+        )
+    else:
+        state = fresh_state(parts)
+        state.original = {
+            "val_accuracy": accuracy(model, val_inputs, val_labels, config.loop.eval_batch_size),
+            "test_accuracy": accuracy(model, test_inputs, test_labels, config.loop.eval_batch_size),
+        }
+    writer = SummaryWriter(Path(run_dir) / "tensorboard", purge_step=global_step(state)) if run_dir else None
+    if writer is not None and saved is None:
+        writer.add_text("hyperparameters", hyperparameter_table(config.to_dict()))
+    validation = (val_inputs, val_labels)
+    if state.phase == "compress":
+        run_compression(parts, state, validation, writer, state_path, progress)
+    if state.phase == "finetune":
+        run_finetuning(parts, state, writer, state_path, progress)
+    result = slice_and_test(parts, state, validation, (test_inputs, test_labels), model_config or {})
+    if writer is not None:
+        writer.add_scalar(
+            "charts/test_accuracy", result.report["accuracy"]["compressed_test"], global_step(state)
+        )
+        writer.close()
+    return result
+
+
+def run_compression(
+    parts: LoopParts,
+    state: LoopState,
+    validation: tuple[Tensor, Tensor],
+    writer: SummaryWriter | None,
+    state_path: Path | None,
+    progress: bool,
+) -> None:
+    """Compressor-critic iterations with periodic evaluation, checkpointing and the stop rules."""
+    loop = parts.config.loop
+    bar = tqdm(total=loop.max_iterations, initial=state.iteration, desc="compress", disable=not progress)
+    started = time.perf_counter()
+    while state.phase == "compress":
+        evaluating = (
+            state.iteration + 1
+        ) % loop.eval_every == 0 or state.iteration + 1 == loop.max_iterations
+        stats = compressor_critic_step(parts, state, measure_variance=evaluating)
+        state.iteration += 1
+        bar.update(1)
+        if writer is not None and (state.iteration % loop.log_every == 0 or evaluating):
+            log_step(writer, stats, state.iteration)
+        if evaluating:
+            state.wall_time_s["compress"] += time.perf_counter() - started
+            started = time.perf_counter()
+            record = evaluate_and_decide(parts, state, validation, stats)
+            bar.set_postfix(
+                tau=f"{record['tau']:.3f}",
+                kept=f"{100 * record['params_ratio']:.1f}%",
+                val_acc=f"{record['val_accuracy']:.4f}",
+            )
+            if writer is not None:
+                log_evaluation(writer, parts, state, record)
+            if state_path is not None:
+                save_checkpoint(state_payload(parts, state), state_path)
+    bar.close()
+
+
+def evaluate_and_decide(
+    parts: LoopParts, state: LoopState, validation: tuple[Tensor, Tensor], stats: StepStats
+) -> dict[str, float]:
+    """Validate the current pruned structure, append it to the history and apply the stop rules."""
+    loop = parts.config.loop
+    tau = stats.tau
+    kept = kept_indices(state.keep_logits, tau)
+    val_accuracy = accuracy(
+        parts.network, *validation, loop.eval_batch_size, hard_masks(parts.structure, kept)
+    )
+    ratios = cost_ratios(parts.structure, kept)
+    record = {
+        "iteration": state.iteration,
+        "tau": tau,
+        "val_accuracy": val_accuracy,
+        **ratios,
+        "kept_elements": sum(len(indices) for indices in kept.values()),
+        "critic_loss": stats.critic_loss,
+        "reward_mean": stats.reward_mean,
+        **{f"grad_var_{name}": value for name, value in stats.grad_var.items()},
+    }
+    state.history.append(record)
+    parts.schedule.observe(state.iteration, val_accuracy, state.original["val_accuracy"])
+    state.unchanged_evaluations = state.unchanged_evaluations + 1 if kept == state.kept else 0
+    state.kept = kept
+    reason = stop_reason(parts, state, record)
+    if reason:
+        state.stop_reason, state.phase = reason, "finetune"
+        log.info("compression stops at iteration %d: %s", state.iteration, reason)
+    return record
+
+
+def stop_reason(parts: LoopParts, state: LoopState, record: Mapping[str, float]) -> str:
+    """Why compression stops now ("" to go on): target met, converged, or out of iterations."""
+    loop = parts.config.loop
+    targets = {"params_ratio": loop.target_params, "macs_ratio": loop.target_macs}
+    size_targets = {key: value for key, value in targets.items() if value is not None}
+    accurate = record["val_accuracy"] >= accuracy_floor(loop, state.original["val_accuracy"])
+    if size_targets and accurate and all(record[key] <= value for key, value in size_targets.items()):
+        return "target met: " + ", ".join(
+            f"{key} {record[key]:.4f} <= {value}" for key, value in size_targets.items()
+        )
+    if state.unchanged_evaluations >= loop.patience and parts.schedule.at_limit(state.iteration):
+        return f"converged: kept set unchanged for {state.unchanged_evaluations} evaluations"
+    if state.iteration >= loop.max_iterations:
+        return f"max iterations ({loop.max_iterations}) reached"
+    return ""
+
+
+def accuracy_floor(loop: LoopConfig, original_val_accuracy: float) -> float:
+    """The validation accuracy the target requires (0 when no floor is configured)."""
+    floors = [0.0]
+    if loop.min_val_accuracy is not None:
+        floors.append(loop.min_val_accuracy)
+    if loop.max_accuracy_drop is not None:
+        floors.append(original_val_accuracy - loop.max_accuracy_drop)
+    return max(floors)
+
+
+def run_finetuning(
+    parts: LoopParts, state: LoopState, writer: SummaryWriter | None, state_path: Path | None, progress: bool
+) -> None:
+    """Critic-only training with the kept set fixed; checkpoints every `eval_every` steps."""
+    loop = parts.config.loop
+    kept_masks = hard_masks(parts.structure, state.kept)
+    bar = tqdm(
+        total=loop.finetune_iterations,
+        initial=state.finetune_iteration,
+        desc="fine-tune",
+        disable=not progress,
+    )
+    started = time.perf_counter()
+    while state.finetune_iteration < loop.finetune_iterations:
+        loss = finetune_step(parts, state, kept_masks)
+        state.finetune_iteration += 1
+        bar.update(1)
+        if writer is not None and state.finetune_iteration % loop.log_every == 0:
+            writer.add_scalar("losses/finetune", loss, global_step(state))
+        if state.finetune_iteration % loop.eval_every == 0 and state_path is not None:
+            state.wall_time_s["finetune"] += time.perf_counter() - started
+            started = time.perf_counter()
+            save_checkpoint(state_payload(parts, state), state_path)
+    bar.close()
+    state.wall_time_s["finetune"] += time.perf_counter() - started
+    state.phase = "done"
+    if state_path is not None:
+        save_checkpoint(state_payload(parts, state), state_path)
+
+
+def slice_and_test(
+    parts: LoopParts,
+    state: LoopState,
+    validation: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    model_config: Mapping[str, Any],
+) -> CompressionResult:
+    """Slice the fine-tuned critic to its kept set, check it equals the masked network, and test it."""
+    loop = parts.config.loop
+    masks = hard_masks(parts.structure, state.kept)
+    parts.critic.eval()
+    sliced = slice_model(parts.critic, parts.structure, state.kept).eval()
+    check_inputs = test[0][: loop.eval_batch_size]
+    with torch.no_grad():
+        masked_logits = parts.network(check_inputs, masks)
+        sliced_logits = sliced(check_inputs)
+    difference = float((masked_logits - sliced_logits).abs().max())
+    if not difference <= SLICED_TOLERANCE * max(1.0, float(masked_logits.abs().max())):
+        raise CompressionError(
+            f"the sliced model's outputs differ from the masked network's by up to {difference:.3g} (tolerance "
+            f"{SLICED_TOLERANCE}); the slicing of {type(parts.critic).__name__} is wrong — please report it."
+        )
+    plan = SlicingPlan(
+        model_config=dict(model_config),
+        kept={name: list(indices) for name, indices in state.kept.items()},
+        group_sizes={group.name: group.size for group in parts.structure.groups},
+    )
+    report = {
+        "stop_reason": state.stop_reason,
+        "iterations": state.iteration,
+        "finetune_iterations": state.finetune_iteration,
+        "group_sizes": plan.group_sizes,
+        "kept_counts": {name: len(indices) for name, indices in state.kept.items()},
+        "kept": plan.kept,
+        **{"modelled_" + key: value for key, value in cost_ratios(parts.structure, state.kept).items()},
+        "accuracy": {
+            "original_val": state.original["val_accuracy"],
+            "original_test": state.original["test_accuracy"],
+            "compressed_val": accuracy(parts.network, *validation, loop.eval_batch_size, masks),
+            "compressed_test": accuracy(sliced, *test, loop.eval_batch_size),
+        },
+        "sliced_vs_masked_max_abs_diff": difference,
+        "wall_time_s": dict(state.wall_time_s),
+        "history": state.history,
+    }
+    return CompressionResult(sliced, plan, report)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def build_parts(
+    critic: nn.Module, structure: Structure, train: tuple[Tensor, Tensor], config: CompressionConfig
+) -> LoopParts:
+    """Create compressor, optimizers, baselines, reward, schedule and random streams for `critic`."""
+    torch.manual_seed(config.loop.seed)
+    compressor = Compressor.for_structure(structure, critic, config.compressor)
+    critic_config = config.critic
+    return LoopParts(
+        config=config,
+        structure=structure,
+        critic=critic,
+        network=MaskedNetwork(critic, structure),
+        compressor=compressor,
+        critic_optimizer=torch.optim.Adam(
+            critic.parameters(),
+            lr=critic_config.lr,
+            betas=critic_config.betas,
+            weight_decay=critic_config.weight_decay,
+        ),
+        compressor_optimizer=torch.optim.RMSprop(compressor.parameters(), lr=config.compressor.lr),
+        baselines=build_baselines(critic_config, len(structure.groups)),
+        reward=Reward(structure, critic_config.cost, critic_config.lam),
+        schedule=build_schedule(config.schedule),
+        batches=BatchStream(*train, config.loop.batch_size, seed=config.loop.seed),
+        mask_generator=torch.Generator().manual_seed(config.loop.seed + 1),
+    )
+
+
+def fresh_state(parts: LoopParts) -> LoopState:
+    """Initial state: the compressor's first probabilities (≈ 0.8 conv/linear, 0.5 rnn) and the full kept set."""
+    with torch.no_grad():
+        keep_logits = parts.compressor(weight_matrices(parts))
+    kept = {group.name: list(range(group.size)) for group in parts.structure.groups}
+    return LoopState(keep_logits=keep_logits, kept=kept)
+
+
+def weight_matrices(parts: LoopParts) -> dict[str, Tensor]:
+    """The critic's current weight matrix of every group, [rows, size] each (re-read every step)."""
+    return {
+        group.name: parts.structure.weight_matrix(parts.critic, group.name)
+        for group in parts.structure.groups
+    }
+
+
+def kept_indices(keep_logits: Mapping[str, Tensor], tau: float) -> dict[str, list[int]]:
+    """Elements with p ≥ τ per group; a group never loses its most probable element (a layer of width 0
+    would cut the network)."""
+    kept = {}
+    for name, logits in keep_logits.items():
+        indices = (torch.sigmoid(logits) >= tau).nonzero().flatten().tolist()
+        kept[name] = indices or [int(logits.argmax())]
+    return kept
+
+
+def hard_masks(structure: Structure, kept: Mapping[str, list[int]]) -> dict[str, Tensor]:
+    """0/1 masks {group: [size]}: 1 for kept elements, 0 for removed ones."""
+    masks = {}
+    for group in structure.groups:
+        mask = torch.zeros(group.size)
+        mask[list(kept[group.name])] = 1.0
+        masks[group.name] = mask
+    return masks
+
+
+def cost_ratios(structure: Structure, kept: Mapping[str, list[int]]) -> dict[str, float]:
+    """Parameters and MACs left, as fractions of the original, from the structure's real shapes."""
+    original = structure.cost()
+    pruned = structure.cost({name: len(indices) for name, indices in kept.items()})
+    return {"params_ratio": pruned.params / original.params, "macs_ratio": pruned.macs / original.macs}
+
+
+def accuracy(
+    network: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    masks: Mapping[str, Tensor] | None = None,
+) -> float:
+    """Top-1 accuracy in eval mode; `masks` (hard masks) are passed to a MaskedNetwork."""
+    network.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            batch = inputs[start : start + batch_size]
+            logits = network(batch) if masks is None else network(batch, masks)
+            correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
+    return correct / len(labels)
+
+
+def dataset_tensors(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
+    """(inputs, labels) of a TensorDataset, or of any (input, label) dataset by stacking its items."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        inputs, labels = tensors
+    else:
+        items = [dataset[index] for index in range(len(dataset))]  # type: ignore[arg-type]
+        if not items:
+            raise ValueError(f"the {split} dataset is empty; compression needs train, val and test samples.")
+        inputs = torch.stack([torch.as_tensor(item[0]) for item in items])
+        labels = torch.as_tensor([int(item[1]) for item in items])
+    if len(labels) == 0:
+        raise ValueError(f"the {split} dataset is empty; compression needs train, val and test samples.")
+    return inputs.float(), labels.long()
+
+
+def check_finite(what: str, value: Tensor, state: LoopState, tau: float) -> None:
+    """Stop with a clear message when a loss is NaN/inf (the last checkpoint on disk stays untouched)."""
+    if not torch.isfinite(value):
+        last = state.history[-1]["iteration"] if state.history else 0
+        raise CompressionError(
+            f"the {what} became {float(value.detach())} at iteration {state.iteration} (phase {state.phase}, τ={tau:.3f}). "
+            f"The last good state (iteration {last}) is still on disk if a run_dir was given. Lower critic.lr or "
+            "compressor.lr, or check the data for NaN/inf values."
+        )
+
+
+def global_step(state: LoopState) -> int:
+    """One TensorBoard step axis over both phases."""
+    return state.iteration + state.finetune_iteration
+
+
+def hyperparameter_table(config: Mapping[str, Any]) -> str:
+    """Markdown table of every setting, logged once (CleanRL style)."""
+    rows = [
+        f"|{section}.{key}|{value}|" for section, values in config.items() for key, value in values.items()
+    ]
+    return "|setting|value|\n|-|-|\n" + "\n".join(rows)
+
+
+def log_step(writer: SummaryWriter, stats: StepStats, step: int) -> None:
+    writer.add_scalar("losses/critic", stats.critic_loss, step)
+    writer.add_scalar("losses/compressor", stats.compressor_loss, step)
+    writer.add_scalar("compressor/reward_mean", stats.reward_mean, step)
+    writer.add_scalar("compressor/baseline", stats.baseline, step)
+    writer.add_scalar("compressor/advantage_var", stats.advantage_var, step)
+    writer.add_scalar("compressor/entropy", stats.entropy, step)
+    writer.add_scalar("schedule/tau", stats.tau, step)
+    for name, value in stats.grad_var.items():
+        writer.add_scalar(f"compressor/grad_var_{name}", value, step)
+
+
+def log_evaluation(
+    writer: SummaryWriter, parts: LoopParts, state: LoopState, record: Mapping[str, float]
+) -> None:
+    step = state.iteration
+    writer.add_scalar("charts/val_accuracy", record["val_accuracy"], step)
+    writer.add_scalar("cost/params_ratio", record["params_ratio"], step)
+    writer.add_scalar("cost/macs_ratio", record["macs_ratio"], step)
+    active = f"grad_var_{parts.config.critic.baseline}"
+    if active in record:
+        writer.add_scalar("compressor/grad_var", record[active], step)
+    for group in parts.structure.groups:
+        writer.add_scalar(f"structure/kept/{group.name}", len(state.kept[group.name]) / group.size, step)
+        writer.add_histogram(f"keep_prob/{group.name}", torch.sigmoid(state.keep_logits[group.name]), step)
+
+
+# ---------------------------------------------------------------------------------------------- save / resume
+
+
+def state_payload(parts: LoopParts, state: LoopState) -> dict[str, Any]:
+    """The whole loop as a "compression_state" checkpoint (tensors and plain containers only)."""
+    return {
+        "kind": "compression_state",
+        "config": parts.config.to_dict(),
+        "state_dict": parts.critic.state_dict(),
+        "compressor": parts.compressor.state_dict(),
+        "critic_optimizer": parts.critic_optimizer.state_dict(),
+        "compressor_optimizer": parts.compressor_optimizer.state_dict(),
+        "baselines": {name: baseline.state_dict() for name, baseline in parts.baselines.items()},
+        "schedule": parts.schedule.state_dict(),
+        "batches": parts.batches.state_dict(),
+        "mask_generator": parts.mask_generator.get_state(),
+        "loop": asdict(state),
+        "metrics": {key: float(value) for key, value in (state.history[-1] if state.history else {}).items()},
+    }
+
+
+def read_saved_state(path: Path, config: CompressionConfig) -> dict[str, Any] | None:
+    """The saved loop state at `path`, if any; ValueError when it was written with another config."""
+    if not path.is_file():
+        return None
+    saved = load_checkpoint(path, kind="compression_state")
+    if saved["config"] != config.to_dict():
+        raise ValueError(
+            f"cannot resume from {path}: it was written with another compression config "
+            f"({describe_differences(saved['config'], config.to_dict())}). Use another output folder or delete it."
+        )
+    return saved
+
+
+def restore(parts: LoopParts, saved: Mapping[str, Any]) -> LoopState:
+    """Load every part's state from a checkpoint; returns the loop state it recorded."""
+    parts.critic.load_state_dict(saved["state_dict"])
+    parts.compressor.load_state_dict(saved["compressor"])
+    parts.critic_optimizer.load_state_dict(saved["critic_optimizer"])
+    parts.compressor_optimizer.load_state_dict(saved["compressor_optimizer"])
+    for name, baseline in parts.baselines.items():
+        baseline.load_state_dict(saved["baselines"][name])
+    parts.schedule.load_state_dict(saved["schedule"])
+    parts.batches.load_state_dict(saved["batches"])
+    parts.mask_generator.set_state(saved["mask_generator"])
+    return LoopState(**saved["loop"])

@@ -1,0 +1,260 @@
+"""The compressor-critic loop end to end on LeNet-300-100 with small synthetic data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import deepiot.trainer as trainer
+from deepiot.api import compress
+from deepiot.checkpoint import load_checkpoint
+from deepiot.critic import CriticConfig
+from deepiot.models import LeNet300
+from deepiot.schedules import ScheduleConfig
+from deepiot.structure import SlicingPlan, Structure, build_sliced_model
+from deepiot.trainer import (
+    STATE_FILE,
+    CompressionConfig,
+    CompressionError,
+    LoopConfig,
+    build_parts,
+    compress_model,
+    compressor_critic_step,
+    fresh_state,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models run fastest (and steadiest on a shared machine) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def teacher_data(samples: int, seed: int) -> TensorDataset:
+    """Digits-shaped inputs labelled by a fixed random linear teacher (learnable by LeNet-300)."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(samples, 1, 28, 28, generator=generator)
+    teacher = torch.randn(784, 10, generator=torch.Generator().manual_seed(123))
+    return TensorDataset(inputs, (inputs.flatten(1) @ teacher).argmax(dim=1))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    return teacher_data(512, 0), teacher_data(128, 1), teacher_data(128, 2)
+
+
+@pytest.fixture(scope="module")
+def trained_model(data) -> nn.Module:
+    torch.manual_seed(0)
+    model = LeNet300(hidden1=60, hidden2=30)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    inputs, labels = data[0].tensors
+    for step in range(150):
+        batch = slice(step * 64 % 512, step * 64 % 512 + 64)
+        loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def small_config(**loop: object) -> CompressionConfig:
+    settings = {"max_iterations": 40, "batch_size": 32, "eval_every": 10, "finetune_iterations": 20, **loop}
+    return CompressionConfig(
+        loop=LoopConfig(**settings),
+        schedule=ScheduleConfig(final_tau=0.6, steps=6, every=5),
+    )
+
+
+def test_compress_writes_report_plan_and_export_that_agree(tmp_path, data, trained_model):
+    model_config = {
+        "_target_": "deepiot.models.LeNet300",
+        "input_shape": [1, 28, 28],
+        "num_classes": 10,
+        "hidden1": 60,
+        "hidden2": 30,
+    }
+    from deepiot.api import OutputOptions
+
+    result = compress(
+        trained_model,
+        *data,
+        config=small_config(),
+        out_dir=tmp_path,
+        outputs=OutputOptions(model_config=model_config, latency_threads=None),
+        progress=False,
+    )
+    for name in (
+        "report.json",
+        "report.md",
+        "kept_elements.png",
+        "progress.png",
+        "slicing_plan.json",
+        STATE_FILE,
+    ):
+        assert (tmp_path / name).is_file(), name
+    for name in ("model.ts", "model.onnx", "manifest.json", "slicing_plan.json"):
+        assert (tmp_path / "export" / name).is_file(), name
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    sliced_params = sum(param.numel() for param in result.sliced_model.parameters())
+    assert report["cost"]["compressed"]["params"] == sliced_params
+    assert report["cost"]["original"]["params"] == sum(param.numel() for param in trained_model.parameters())
+    kept = {group["name"]: group["kept"] for group in report["groups"]}
+    assert kept == {name: len(indices) for name, indices in result.plan.kept.items()}
+    assert result.sliced_model.fc1.out_features == kept["fc1"]
+    assert result.sliced_model.fc2.out_features == kept["fc2"]
+    assert report["sliced_vs_masked_max_abs_diff"] <= 1e-4
+    assert report["iterations"] == 40 and report["finetune_iterations"] == 20
+    # the saved plan rebuilds the same small model from the fine-tuned full-size weights
+    plan = SlicingPlan.load(tmp_path / "slicing_plan.json")
+    assert plan.kept == result.plan.kept
+    finetuned = LeNet300(hidden1=60, hidden2=30)
+    finetuned.load_state_dict(load_checkpoint(tmp_path / STATE_FILE, kind="compression_state")["state_dict"])
+    example = data[2].tensors[0][:8]
+    rebuilt = build_sliced_model(plan, finetuned.state_dict(), example[:1]).eval()
+    torch.testing.assert_close(rebuilt(example), result.sliced_model(example), atol=1e-5, rtol=1e-5)
+
+
+def test_same_seed_same_result_and_killed_run_resumes_identically(tmp_path, data, trained_model, monkeypatch):
+    config = small_config()
+    uninterrupted = compress_model(trained_model, *data, config, run_dir=tmp_path / "a")
+
+    real_step = trainer.compressor_critic_step
+    calls = {"count": 0}
+
+    def killed_after_27_steps(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] > 27:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compressor_critic_step", killed_after_27_steps)
+    with pytest.raises(KeyboardInterrupt):
+        compress_model(trained_model, *data, config, run_dir=tmp_path / "b")
+    assert load_checkpoint(tmp_path / "b" / STATE_FILE)["loop"]["iteration"] == 20  # last evaluation
+    monkeypatch.setattr(trainer, "compressor_critic_step", real_step)
+    resumed = compress_model(trained_model, *data, config, run_dir=tmp_path / "b")
+
+    assert resumed.report["history"] == uninterrupted.report["history"]
+    assert resumed.report["kept"] == uninterrupted.report["kept"]
+    assert resumed.report["accuracy"] == uninterrupted.report["accuracy"]
+    final_a = load_checkpoint(tmp_path / "a" / STATE_FILE)
+    final_b = load_checkpoint(tmp_path / "b" / STATE_FILE)
+    for name, logits in final_a["loop"]["keep_logits"].items():
+        assert torch.equal(logits, final_b["loop"]["keep_logits"][name])
+    for name, tensor in final_a["state_dict"].items():
+        assert torch.equal(tensor, final_b["state_dict"][name])
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, data, trained_model):
+    compress_model(
+        trained_model, *data, small_config(max_iterations=10, finetune_iterations=0), run_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=r"cannot resume .*loop.max_iterations: 10 → 20"):
+        compress_model(
+            trained_model, *data, small_config(max_iterations=20, finetune_iterations=0), run_dir=tmp_path
+        )
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(
+    tmp_path, data, trained_model, monkeypatch
+):
+    real_step = trainer.compressor_critic_step
+
+    def poisoned_after_first_evaluation(parts, state, measure_variance=False):
+        if state.iteration == 15:
+            with torch.no_grad():
+                parts.critic.fc1.weight.fill_(math.nan)
+        return real_step(parts, state, measure_variance)
+
+    monkeypatch.setattr(trainer, "compressor_critic_step", poisoned_after_first_evaluation)
+    with pytest.raises(
+        CompressionError, match=r"critic loss became nan at iteration 15 .*last good state \(iteration 10\)"
+    ):
+        compress_model(trained_model, *data, small_config(), run_dir=tmp_path)
+    saved = load_checkpoint(tmp_path / STATE_FILE, kind="compression_state")
+    assert saved["loop"]["iteration"] == 10
+    assert all(torch.isfinite(tensor).all() for tensor in saved["state_dict"].values())
+
+
+def test_a_met_target_stops_at_the_first_evaluation(data, trained_model):
+    result = compress_model(trained_model, *data, small_config(target_params=1.0, finetune_iterations=0))
+    assert result.report["iterations"] == 10
+    assert result.report["stop_reason"].startswith("target met")
+
+
+def test_an_accuracy_floor_above_reach_keeps_the_loop_going(data, trained_model):
+    result = compress_model(
+        trained_model, *data, small_config(target_params=1.0, min_val_accuracy=1.0, finetune_iterations=0)
+    )
+    assert result.report["stop_reason"] == "max iterations (40) reached"
+
+
+def test_an_unchanging_kept_set_at_the_final_threshold_converges(data, trained_model):
+    config = dataclasses.replace(
+        small_config(patience=2, finetune_iterations=0),
+        schedule=ScheduleConfig(final_tau=0.01, steps=1, every=1),
+    )
+    result = compress_model(trained_model, *data, config)
+    assert result.report["stop_reason"] == "converged: kept set unchanged for 2 evaluations"
+    assert result.report["iterations"] == 20
+
+
+def test_compressor_step_with_a_heavy_size_cost_lowers_keep_probabilities(data, trained_model):
+    config = dataclasses.replace(small_config(), critic=CriticConfig(lam=20.0, cost="params"))
+    critic = LeNet300(hidden1=60, hidden2=30)
+    critic.load_state_dict(trained_model.state_dict())
+    structure = Structure.from_model(critic, data[0].tensors[0][:1])
+    parts = build_parts(critic, structure, data[0].tensors, config)
+    state = fresh_state(parts)
+    before = torch.cat([torch.sigmoid(logit) for logit in state.keep_logits.values()]).mean()
+    for _ in range(10):
+        compressor_critic_step(parts, state)
+        state.iteration += 1
+    after = torch.cat([torch.sigmoid(logit) for logit in state.keep_logits.values()]).mean()
+    assert after < before - 0.02
+
+
+def test_model_without_compressible_groups_is_rejected(data):
+    with pytest.raises(ValueError, match="nothing to compress"):
+        compress_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), *data, small_config())
+
+
+def test_dataset_smaller_than_one_batch_is_rejected(data, trained_model):
+    tiny = TensorDataset(*(tensor[:16] for tensor in data[0].tensors))
+    with pytest.raises(ValueError, match=r"16 samples, fewer than one batch \(compress.batch_size=32\)"):
+        compress_model(trained_model, tiny, data[1], data[2], small_config())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: LoopConfig(target_params=0.0), r"target_params .* \(0, 1\]"),
+        (lambda: LoopConfig(target_macs=1.5), r"target_macs .* \(0, 1\]"),
+        (lambda: LoopConfig(batch_size=0), "batch_size"),
+        (lambda: CriticConfig(lr=-1.0), "critic.lr"),
+        (lambda: CriticConfig(cost="joules"), "unknown cost 'joules'"),
+        (lambda: ScheduleConfig(final_tau=1.2), "final_tau"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_work(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_learned_baseline_drives_the_loop_and_both_gradient_variances_are_logged(data, trained_model):
+    config = dataclasses.replace(small_config(finetune_iterations=0), critic=CriticConfig(baseline="learned"))
+    result = compress_model(trained_model, *data, config)
+    for record in result.report["history"]:
+        assert record["grad_var_ema"] > 0 and record["grad_var_learned"] > 0
+    assert result.report["iterations"] == 40
