@@ -1,0 +1,134 @@
+"""`deepiot-compress`: compress a trained original with DeepIoT (train it first when it is missing).
+
+Examples:
+    deepiot-compress                                    # LeNet-5/MNIST, quick schedule → outputs/compress/lenet5_mnist
+    deepiot-compress experiment=deepsense_hapt_activity compress=paper
+    deepiot-compress -m critic.lam=0,0.1 cost=macs       # a sweep: one run folder per override set
+
+The run folder receives compress_state.pt (resume state: rerunning the same command resumes), report.json,
+report.md, kept_elements.png, progress.png, slicing_plan.json, finetuned_model.pt (the fine-tuned full-size
+weights the plan refers to) and export/ (TorchScript, ONNX, manifest).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from deepiot.api import OutputOptions, compress
+from deepiot.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
+from deepiot.cli import CONFIG_DIR
+from deepiot.compressor import CompressorConfig
+from deepiot.critic import CriticConfig
+from deepiot.export import input_layout
+from deepiot.schedules import ScheduleConfig
+from deepiot.train import ensure_trained, load_bundle
+from deepiot.trainer import STATE_FILE, CompressionConfig, LoopConfig
+from deepiot.utils import ConfigError
+
+log = logging.getLogger(__name__)
+
+FINETUNED_MODEL = "finetuned_model.pt"
+# keys of the compress group that are not loop settings
+REPORT_KEYS = ("latency_threads",)
+
+
+def compression_config(cfg: DictConfig) -> CompressionConfig:
+    """Build and validate the compression settings from the Hydra groups; ConfigError names a bad value."""
+    groups = OmegaConf.to_container(cfg, resolve=True)
+    loop = {key: value for key, value in groups["compress"].items() if key not in REPORT_KEYS}
+    try:
+        return CompressionConfig(
+            loop=LoopConfig(**loop, seed=groups["seed"]),
+            compressor=CompressorConfig(**groups["compressor"]),
+            critic=CriticConfig(
+                **{**groups["critic"], "betas": tuple(groups["critic"]["betas"])}, cost=groups["cost"]["name"]
+            ),
+            schedule=ScheduleConfig(**groups["schedule"]),
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"invalid compression config: {err} Fix it in configs/ or override it on the command line."
+        ) from err
+
+
+def run_compress(cfg: DictConfig) -> dict[str, Any]:
+    """Compress the experiment's trained original into `cfg.paths.output_dir`; returns the report."""
+    config = compression_config(cfg)
+    if cfg.trainer.num_threads is not None:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    original_path = ensure_trained(cfg)
+    model, checkpoint = load_trained_model(original_path)
+    bundle = load_bundle(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    data = checkpoint["data"]
+    description = {
+        "name": cfg.name,
+        "dataset": data["name"],
+        "input_layout": input_layout(data["input_shape"], data["channel_axis"]),
+        "normalization": {**data["normalization"], "channel_axis": data["channel_axis"]},
+        "class_names": data["class_names"],
+        "source_checkpoint": str(original_path),
+    }
+    result = compress(
+        model,
+        bundle.train,
+        bundle.val,
+        bundle.test,
+        config=config,
+        out_dir=out_dir,
+        outputs=OutputOptions(
+            model_config=checkpoint["model_config"],
+            manifest_extra=description,
+            report_extra={
+                "name": cfg.name,
+                "original_training_wall_time_s": checkpoint["metrics"].get("wall_time_s"),
+            },
+            latency_threads=cfg.compress.latency_threads,
+        ),
+        progress=sys.stderr.isatty(),
+    )
+    save_finetuned_model(out_dir, checkpoint, result.report)
+    return result.report
+
+
+def save_finetuned_model(out_dir: Path, original: dict[str, Any], report: dict[str, Any]) -> None:
+    """Write the fine-tuned full-size weights as a "trained_model" checkpoint, so that
+    `deepiot-export checkpoint=<it> plan=<slicing_plan.json>` rebuilds exactly the exported model."""
+    state = load_checkpoint(out_dir / STATE_FILE, kind="compression_state")
+    metrics = {
+        "test_accuracy": report["accuracy"]["compressed_test"],
+        "val_accuracy": report["accuracy"]["compressed_val"],
+    }
+    payload = {
+        "kind": "trained_model",
+        "model_config": original["model_config"],
+        "state_dict": state["state_dict"],
+        "metrics": metrics,
+        "config": original["config"],
+        "data": original["data"],
+    }
+    save_checkpoint(payload, out_dir / FINETUNED_MODEL)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Compress, print a one-line summary, and return the compressed model's validation accuracy."""
+    report = run_compress(cfg)
+    left, accuracy = report["cost"]["left"], report["accuracy"]
+    print(
+        f"[deepiot-compress] {cfg.name}: params left {100 * left['params']:.2f}%  MACs left {100 * left['macs']:.2f}%  "
+        f"test accuracy {accuracy['original_test']:.4f} → {accuracy['compressed_test']:.4f}  "
+        f"({report['stop_reason']})  report {cfg.paths.output_dir}/report.md"
+    )
+    return accuracy["compressed_val"]
+
+
+if __name__ == "__main__":
+    main()
