@@ -29,6 +29,7 @@ import deepiot
 from deepiot.checkpoint import load_trained_model
 from deepiot.cost.counter import ExampleInputs, as_batch_of_one, iter_tensors, measure_cost
 from deepiot.cost.latency import eval_mode, onnx_feed, onnx_session
+from deepiot.structure import SlicingPlan, Structure, build_sliced_model
 from deepiot.utils import describe_differences
 
 FORMATS = ("torchscript", "onnx")
@@ -150,8 +151,6 @@ def _sliced_model(
     model: nn.Module, model_config: Mapping[str, Any], plan_path: Path, example: Tensor
 ) -> nn.Module:
     """Load the plan, make sure it belongs to this model, and build the physically smaller model."""
-    from deepiot.structure import SlicingPlan, Structure, build_sliced_model
-
     plan = SlicingPlan.load(plan_path)
     plan_config, expected_config = _plain(plan.model_config), _plain(model_config)
     if plan_config != expected_config:

@@ -14,6 +14,7 @@ from deepiot.cli import CONFIG_DIR
 from deepiot.cli.export import run_export
 from deepiot.export import ExportError, export_compressed
 from deepiot.models import build_model
+from deepiot.structure import SlicingPlan, Structure, StructureError, slice_model
 
 MODEL_CONFIG = {
     "_target_": "deepiot.models.LSTMClassifier",
@@ -51,6 +52,20 @@ def trained_checkpoint(tmp_path):
     return path
 
 
+def load_original(checkpoint_path) -> torch.nn.Module:
+    model = build_model(MODEL_CONFIG)
+    model.load_state_dict(torch.load(checkpoint_path, weights_only=True)["state_dict"])
+    return model.eval()
+
+
+def save_plan(model: torch.nn.Module, model_config: dict, path) -> dict[str, list[int]]:
+    """Keep every other element of each group (a different count per LSTM layer would also do)."""
+    structure = Structure.from_model(model, torch.randn(1, 16, 6))
+    kept = {group.name: list(range(0, group.size, 2)) for group in structure.groups}
+    SlicingPlan.from_structure(structure, model_config, kept).save(path)
+    return kept
+
+
 def compose_export(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -67,12 +82,47 @@ def test_export_without_plan_keeps_the_model_and_describes_the_data(trained_chec
     assert manifest["class_names"] == DATA["class_names"]
     assert manifest["metrics"] == {"test_accuracy": 0.75, "val_accuracy": 0.8}
     assert manifest["slicing_plan"] is None
-    model = build_model(MODEL_CONFIG)
-    model.load_state_dict(torch.load(trained_checkpoint, weights_only=True)["state_dict"])
+    model = load_original(trained_checkpoint)
     assert manifest["cost"]["params"] == sum(parameter.numel() for parameter in model.parameters())
     inputs = torch.randn(2, 16, 6)
     exported = torch.jit.load(str(result.paths["torchscript"]))
     assert torch.allclose(exported(inputs), model.eval()(inputs), atol=1e-6)
+
+
+def test_export_with_plan_writes_the_sliced_model_and_its_plan(trained_checkpoint, tmp_path):
+    original = load_original(trained_checkpoint)
+    plan_path = tmp_path / "slicing_plan.json"
+    kept = save_plan(original, MODEL_CONFIG, plan_path)
+    result = export_compressed(trained_checkpoint, plan_path, tmp_path / "out", onnx_exporter="torchscript")
+    assert result.paths["slicing_plan"].read_bytes() == plan_path.read_bytes()
+    manifest = json.loads(result.paths["manifest"].read_text())
+    assert manifest["slicing_plan"] == "slicing_plan.json"
+    sliced = slice_model(original, Structure.from_model(original, torch.randn(1, 16, 6)), kept)
+    assert manifest["cost"]["params"] == sum(parameter.numel() for parameter in sliced.parameters())
+    assert manifest["cost"]["params"] < sum(parameter.numel() for parameter in original.parameters())
+    inputs = torch.randn(3, 16, 6)
+    exported = torch.jit.load(str(result.paths["torchscript"]))
+    assert torch.allclose(exported(inputs), sliced.eval()(inputs), atol=1e-6)
+
+
+def test_plan_for_another_model_is_refused_before_writing(trained_checkpoint, tmp_path):
+    other_config = {**MODEL_CONFIG, "hidden_size": 12}
+    plan_path = tmp_path / "other_plan.json"
+    save_plan(build_model(other_config), other_config, plan_path)
+    with pytest.raises(ExportError, match=r"a plan for another model.*hidden_size: 8 → 12"):
+        export_compressed(trained_checkpoint, plan_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_with_foreign_groups_is_refused(trained_checkpoint, tmp_path):
+    plan_path = tmp_path / "slicing_plan.json"
+    save_plan(load_original(trained_checkpoint), MODEL_CONFIG, plan_path)
+    document = json.loads(plan_path.read_text())
+    document["kept"]["conv1"] = [0]  # a group the LSTM classifier does not have
+    document["group_sizes"]["conv1"] = 4
+    plan_path.write_text(json.dumps(document))
+    with pytest.raises(StructureError, match="does not match the model's groups"):
+        export_compressed(trained_checkpoint, plan_path, tmp_path / "out")
 
 
 def test_run_export_from_composed_config(trained_checkpoint, tmp_path):

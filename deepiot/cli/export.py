@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from deepiot.checkpoint import CheckpointError
 from deepiot.cli import CONFIG_DIR
 from deepiot.export import ExportError, ExportResult, export_compressed
+from deepiot.structure import StructureError
 
 
 def run_export(cfg: DictConfig) -> ExportResult:
@@ -48,7 +49,7 @@ def main(cfg: DictConfig) -> None:
     """Run the export and print where it went; bad inputs end with their message and exit status 2."""
     try:
         result = run_export(cfg)
-    except (CheckpointError, ExportError) as err:
+    except (CheckpointError, ExportError, StructureError) as err:
         print(f"deepiot-export: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     print(describe(result))
