@@ -15,6 +15,15 @@ from deepiot.structure.recurrent import StackedRNN, rnn_weight_matrix
 RECURRENT = {"stacked_lstm", "bidirectional_lstm", "stacked_gru", "deepsense", "cnn_lstm"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest (and steadily on a shared machine) on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _random_kept(structure: Structure, seed: int, rnn_layers: str = "random") -> dict[str, torch.Tensor]:
     """Random kept sets; RNN layers keep random / equal (half) / different (1, 2, ...) unit counts."""
     generator = torch.Generator().manual_seed(seed)

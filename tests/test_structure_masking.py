@@ -12,6 +12,15 @@ from deepiot.structure import MaskedNetwork, Structure, StructureError, sample_m
 TOLERANCE = {"atol": 1e-5, "rtol": 0.0}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest (and steadily on a shared machine) on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _kept(structure: Structure, pattern: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Kept indices per group: a random non-empty subset, a single random unit, or everything."""
     kept = {}
@@ -167,3 +176,18 @@ def test_sliced_model_traces_with_torchscript(name):
     sliced = slice_model(model, structure, {g.name: [0, 1] for g in structure.groups}).eval()
     traced = torch.jit.trace(sliced, (x,))
     torch.testing.assert_close(traced(x), sliced(x), **TOLERANCE)
+
+
+@pytest.mark.parametrize("name", ["hard_coded_view", "stacked_gru", "squeeze_excite"])
+def test_sliced_model_exports_to_onnx(name, tmp_path):
+    import onnxruntime
+
+    model, x = build_case(name)
+    structure = Structure.from_model(model, x)
+    kept = {g.name: list(range(index % g.size + 1)) for index, g in enumerate(structure.groups)}
+    sliced = slice_model(model, structure, kept).eval()
+    torch.onnx.export(sliced, (x,), tmp_path / "model.onnx", input_names=["x"], dynamo=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    (output,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(output), sliced(x), **TOLERANCE)

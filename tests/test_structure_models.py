@@ -14,6 +14,15 @@ from deepiot.models import VGG, DeepSense, LeNet5, LeNet300, LSTMClassifier
 from deepiot.structure import Structure
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest (and steadily on a shared machine) on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Conv1dBN(nn.Module):
     """Two Conv1d → BN → ReLU blocks over a sensor window [N, T, C], global average, linear."""
 
@@ -156,6 +165,41 @@ class TimeDistributedMLP(nn.Module):
         return self.fc3(y.mean(dim=1))
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation gating: conv channels × sigmoid(excite(...)) share one mask (elementwise mul);
+    the gate is reshaped with a hard-coded channel count `view(n, 8, 1, 1)`; BN without affine/stats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8, affine=False, track_running_stats=False)
+        self.squeeze = nn.Linear(8, 3)
+        self.excite = nn.Linear(3, 8)
+        self.head = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.norm(self.conv(x)))  # [N, 8, H, W]
+        gate = torch.sigmoid(self.excite(F.relu(self.squeeze(y.mean(dim=(2, 3))))))  # [N, 8]
+        y = y * gate.view(gate.size(0), 8, 1, 1)  # [N, 8, H, W]
+        return self.fc(F.relu(self.head(y)).mean(dim=(2, 3)))
+
+
+class FlattenUnflatten(nn.Module):
+    """Channels flattened with the image positions, then split back out (`view(n, 6, -1)`) for a Conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3)
+        self.conv1d = nn.Conv1d(6, 5, 1)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = torch.tanh(self.conv(x)).flatten(1)  # [N, 6·H·W]
+        sequence = flat.view(flat.size(0), 6, -1)  # [N, 6, H·W]
+        return self.fc(self.conv1d(sequence).amax(dim=2))
+
+
 Case = tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, tuple[str, int]]]
 # name → (constructor, input shape without batch, expected groups {name: (kind, size)} in forward order)
 CASES: dict[str, Case] = {
@@ -227,6 +271,12 @@ CASES: dict[str, Case] = {
         {"conv1": ("conv", 6), "conv2": ("conv", 16), "fc1": ("linear", 12)},
     ),
     "time_distributed_mlp": (TimeDistributedMLP, (9, 6), {"fc1": ("linear", 8), "fc2": ("linear", 5)}),
+    "squeeze_excite": (
+        SqueezeExcite,
+        (3, 5, 5),
+        {"conv": ("conv", 8), "squeeze": ("linear", 3), "head": ("conv", 4)},
+    ),
+    "flatten_unflatten": (FlattenUnflatten, (1, 5, 5), {"conv": ("conv", 6), "conv1d": ("conv", 5)}),
 }
 
 
@@ -236,7 +286,11 @@ def build_case(name: str, batch: int = 3, seed: int = 0) -> tuple[nn.Module, Ten
     torch.manual_seed(seed)
     model = constructor()
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.affine
+            and module.track_running_stats
+        ):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
@@ -265,6 +319,11 @@ def test_residual_add_merges_producers_into_one_group():
     model, x = build_case("residual_bn")
     group = Structure.from_model(model, x).group("stem")
     assert group.modules == ("stem", "branch2")
+
+
+def test_elementwise_gate_merges_producers_into_one_group():
+    model, x = build_case("squeeze_excite")
+    assert Structure.from_model(model, x).group("conv").modules == ("conv", "excite")
 
 
 def test_discovery_does_not_change_the_model():

@@ -75,7 +75,7 @@ def _slice_conv(module: nn.modules.conv._ConvNd, use: ModuleUse, kept: Mapping[s
 def _slice_batchnorm(
     module: nn.modules.batchnorm._BatchNorm, use: ModuleUse, kept: Mapping[str, Tensor]
 ) -> nn.Module:
-    reference = next(iter(module.state_dict().values()))
+    reference = next(iter(module.state_dict().values()), torch.empty(0))
     sliced = type(module)(
         kept_width(use.input, _counts(kept)),
         eps=module.eps,
@@ -83,6 +83,7 @@ def _slice_batchnorm(
         affine=module.affine,
         track_running_stats=module.track_running_stats,
         device=reference.device,
+        dtype=module.weight.dtype if module.affine else None,
     )
     per_channel = {name: [use.input] for name in ("weight", "bias", "running_mean", "running_var")}
     sliced.load_state_dict(_sliced_state(module, per_channel, kept))
