@@ -124,15 +124,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     optimizer = make_optimizer(model, cfg.trainer)
     scheduler = make_scheduler(optimizer, cfg.trainer, steps_per_epoch)
     progress = restore(saved_state, model, optimizer, scheduler) if saved_state else Progress()
-    writer = SummaryWriter(cfg.paths.tensorboard_dir, purge_step=progress.epoch * steps_per_epoch)
-    if progress.epoch == 0:
-        writer.add_text("hyperparameters", hyperparameter_table(config))
-    for epoch in range(progress.epoch, cfg.trainer.epochs):
-        progress = run_epoch(model, loaders, optimizer, scheduler, cfg, epoch, progress, writer)
-        save_checkpoint(train_state(model, optimizer, scheduler, progress, config), output_dir / "last.pt")
-    test_accuracy, _ = evaluate(model, loaders.test, device, cfg.trainer.limit_batches)
-    writer.add_scalar("charts/test_accuracy", test_accuracy, progress.epoch * steps_per_epoch)
-    writer.close()
+    with SummaryWriter(cfg.paths.tensorboard_dir, purge_step=progress.epoch * steps_per_epoch) as writer:
+        if progress.epoch == 0:
+            writer.add_text("hyperparameters", hyperparameter_table(config))
+        for epoch in range(progress.epoch, cfg.trainer.epochs):
+            progress = run_epoch(model, loaders, optimizer, scheduler, cfg, epoch, progress, writer)
+            save_checkpoint(
+                train_state(model, optimizer, scheduler, progress, config), output_dir / "last.pt"
+            )
+        test_accuracy, _ = evaluate(model, loaders.test, device, cfg.trainer.limit_batches)
+        writer.add_scalar("charts/test_accuracy", test_accuracy, progress.epoch * steps_per_epoch)
     metrics = final_metrics(model, progress, test_accuracy)
     payload = trained_model(model, model_config, bundle, metrics, progress, config)
     save_checkpoint(payload, output_dir / "model.pt")
@@ -152,7 +153,7 @@ def ensure_trained(cfg: DictConfig) -> Path:
     model_path = run_dir / "model.pt"
     if model_path.is_file():
         checkpoint = load_checkpoint(model_path, kind="trained_model")
-        expected = result_config(OmegaConf.to_container(cfg, resolve=True))
+        expected = result_config(resolve_groups(cfg, RESULT_GROUPS))
         if result_config(checkpoint["config"]) != expected:
             raise ConfigError(
                 f"the trained original {model_path} was trained with another config "
@@ -205,6 +206,15 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that decides what training computes (see RESULT_GROUPS, NON_RESULT_KEYS)."""
     flat = flatten({group: config.get(group) for group in RESULT_GROUPS})
     return {key: value for key, value in flat.items() if key not in NON_RESULT_KEYS}
+
+
+def resolve_groups(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, Any]:
+    """Resolve only `groups` of `cfg` to plain values (other keys may refer to a Hydra run that is not active)."""
+    nodes = {group: OmegaConf.select(cfg, group) for group in groups}
+    return {
+        group: OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        for group, node in nodes.items()
+    }
 
 
 def read_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:

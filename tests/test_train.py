@@ -109,21 +109,20 @@ def test_resume_with_another_config_is_refused(tmp_path):
 
 
 def test_ensure_trained_trains_once_then_reuses(tmp_path, monkeypatch):
-    cfg = tiny_config(
-        tmp_path / "compress_run", "trainer.epochs=1", f"paths.original_dir={tmp_path / 'original'}"
-    )
+    # as inside another entry point: paths.output_dir is that entry point's Hydra run folder (not active here)
+    original = f"paths.original_dir={tmp_path / 'original'}"
+    cfg = compose_config(["experiment=lenet300_mnist", *TINY, "trainer.epochs=1", original])
     path = ensure_trained(cfg)
     assert path == tmp_path / "original" / "model.pt"
     assert load_trained_model(path)[1]["metrics"]["epochs"] == 1.0
     assert (tmp_path / "original" / "tensorboard").is_dir()
-    assert not (tmp_path / "compress_run").exists()
 
     def fail(cfg):
         raise AssertionError("ensure_trained retrained an existing original")
 
     monkeypatch.setattr(train_module, "train", fail)
     assert ensure_trained(cfg) == path
-    other = tiny_config(tmp_path, "trainer.epochs=3", f"paths.original_dir={tmp_path / 'original'}")
+    other = compose_config(["experiment=lenet300_mnist", *TINY, "trainer.epochs=3", original])
     with pytest.raises(ConfigError, match=r"trained with another config \(trainer\.epochs: 1 → 3\)"):
         ensure_trained(other)
 
