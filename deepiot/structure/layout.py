@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from math import prod
 
 import torch
 from torch import Tensor
@@ -37,11 +36,6 @@ CountValue = int | Tensor
 def layout_width(layout: Layout) -> int:
     """Full size of the dimension described by `layout`."""
     return sum(segment.width for segment in layout)
-
-
-def layout_groups(layout: Layout) -> list[str]:
-    """Group names appearing in `layout`, in order, without repeats."""
-    return list(dict.fromkeys(segment.group for segment in layout if segment.group is not None))
 
 
 def kept_width(layout: Layout, counts: Mapping[str, CountValue]) -> CountValue:
@@ -96,8 +90,3 @@ def untile(layout: Layout, times: int) -> Layout | None:
 def rename(layout: Layout, names: Mapping[str, str | None]) -> Layout:
     """Replace segment groups through `names` (producer id → final group name, None when pinned)."""
     return tuple(Segment(names[s.group] if s.group is not None else None, s.count, s.repeat) for s in layout)
-
-
-def size_product(sizes: tuple[int, ...] | list[int]) -> int:
-    """Product of a (possibly empty) sequence of dimension sizes."""
-    return prod(sizes)

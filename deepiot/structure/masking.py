@@ -63,8 +63,10 @@ def _concatenate(parts: list[tuple[Tensor | None, int, int]]) -> Tensor:
     for mask, count, repeat in parts:
         mask = reference.new_ones(1, count) if mask is None else mask
         mask = mask.expand(batch, count)  # [N, count]
-        pieces.append(mask.repeat_interleave(repeat, dim=1) if repeat > 1 else mask)  # [N, count·repeat]
-    return torch.cat(pieces, dim=1)
+        if repeat > 1:  # [N, count, 1] → [N, count, repeat] → [N, count·repeat], channel-major
+            mask = mask[:, :, None].expand(batch, count, repeat).reshape(batch, count * repeat)
+        pieces.append(mask)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
 def masked_rnn_call(
