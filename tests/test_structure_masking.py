@@ -72,9 +72,21 @@ def test_all_ones_and_empty_masks_give_the_plain_model(name):
         assert torch.equal(masked(x), plain)
 
 
-@pytest.mark.parametrize("name", ["lenet300", "sigmoid_tanh_mlp", "gelu_concat_mlp", "time_distributed_mlp"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lenet300",
+        "lenet5",
+        "sigmoid_tanh_mlp",
+        "gelu_concat_mlp",
+        "time_distributed_mlp",
+        "conv1d_bn",
+        "residual_bn",
+        "concat_branches",
+    ],
+)
 def test_fractional_masks_scale_each_element_once(name):
-    """Masks p on group g equal scaling g's outgoing weights by p in the plain model (x·p exactly once)."""
+    """Masks p on group g equal scaling the consumers' input weights by p in the plain model (x·p once)."""
     model, x = build_case(name)
     structure = Structure.from_model(model, x)
     probs = {g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(3)) for g in structure.groups}
@@ -84,13 +96,15 @@ def test_fractional_masks_scale_each_element_once(name):
 
 
 def _scale_consumer_inputs(model: nn.Module, structure: Structure, probs: dict) -> nn.Module:
-    """A copy of an MLP whose consumer Linear weights have column j scaled by p_j of the group they read."""
+    """A copy whose Linear/Conv consumers have input column/channel j scaled by p_j of the group it reads."""
     import copy
 
     from deepiot.structure.layout import kept_positions
 
     scaled = copy.deepcopy(model)
     for name, use in structure.data.module_uses.items():
+        if use.kind not in ("linear", "conv"):
+            continue
         module = scaled.get_submodule(name)
         column_scale = torch.ones(module.weight.shape[1])
         offset = 0
@@ -99,7 +113,7 @@ def _scale_consumer_inputs(model: nn.Module, structure: Structure, probs: dict) 
                 positions = kept_positions((segment,), {}) + offset
                 column_scale[positions] = probs[segment.group].repeat_interleave(segment.repeat)
             offset += segment.width
-        module.weight.data *= column_scale
+        module.weight.data *= column_scale.view(1, -1, *[1] * (module.weight.dim() - 2))  # [1, in, 1...]
     return scaled
 
 

@@ -59,6 +59,13 @@ class Structure:
     ) -> Structure:
         """Discover the groups of `model` by tracing it and running it on `example_inputs` (batch first).
 
+        Producers: nn.Linear, nn.Conv1d/2d/3d (groups=1), nn.LSTM/nn.GRU (one group per layer), except
+        those whose values reach the model output. Followed through: BatchNorm, activations, dropout,
+        pooling, LayerNorm/softmax over other dims, flatten/view/reshape/transpose/permute/(un)squeeze,
+        indexing and reductions over other dims, cat (channel dim: segments join; other dims: groups
+        merge), residual add/sub/mul/div (groups merge), size queries. Grouped/depthwise convolutions,
+        LSTM c_n, an explicit RNN hx and unknown ops raise on a group's channels (never a silent skip).
+
         Args:
             model: the network; it is run twice in eval mode (training flags restored), never modified.
             example_inputs: a tensor or tuple of tensors, batch as dim 0 (any batch size, e.g. 2).
