@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from deepiot.cost.counter import measure_cost
-from deepiot.cost.latency import onnx_call, time_interleaved, torch_threads
+from deepiot.cost.latency import LatencyStats, onnx_call, time_interleaved, torch_threads
 from deepiot.export import export_model
 from deepiot.models import DeepSense, LeNet5, LSTMClassifier
 from deepiot.structure import Structure, slice_model
@@ -94,12 +94,13 @@ def bench_model(name: str, args: argparse.Namespace, work_dir: Path) -> dict[str
     kept = top_weight_kept(original, structure, args.keep_fraction)
     models = {"original": original, "sliced": slice_model(original, structure, kept).eval()}
     costs = {variant: measure_cost(model, example) for variant, model in models.items()}
-    calls, max_abs_diff = {}, {}
+    calls, max_abs_diff, onnx_exporters = {}, {}, {}
     for variant, model in models.items():
         out_dir = work_dir / name / variant
         result = export_model(model, example, out_dir, manifest_extra={}, onnx_exporter=args.onnx_exporter)
         calls[variant] = runtime_calls(result.paths, model, example)
         max_abs_diff[variant] = result.max_abs_diff
+        onnx_exporters[variant] = json.loads(result.paths["manifest"].read_text())["onnx"]["exporter"]
     with torch_threads(1), torch.inference_mode():
         latency = {
             runtime: time_interleaved(
@@ -119,23 +120,35 @@ def bench_model(name: str, args: argparse.Namespace, work_dir: Path) -> dict[str
         "ratio": {
             "params": costs["sliced"].params / costs["original"].params,
             "macs": costs["sliced"].macs / costs["original"].macs,
-            **{
-                f"latency_{runtime}": latency[runtime]["sliced"].median_ms
-                / latency[runtime]["original"].median_ms
-                for runtime in RUNTIMES
-            },
+            **latency_ratios(latency),
         },
         "latency_ms": {
             runtime: {variant: stats._asdict() for variant, stats in by_variant.items()}
             for runtime, by_variant in latency.items()
         },
         "export_max_abs_diff": max_abs_diff,
+        "onnx_exporter": onnx_exporters,
     }
 
 
+def latency_ratios(latency: dict[str, dict[str, LatencyStats]]) -> dict[str, float]:
+    """sliced / original per runtime, of the medians and of the 10th percentiles.
+
+    The 10th percentile is less disturbed than the median by other jobs on a shared machine.
+    """
+    ratios = {}
+    for runtime, stats in latency.items():
+        ratios[f"latency_{runtime}"] = stats["sliced"].median_ms / stats["original"].median_ms
+        ratios[f"latency_p10_{runtime}"] = stats["sliced"].p10_ms / stats["original"].p10_ms
+    return ratios
+
+
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """One row per model: params and MACs (original → sliced, ratio) and median latency per runtime."""
-    header = f"{'model':<10} {'params':>22} {'MACs':>26}" + "".join(f" {runtime:>26}" for runtime in RUNTIMES)
+    """One row per model: params, MACs and median latency per runtime as original → sliced (sliced/original).
+
+    Latency cells also give the ratio of the 10th percentiles after the bar.
+    """
+    header = f"{'model':<10} {'params':>22} {'MACs':>26}" + "".join(f" {runtime:>34}" for runtime in RUNTIMES)
     lines = [header, "-" * len(header)]
     for name, record in results.items():
         cost, ratio = record["cost"], record["ratio"]
@@ -145,17 +158,19 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         ]
         for runtime in RUNTIMES:
             medians = [record["latency_ms"][runtime][variant]["median_ms"] for variant in VARIANTS]
-            cells.append(_cell(*medians, ratio[f"latency_{runtime}"], "{:.3f}ms", 26))
+            ratios = f"{ratio[f'latency_{runtime}']:.3f} | p10 {ratio[f'latency_p10_{runtime}']:.3f}"
+            cells.append(_cell(*medians, ratios, "{:.3f}ms", 34))
         lines.append(f"{name:<10} " + " ".join(cells))
     return "\n".join(lines)
 
 
-def _cell(original: float, sliced: float, ratio: float, number: str, width: int) -> str:
-    text = f"{number.format(original)}→{number.format(sliced)} ({ratio:.3f})"
+def _cell(original: float, sliced: float, ratio: float | str, number: str, width: int) -> str:
+    ratio_text = f"{ratio:.3f}" if isinstance(ratio, float) else ratio
+    text = f"{number.format(original)}→{number.format(sliced)} ({ratio_text})"
     return f"{text:>{width}}"
 
 
-def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+def plot(results: dict[str, dict[str, Any]], path: Path, keep_fraction: float) -> None:
     """Bars of sliced/original ratios per model: params, MACs and measured latency in each runtime."""
     measures = ["params", "macs", *(f"latency_{runtime}" for runtime in RUNTIMES)]
     figure, axes = plt.subplots(figsize=(9, 4.5))
@@ -170,7 +185,9 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     axes.set_xticks(range(len(results)), list(results))
     axes.set_ylabel("sliced / original")
     axes.set_yscale("log")
-    axes.set_title("Sliced (~10% of elements kept) vs original: cost and batch-1 CPU latency (1 thread)")
+    axes.set_title(
+        f"Sliced (~{keep_fraction:.0%} of elements kept) vs original: cost and batch-1 CPU latency (1 thread)"
+    )
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -180,9 +197,11 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     """What a reader needs to reproduce the numbers: command, commit, versions, host, settings."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout
+    changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "deepiot", "scripts"], check=False)
     return {
         "command": " ".join(["python", *sys.argv]),
         "commit": commit.strip() or None,
+        "uncommitted_changes": changed.returncode != 0,  # in tracked files under deepiot/ or scripts/
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "host": {
@@ -204,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(results))
     document = {**environment(args), "models": results}
     (args.out_dir / "latency.json").write_text(json.dumps(document, indent=2) + "\n")
-    plot(results, args.out_dir / "latency.png")
+    plot(results, args.out_dir / "latency.png", args.keep_fraction)
     print(f"wrote {args.out_dir / 'latency.json'} and {args.out_dir / 'latency.png'}")
 
 
