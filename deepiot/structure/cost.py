@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -53,18 +54,28 @@ class Term:
     def of(cls, coefficient: int, layouts: Sequence[Layout] = ()) -> Term:
         return cls(coefficient, tuple(LinearForm.from_layout(layout) for layout in layouts))
 
-    def value(self, counts: Mapping[str, CountValue]) -> CountValue:
+    def value(self, sizes: Mapping[LinearForm, CountValue]) -> CountValue:
+        """The term's value given every form's size (`sizes`, see `form_sizes`)."""
         total: CountValue = self.coefficient
         for form in self.forms:
-            total = total * form.value(counts)
+            total = total * sizes[form]
         return total
 
 
-def terms_value(terms: Sequence[Term], counts: Mapping[str, CountValue]) -> CountValue:
+def combine(terms: Sequence[Term]) -> tuple[Term, ...]:
+    """Merge terms with the same product of forms (e.g. BN weight, bias, running mean and var)."""
+    merged: dict[tuple[LinearForm, ...], int] = {}
+    for term in terms:
+        key = tuple(sorted(term.forms, key=repr))
+        merged[key] = merged.get(key, 0) + term.coefficient
+    return tuple(Term(coefficient, forms) for forms, coefficient in merged.items())
+
+
+def terms_value(terms: Sequence[Term], sizes: Mapping[LinearForm, CountValue]) -> CountValue:
     """Σ of the terms' values (an int, or a Tensor when some count is a Tensor)."""
     total: CountValue = 0
     for term in terms:
-        total = total + term.value(counts)
+        total = total + term.value(sizes)
     return total
 
 
@@ -84,17 +95,28 @@ class CostModel:
 
     def evaluate(self, counts: Mapping[str, CountValue]) -> Cost:
         """The `Cost` for kept `counts` (every group present: int, or float Tensor [N])."""
-        call_bytes = [terms_value(call, counts) for call in self.activations]
+        sizes = self.form_sizes(counts)
+        call_bytes = [terms_value(call, sizes) for call in self.activations]
         values = [
-            terms_value(self.params, counts),
-            terms_value(self.macs, counts),
+            terms_value(self.params, sizes),
+            terms_value(self.macs, sizes),
             _maximum(call_bytes),
-            terms_value(self.model_bytes, counts),
+            terms_value(self.model_bytes, sizes),
         ]
         batch = _batch_size(counts)
         if batch is None:
             return Cost(*(int(value) for value in values))
         return Cost(*(torch.as_tensor(value, dtype=torch.float64).expand(batch).float() for value in values))
+
+    @cached_property
+    def forms(self) -> tuple[LinearForm, ...]:
+        """Every distinct dimension form used by some term."""
+        terms = [*self.params, *self.model_bytes, *self.macs, *(t for call in self.activations for t in call)]
+        return tuple({form: None for term in terms for form in term.forms})
+
+    def form_sizes(self, counts: Mapping[str, CountValue]) -> dict[LinearForm, CountValue]:
+        """Size of every distinct dimension form, computed once per evaluation."""
+        return {form: form.value(counts) for form in self.forms}
 
 
 def _maximum(values: list[CountValue]) -> CountValue:

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from deepiot.structure.cost import CostModel, Term
+from deepiot.structure.cost import CostModel, Term, combine
 from deepiot.structure.errors import StructureError
 from deepiot.structure.infos import (
     Info,
@@ -512,10 +512,10 @@ class Discovery:
                 params.append(numel_term)
         renamed = lambda raw: Term.of(raw[0], [rename(layout, names) for layout in raw[1]])  # noqa: E731
         return CostModel(
-            params=tuple(params),
-            model_bytes=tuple(model_bytes),
-            macs=tuple(renamed(raw) for raw in self.mac_terms),
-            activations=tuple(tuple(renamed(raw) for raw in call) for call in self.activation_calls),
+            params=combine(params),
+            model_bytes=combine(model_bytes),
+            macs=combine([renamed(raw) for raw in self.mac_terms]),
+            activations=tuple(combine([renamed(raw) for raw in call]) for call in self.activation_calls),
             unknown_macs=tuple(self.unknown_macs),
         )
 
