@@ -205,3 +205,29 @@ def test_sliced_model_exports_to_onnx(name, tmp_path):
     (output,) = session.run(None, {"x": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(output), sliced(x), **TOLERANCE)
+
+
+class FunctionalDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.nn.functional.dropout(self.fc(x), 0.5, training=self.training))
+
+
+def test_functional_dropout_follows_train_and_eval_mode():
+    """fx would freeze `training=self.training` at trace time; masked and sliced models follow the mode."""
+    model = FunctionalDropout().train()
+    x = torch.randn(64, 3)
+    structure = Structure.from_model(model, x)
+    masked = MaskedNetwork(model, structure)
+    keep = {"fc": torch.ones(8)}
+    assert not torch.equal(masked(x, keep), masked(x, keep))
+    sliced = slice_model(model, structure, {"fc": [0, 2, 5]})
+    assert not torch.equal(sliced(x), sliced(x))
+    model.eval()
+    sliced.eval()
+    assert torch.equal(masked(x, keep), model(x))
+    assert torch.equal(sliced(x), sliced(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -165,14 +166,46 @@ class Structure:
         return masks
 
     def trace_matching(self, model: nn.Module) -> fx.GraphModule:
-        """Trace `model` and check it is the architecture this structure was discovered on."""
+        """Trace `model` and check it is the architecture this structure was discovered on.
+
+        Functional dropout (`F.dropout(x, training=self.training)`) is re-bound to the traced module's
+        own train/eval flag: tracing would otherwise freeze the mode the model happened to be in.
+        """
         graph_module = trace(model)
         if graph_signature(graph_module) != self.data.signature:
             raise StructureError(
                 f"{type(model).__name__} does not trace to the graph this Structure was discovered on (different "
                 "architecture or widths); call Structure.from_model on this model."
             )
+        _bind_functional_dropout(graph_module)
         return graph_module
+
+
+def _bind_functional_dropout(graph_module: fx.GraphModule) -> None:
+    """Make every functional dropout read `graph_module.training` at run time instead of a traced constant."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        name = getattr(node.target, "__name__", "") if node.op == "call_function" else ""
+        if name not in FUNCTIONAL_DROPOUTS:
+            continue
+        with graph.inserting_before(node), warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="Attempted to insert a get_attr Node"
+            )  # a bool, not a tensor
+            training = graph.get_attr("training")
+        flag, position = FUNCTIONAL_DROPOUTS[name]
+        if len(node.args) > position:
+            node.update_arg(position, training)
+        else:
+            node.update_kwarg(flag, training)
+    graph_module.recompile()
+
+
+# Functional dropouts: name → (keyword of the train flag, its position).
+FUNCTIONAL_DROPOUTS = {
+    **{name: ("training", 2) for name in ("dropout", "alpha_dropout", "feature_alpha_dropout")},
+    **{name: ("training", 2) for name in ("dropout1d", "dropout2d", "dropout3d")},
+}
 
 
 def _checked_indices(name: str, value: Sequence[int] | Tensor, size: int) -> Tensor:

@@ -119,12 +119,14 @@ class MaskedNetwork(nn.Module):
         self.structure = structure
         # Not registered as a submodule: its leaf modules ARE the model's (no duplicate parameters).
         self.__dict__["masked_graph"] = build_masked_graph(model, structure)
+        self.train(model.training)
 
     def forward(self, x: Tensor | tuple[Tensor, ...], masks: Masks | None = None) -> Tensor:
         inputs = x if isinstance(x, tuple) else (x,)
         if masks is None:
             return self.model(*inputs)
         self._check_masks(masks, inputs[0].shape[0])
+        self.masked_graph.training = self.model.training  # functional dropout follows the model's mode
         return self.masked_graph(*inputs, masks)
 
     def _check_masks(self, masks: Masks, batch: int) -> None:
