@@ -16,7 +16,13 @@ from deepiot.data import load_mnist
 from deepiot.train import ensure_trained, evaluate, train
 from deepiot.utils import ConfigError
 
-TINY = ["data.dataset.limit=256", "trainer.progress_bar=false", "trainer.log_every=2"]
+# small data, one thread (the machine is shared: oversubscribed threads are many times slower)
+TINY = [
+    "data.dataset.limit=256",
+    "trainer.progress_bar=false",
+    "trainer.log_every=2",
+    "trainer.num_threads=1",
+]
 METRIC_KEYS = {"train_loss", "val_accuracy", "test_accuracy", "epochs", "wall_time_s", "params"}
 
 
@@ -141,6 +147,7 @@ def test_command_line_writes_model_and_tensorboard_events(tmp_path):
         "data.dataset.limit=512",
         "trainer.epochs=1",
         "trainer.log_every=2",
+        "trainer.num_threads=1",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
@@ -168,6 +175,7 @@ def test_multirun_smoke(tmp_path):
         "data.dataset.limit=256",
         "trainer.epochs=1",
         "trainer.lr=0.001,0.002",
+        "trainer.num_threads=1",
         f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path,
     )
