@@ -13,7 +13,6 @@ weights the plan refers to) and export/ (TorchScript, ONNX, manifest).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from deepiot.compressor import CompressorConfig
 from deepiot.critic import CriticConfig
 from deepiot.export import input_layout
 from deepiot.schedules import ScheduleConfig
-from deepiot.train import ensure_trained, load_bundle
+from deepiot.train import ensure_trained, load_bundle, show_progress
 from deepiot.trainer import STATE_FILE, CompressionConfig, LoopConfig
 from deepiot.utils import ConfigError
 
@@ -92,7 +91,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
             },
             latency_threads=cfg.compress.latency_threads,
         ),
-        progress=sys.stderr.isatty(),
+        progress=show_progress(cfg.trainer),
     )
     save_finetuned_model(out_dir, checkpoint, result.report)
     return result.report
