@@ -49,6 +49,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> No
             torch.save(document, file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary_name, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(temporary_name, path)
     except BaseException:
         Path(temporary_name).unlink(missing_ok=True)
@@ -105,6 +106,13 @@ def load_trained_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[st
             f"version. Details: {str(err).splitlines()[0]}"
         ) from err
     return model.eval(), checkpoint
+
+
+def _current_umask() -> int:
+    """The process's file-creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_is_complete_torch_file(path: Path) -> None:

@@ -46,6 +46,12 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     assert os.listdir(tmp_path) == ["a.pt"]
 
 
+def test_saved_file_gets_the_usual_permissions(tmp_path):
+    save_checkpoint({"kind": "trained_model"}, tmp_path / "a.pt")
+    (tmp_path / "reference").touch()
+    assert (tmp_path / "a.pt").stat().st_mode == (tmp_path / "reference").stat().st_mode
+
+
 def test_failed_save_keeps_previous_file(tmp_path):
     save_checkpoint({"kind": "trained_model", "value": 1}, tmp_path / "a.pt")
     unpicklable = (step for step in range(3))
