@@ -233,9 +233,8 @@ def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance:
     }
     baseline = parts.baselines[parts.config.critic.baseline]
     advantage = advantages[parts.config.critic.baseline]  # [N]
-    control_variate = baseline.control_variate(
-        distribution.keep_probs, parts.reward
-    )  # 0 for the EMA baseline
+    # the learned critic depends on z, so its correction term keeps the estimate unbiased (0 for the EMA)
+    control_variate = baseline.control_variate(distribution.keep_probs, parts.reward)
     compressor_loss = -(advantage * distribution.log_prob(masks)).mean() - control_variate
     check_finite("compressor loss", compressor_loss, state, tau)
     parts.compressor_optimizer.zero_grad(set_to_none=True)
@@ -366,18 +365,17 @@ def run_compression(
     bar = tqdm(total=loop.max_iterations, initial=state.iteration, desc="compress", disable=not progress)
     started = time.perf_counter()
     while state.phase == "compress":
-        evaluating = (
-            state.iteration + 1
-        ) % loop.eval_every == 0 or state.iteration + 1 == loop.max_iterations
+        next_iteration = state.iteration + 1
+        evaluating = next_iteration % loop.eval_every == 0 or next_iteration == loop.max_iterations
         stats = compressor_critic_step(parts, state, measure_variance=evaluating)
-        state.iteration += 1
+        state.iteration = next_iteration
         bar.update(1)
         if writer is not None and (state.iteration % loop.log_every == 0 or evaluating):
             log_step(writer, stats, state.iteration)
         if evaluating:
+            record = evaluate_and_decide(parts, state, validation, stats)
             state.wall_time_s["compress"] += time.perf_counter() - started
             started = time.perf_counter()
-            record = evaluate_and_decide(parts, state, validation, stats)
             bar.set_postfix(
                 tau=f"{record['tau']:.3f}",
                 kept=f"{100 * record['params_ratio']:.1f}%",
