@@ -142,6 +142,12 @@ def markdown(report: Mapping[str, Any]) -> str:
         )
     times = report["wall_time_s"]
     lines += ["", "Wall time (s): " + ", ".join(f"{key} {value:.1f}" for key, value in times.items())]
+    training = report.get("original_training_wall_time_s")
+    if training:
+        total = sum(times.values())
+        lines[-1] += (
+            f"; training the original took {training:.1f} s (compression / training = {total / training:.2f})"
+        )
     variance = report.get("gradient_variance") or {}
     if variance:
         lines += [

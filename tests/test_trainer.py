@@ -114,6 +114,8 @@ def test_compress_writes_report_plan_and_export_that_agree(tmp_path, data, train
     assert result.sliced_model.fc1.out_features == kept["fc1"]
     assert result.sliced_model.fc2.out_features == kept["fc2"]
     assert report["sliced_vs_masked_max_abs_diff"] <= 1e-4
+    markdown = (tmp_path / "report.md").read_text()
+    assert f"| params | {report['cost']['original']['params']:,} | {sliced_params:,} |" in markdown
     assert report["iterations"] == 40 and report["finetune_iterations"] == 20
     # the saved plan rebuilds the same small model from the fine-tuned full-size weights
     plan = SlicingPlan.load(tmp_path / "slicing_plan.json")
