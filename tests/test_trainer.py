@@ -117,6 +117,17 @@ def test_compress_writes_report_plan_and_export_that_agree(tmp_path, data, train
     markdown = (tmp_path / "report.md").read_text()
     assert f"| params | {report['cost']['original']['params']:,} | {sliced_params:,} |" in markdown
     assert report["iterations"] == 40 and report["finetune_iterations"] == 20
+    # TensorBoard: the loop's namespaced metrics, keep-probability histograms and the hyperparameter table
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    expected = {"losses/critic", "losses/compressor", "compressor/reward_mean", "compressor/baseline"}
+    expected |= {"compressor/advantage_var", "compressor/grad_var", "schedule/tau", "structure/kept/fc1"}
+    expected |= {"cost/params_ratio", "cost/macs_ratio", "charts/val_accuracy", "charts/test_accuracy"}
+    assert expected <= set(events.Tags()["scalars"])
+    assert {"keep_prob/fc1", "keep_prob/fc2"} <= set(events.Tags()["histograms"])
+    assert "hyperparameters/text_summary" in events.Tags()["tensors"]
     # the saved plan rebuilds the same small model from the fine-tuned full-size weights
     plan = SlicingPlan.load(tmp_path / "slicing_plan.json")
     assert plan.kept == result.plan.kept
