@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from deepiot.cost.counter import measure_cost
 from deepiot.models import VGG, DeepSense, LeNet5, LeNet300, LSTMClassifier
 from deepiot.structure import Structure, slice_model
+from deepiot.structure.recurrent import StackedRNN
 
 REFERENCE_MODELS = [
     (LeNet5, (1, 28, 28)),
@@ -144,12 +145,36 @@ def test_activation_bytes_is_largest_leaf_call():
     assert measure_cost(model, example).activation_bytes == max(calls)
 
 
-def test_activation_bytes_count_recurrent_states():
+def test_activation_bytes_count_each_recurrent_layer_with_its_states():
     lstm = nn.LSTM(3, 5, num_layers=2, batch_first=True)
     example = torch.randn(1, 9, 3)
     output, (hidden, cell) = lstm(example)
-    expected = sum(tensor.numel() * 4 for tensor in (example, output, hidden, cell))
-    assert measure_cost(lstm, example).activation_bytes == expected
+    layer_states = (hidden[0].numel() + cell[0].numel()) * 4  # h_n[l], c_n[l] of one layer
+    layer_calls = [
+        (example.numel() + output.numel()) * 4 + layer_states,  # layer 0: input → first hidden sequence
+        2 * output.numel() * 4 + layer_states,  # layer 1: hidden sequence → output
+    ]
+    assert measure_cost(lstm, example).activation_bytes == max(layer_calls)
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_multi_layer_rnn_costs_like_its_layers_as_separate_modules(kind, bidirectional):
+    layers = [kind(4, 6, batch_first=True, bidirectional=bidirectional)]
+    layers.append(kind(6 * (2 if bidirectional else 1), 6, batch_first=True, bidirectional=bidirectional))
+    stacked = StackedRNN(layers)
+    merged = kind(4, 6, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    example = torch.randn(1, 11, 4)
+    assert measure_cost(merged, example) == measure_cost(stacked, example)
+
+
+def test_initial_state_is_shared_among_layers():
+    gru = nn.GRU(3, 5, num_layers=2)  # time-major [T, N, F]
+    example, initial = torch.randn(7, 1, 3), torch.randn(2, 1, 5)
+    output, hidden = gru(example, initial)
+    per_layer_states = (hidden.numel() + initial.numel()) * 4 // 2
+    expected = max(example.numel(), output.numel()) * 4 + output.numel() * 4 + per_layer_states
+    assert measure_cost(gru, (example, initial), batch_dim=None).activation_bytes == expected
 
 
 def test_example_batch_is_cut_to_one_sample():
@@ -202,16 +227,21 @@ def test_structure_cost_model_agrees_with_counter_on_original_and_sliced(cls, sh
     assert structure.cost(counts) == measure_cost(slice_model(model, structure, kept), example)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="contract gap: a multi-layer nn.LSTM is one leaf call, but a slice with unequal layer widths becomes "
-    "a StackedLSTM of one leaf call per layer, whose inter-layer sequence then counts; the modelled "
-    "activation_bytes keeps the one-call view. Fix: define activation_bytes per RNN layer on both sides.",
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [
+        (LSTMClassifier(input_shape=(128, 6)), (128, 6)),
+        (LSTMClassifier(input_shape=(128, 6), num_layers=3, bidirectional=True), (128, 6)),
+        (DeepSense(), (128, 6)),
+    ],
+    ids=["lstm-classifier", "lstm-3layer-bidir", "deepsense"],
 )
-def test_structure_cost_agrees_with_counter_when_rnn_layers_differ_in_width():
-    model = LSTMClassifier(input_shape=(128, 6)).eval()
-    example = torch.randn(1, 128, 6)
+def test_structure_cost_agrees_with_counter_when_rnn_layers_differ_in_width(model, shape):
+    model = model.eval()
+    example = torch.randn(1, *shape)
     structure = Structure.from_model(model, example)
-    kept = kept_every(structure, lambda index: 2 + index)  # layer 0 keeps 1/2, layer 1 keeps 1/3
+    kept = kept_every(structure, lambda index: 2 + index)  # later groups keep 1/3, 1/4, ...
     counts = {name: len(indices) for name, indices in kept.items()}
-    assert structure.cost(counts) == measure_cost(slice_model(model, structure, kept), example)
+    sliced = slice_model(model, structure, kept)
+    assert any(isinstance(module, StackedRNN) for module in sliced.modules())
+    assert structure.cost(counts) == measure_cost(sliced, example)

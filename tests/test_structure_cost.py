@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from deepiot.cost.counter import measure_cost
+from deepiot.models import LSTMClassifier
 from deepiot.structure import Structure, StructureError, slice_model
 from deepiot.structure.recurrent import StackedRNN, rnn_weight_matrix
 
@@ -22,6 +23,29 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class GRUStack(nn.Module):
+    """Three GRU layers of one nn.GRU, read per time step by the consumer (output [N, T, 2·H])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(5, 8, num_layers=3, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gru(x)[0]  # [N, T, 16]
+
+
+class StackedGRUClassifier(nn.Module):
+    """A StackedGRU of single-layer GRUs of different widths (a sliced model, compressed again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = StackedRNN([nn.GRU(5, 9, batch_first=True), nn.GRU(9, 7, batch_first=True)])
+        self.fc = nn.Linear(7, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0][:, -1])  # last step [N, 7]
 
 
 def _random_kept(structure: Structure, seed: int, rnn_layers: str = "random") -> dict[str, torch.Tensor]:
@@ -66,21 +90,51 @@ def test_cost_equals_sliced_model_counts_and_flop_counter(name, seed):
 @pytest.mark.parametrize("rnn_layers", ["equal", "different"])
 @pytest.mark.parametrize("name", sorted(RECURRENT))
 def test_recurrent_cost_equals_formula_on_sliced_shapes(name, rnn_layers):
-    """MACs/params/bytes match the counter's per-module formula (G·H·(in+H) per step and direction).
+    """All four fields match the counter, whether the sliced RNN stays one module or becomes a StackedRNN.
 
-    Activation bytes are modelled per call of the ORIGINAL module; they match the sliced model exactly
-    when its RNN stays one module (equal widths per layer), not when it becomes a StackedRNN.
+    Activation bytes count each RNN layer as one call, so both shapes of the sliced RNN cost alike.
     """
     model, x = build_case(name)
     structure = Structure.from_model(model, x)
     kept = _random_kept(structure, 0, rnn_layers)
     sliced = slice_model(model, structure, kept).eval()
-    cost, counted = structure.cost(_counts(kept)), measure_cost(sliced, x)
-    assert (cost.params, cost.macs, cost.model_bytes) == (counted.params, counted.macs, counted.model_bytes)
+    assert structure.cost(_counts(kept)) == measure_cost(sliced, x)
     stacked = any(isinstance(m, StackedRNN) for m in sliced.modules())
     assert stacked == (rnn_layers == "different")
-    if not stacked:
-        assert cost.activation_bytes == counted.activation_bytes
+
+
+def _unequal_rnn_kept(structure: Structure, seed: int) -> dict[str, torch.Tensor]:
+    """Random kept sets whose RNN layers all keep different unit counts (so slicing stacks them)."""
+    generator = torch.Generator().manual_seed(seed)
+    rnn_groups = [group for group in structure.groups if group.kind == "rnn"]
+    smallest = min(group.size for group in rnn_groups)
+    rnn_counts = torch.randperm(smallest, generator=generator)[: len(rnn_groups)] + 1  # distinct, >= 1
+    kept = _random_kept(structure, seed)
+    for group, count in zip(rnn_groups, rnn_counts.tolist(), strict=True):
+        kept[group.name] = torch.randperm(group.size, generator=generator)[:count].sort().values
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [
+        (lambda: LSTMClassifier(input_shape=(16, 6), hidden_size=9, num_layers=3), (16, 6)),
+        (lambda: LSTMClassifier(input_shape=(16, 6), hidden_size=7, bidirectional=True), (16, 6)),
+        (lambda: nn.Sequential(GRUStack(), nn.Linear(16, 4)), (14, 5)),
+        (StackedGRUClassifier, (14, 5)),
+    ],
+    ids=["lstm-classifier", "lstm-classifier-bidir", "gru-3layer-bidir", "stacked-gru"],
+)
+def test_cost_equals_counter_on_random_unequal_rnn_widths(model, shape, seed):
+    torch.manual_seed(seed)
+    model, x = model().eval(), torch.randn(2, *shape)
+    structure = Structure.from_model(model, x)
+    kept = _unequal_rnn_kept(structure, seed)
+    sliced = slice_model(model, structure, kept).eval()
+    layer_widths = [module.hidden_size for module in sliced.modules() if isinstance(module, nn.RNNBase)]
+    assert len(set(layer_widths)) == len(layer_widths) > 1  # every layer its own single-layer module
+    assert structure.cost(_counts(kept)) == measure_cost(sliced, x)
 
 
 @pytest.mark.parametrize("name", ["lenet5", "residual_bn", "deepsense", "bidirectional_lstm"])

@@ -3,6 +3,8 @@
 It knows nothing about `deepiot.structure`; reports and tests use it to check the structure layer's
 modelled cost and to describe exported models. Only module calls are counted: compute done by functional
 ops inside a custom `forward` (e.g. `torch.matmul`) is invisible to it, as it is to the contract.
+Every layer of an LSTM/GRU/RNN module is one call of its own for activation bytes (see `rnn_layer_bytes`),
+so a multi-layer module and the same layers as separate single-layer modules count alike.
 """
 
 from __future__ import annotations
@@ -111,6 +113,30 @@ def rnn_cell_macs(module: nn.RNNCellBase, inputs: tuple[Any, ...], output: Any) 
     return gates * module.hidden_size * (module.input_size + module.hidden_size)
 
 
+def rnn_layer_bytes(module: nn.RNNBase, inputs: tuple[Any, ...], kwargs: dict, output: Any) -> list[int]:
+    """Activation bytes of each layer of one RNN call, as if every layer were a call of its own.
+
+    Layer l: its input sequence (the module input for l = 0, else layer l-1's output sequence) + its output
+    sequence + its final states h_n[l] (and c_n[l] for LSTM), all directions, + its share of an initial
+    state hx if one is passed. Every layer of one module has the same shapes past layer 0, so its sequences
+    have the bytes of the module's output and the states split evenly over the layers.
+    """
+    layers = module.num_layers
+    output_sequence, final_states = output
+    sequence_bytes = tensor_bytes(output_sequence)
+    state_bytes = tensor_bytes(final_states) // layers
+    initial_state_bytes = (tensor_bytes(inputs[1:]) + tensor_bytes(kwargs)) // layers
+    layer_inputs = [tensor_bytes(inputs[0])] + [sequence_bytes] * (layers - 1)
+    return [layer_input + sequence_bytes + state_bytes + initial_state_bytes for layer_input in layer_inputs]
+
+
+def call_activation_bytes(module: nn.Module, inputs: tuple[Any, ...], kwargs: dict, output: Any) -> int:
+    """Input + output bytes of one leaf-module call; an RNN module's largest layer (`rnn_layer_bytes`)."""
+    if isinstance(module, nn.RNNBase):
+        return max(rnn_layer_bytes(module, inputs, kwargs, output))
+    return tensor_bytes(inputs) + tensor_bytes(kwargs) + tensor_bytes(output)
+
+
 # One small MAC function per layer type (checked in order; subclasses match their base).
 MAC_RULES: tuple[tuple[type[nn.Module], Callable[..., int]], ...] = (
     (nn.Linear, linear_macs),
@@ -155,7 +181,9 @@ def measure_cost(model: nn.Module, example_inputs: ExampleInputs, batch_dim: int
             inputs [T, N, F]); None runs the inputs exactly as given.
 
     Returns:
-        `Cost` with int fields, per the shared contract (see `deepiot.cost.types.Cost`).
+        `Cost` with int fields, per the shared contract (see `deepiot.cost.types.Cost`); activation bytes
+        take each RNN layer as one call (`rnn_layer_bytes`). A container of RNN modules (e.g. a
+        `StackedRNN`) is not a leaf, so only its inner modules are counted.
     """
     macs = 0
     activation_bytes = 0
@@ -163,8 +191,7 @@ def measure_cost(model: nn.Module, example_inputs: ExampleInputs, batch_dim: int
     def record_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict, output: Any) -> None:
         nonlocal macs, activation_bytes
         macs += module_macs(module, args, output)
-        call_bytes = tensor_bytes(args) + tensor_bytes(kwargs) + tensor_bytes(output)
-        activation_bytes = max(activation_bytes, call_bytes)
+        activation_bytes = max(activation_bytes, call_activation_bytes(module, args, kwargs, output))
 
     counted = [module for module in model.modules() if _is_counted(module)]
     handles = [module.register_forward_hook(record_call, with_kwargs=True) for module in counted]

@@ -16,7 +16,10 @@ class Cost(NamedTuple):
     Definitions (shared contract): params = Σ numel of parameters; macs = multiply-accumulates of one
     forward pass (Linear in·out per position, ConvNd out·(in/groups)·∏kernel·∏out_spatial,
     LSTM 4·H·(in+H) and GRU 3·H·(in+H) per step per direction; BN/activations/pooling 0);
-    activation_bytes = max over leaf-module calls of (input bytes + output bytes);
+    activation_bytes = max over leaf-module calls of (input bytes + output bytes), where each layer l of an
+    LSTM/GRU module counts as one call of its own: layer l's input sequence + its output sequence + its
+    final states h_n[l] (and c_n[l] for LSTM) over all directions (+ its share of an initial state hx), so a
+    multi-layer module and the same layers as single-layer modules (a sliced `StackedRNN`) cost alike;
     model_bytes = Σ bytes of state_dict tensors (parameters + buffers).
     """
 

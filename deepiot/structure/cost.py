@@ -83,7 +83,8 @@ def terms_value(terms: Sequence[Term], sizes: Mapping[LinearForm, CountValue]) -
 class CostModel:
     """Every quantity of the structure cost, as terms recorded at discovery.
 
-    `activations` holds one term list per leaf-module call (input + output bytes at batch 1);
+    `activations` holds one term list per leaf-module call (input + output bytes at batch 1; one per
+    layer of an LSTM/GRU: its input and output sequences and final states, see `deepiot.cost.types.Cost`);
     `unknown_macs` names leaf modules with parameters whose MACs the contract does not define.
     """
 

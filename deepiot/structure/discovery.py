@@ -29,7 +29,7 @@ from deepiot.structure.infos import (
     info_groups,
     to_meta,
 )
-from deepiot.structure.layout import Layout, Segment, layout_width, rename
+from deepiot.structure.layout import Layout, Segment, layout_width, rename, tile
 
 ExampleInputs = Tensor | tuple[Tensor, ...]
 MaskSegment = tuple[str | None, int, int, str]  # (group, count, repeat, mode: "mask" | "indicator" | "none")
@@ -336,11 +336,53 @@ class Discovery:
         self.mac_terms.append((coefficient, tuple(layouts)))
 
     def record_activation_call(self, node: fx.Node) -> None:
-        """Input + output bytes of one leaf-module call at batch 1, as terms of kept counts."""
+        """Input + output bytes of one leaf-module call at batch 1, as terms of kept counts.
+
+        An LSTM/GRU records one call per layer (`rnn_layer_calls`), as the cost contract defines.
+        """
+        if isinstance(self.module(node), nn.LSTM | nn.GRU):
+            self.activation_calls += self.rnn_layer_calls(node)
+            return
         terms: list[tuple[int, tuple[Layout, ...]]] = []
         for value in [*node.all_input_nodes, node]:
-            terms += self.tensor_byte_terms(self.info(value), self.meta(value), self.meta(value, grown=True))
+            terms += self.byte_terms(value)
         self.activation_calls.append(terms)
+
+    def rnn_layer_calls(self, node: fx.Node) -> list[list[tuple[int, tuple[Layout, ...]]]]:
+        """Bytes at batch 1 of each layer of one LSTM/GRU call, each layer counted as a call of its own.
+
+        Layer l: input sequence (the module input, or layer l-1's output) + output sequence + final states
+        h_n[l] (and c_n[l]) of all directions + its share of an initial state hx (the same definition as
+        `deepiot.cost.counter.rnn_layer_bytes`). Sequences are steps · directions · kept units of a layer.
+        """
+        module = self.module(node)
+        use = next(use for call, use in self.module_uses[node.target] if call is node)
+        source = node.args[0]
+        directions = 2 if module.bidirectional else 1
+        layers = len(use.outputs)
+        element_size = self.meta(node)[0].element_size  # output sequence [N, T, D·H_top]
+        steps = self.shape(source)[1 if module.batch_first else 0]
+        step_bytes = steps * element_size
+        states_per_unit = directions * element_size * (2 if isinstance(module, nn.LSTM) else 1)
+        initial_state = [
+            (coefficient // layers, layouts)
+            for value in node.all_input_nodes
+            if value is not source
+            for coefficient, layouts in self.byte_terms(value)
+        ]
+        calls = []
+        for layer, hidden in enumerate(use.outputs):
+            if layer == 0:
+                layer_input = self.byte_terms(source)
+            else:  # layer l-1's output sequence [T, D·H_(l-1)]
+                layer_input = [(step_bytes, (tile(use.outputs[layer - 1], directions),))]
+            layer_output = [(step_bytes, (tile(hidden, directions),)), (states_per_unit, (hidden,))]
+            calls.append([*layer_input, *layer_output, *initial_state])
+        return calls
+
+    def byte_terms(self, value: fx.Node) -> list[tuple[int, tuple[Layout, ...]]]:
+        """Bytes at batch 1 of the value of node `value`, as terms of kept counts."""
+        return self.tensor_byte_terms(self.info(value), self.meta(value), self.meta(value, grown=True))
 
     def tensor_byte_terms(self, info: Info, small: Any, large: Any) -> list[tuple[int, tuple[Layout, ...]]]:
         """Bytes at batch 1 of a (nested) value: fixed, or per-sample bytes / channel size × kept width."""
