@@ -66,7 +66,31 @@ def main() -> None:
         "",
     ]
     (destination / "README.md").write_text("\n".join(lines))
+    write_index()
     print(f"recorded {args.run_dir} → {destination}")
+
+
+def write_index() -> None:
+    """experiments/compress/README.md: one row per recorded run, read from its report.json."""
+    rows = [
+        "| run | params left | MACs left | host latency left | test accuracy (original → compressed) "
+        "| compression wall time (s) | / training time |",
+        "|-|-|-|-|-|-|-|",
+    ]
+    for path in sorted(EXPERIMENTS_DIR.glob(f"*/{REPORT_JSON}")):
+        report = json.loads(path.read_text())
+        left, accuracy = report["cost"]["left"], report["accuracy"]
+        latency = report.get("latency_ms", {}).get("left")
+        wall = sum(report["wall_time_s"].values())
+        training = report.get("original_training_wall_time_s")
+        rows.append(
+            f"| [{path.parent.name}]({path.parent.name}/README.md) | {100 * left['params']:.2f}% "
+            f"| {100 * left['macs']:.2f}% | {'n/a' if latency is None else f'{100 * latency:.1f}%'} "
+            f"| {accuracy['original_test']:.4f} → {accuracy['compressed_test']:.4f} | {wall:.0f} "
+            f"| {'n/a' if not training else f'{wall / training:.1f}×'} |"
+        )
+    header = "# deepiot-compress runs\n\nWritten by scripts/record_compress_run.py from each run's report.json.\n\n"
+    (EXPERIMENTS_DIR / "README.md").write_text(header + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
