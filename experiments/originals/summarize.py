@@ -112,7 +112,7 @@ def readme(rows: list[dict[str, Any]], environment: dict[str, Any]) -> str:
         "",
         "Notes:",
         "- Every run is deterministic: rerunning the command reproduces these accuracies exactly",
-        "  (all generators are reseeded from (seed, epoch)), whatever the machine load.",
+        "  on the same machine and torch build (all generators are reseeded from (seed, epoch)), whatever the load.",
         "- HAPT user identification is split by time inside every recording, and every HAPT recording follows",
         "  one protocol (postures first, walking later): the training part is mostly postures and the test part",
         "  mostly walking, so the test measures identification across activities and is far below validation.",
