@@ -16,8 +16,10 @@ from deepiot.data.hapt import (
     ACTIVITY_NAMES,
     TEST_USERS,
     USER_NAMES,
+    activity_bouts,
     split_users,
     time_bounds,
+    user_segments,
     window_labels,
     window_starts,
     window_step,
@@ -33,6 +35,10 @@ SEGMENTS = [
 ]  # activity, start, end: 1-based inclusive
 USERS = tuple(range(1, 9))
 WINDOW, OVERLAP = 32, 0.5
+USER_WINDOW = (
+    16  # short enough to fit in every time part (20% = 20 samples) of the shortest bout (100 samples)
+)
+SPLIT_NAMES = ("train", "val", "test")
 
 
 def experiments() -> list[tuple[int, int, int]]:
@@ -163,37 +169,80 @@ def test_transitions_are_dropped_or_kept_as_classes_6_to_11(raw_root: Path) -> N
     assert total == brute_force_activity_count(12)
 
 
-def test_user_windows_never_straddle_the_time_split(raw_root: Path) -> None:
-    bundle = load_hapt_user(str(raw_root), window=WINDOW, overlap=OVERLAP, train_frac=0.6, val_frac=0.2)
+def user_segments_of(length: int, split: str) -> list[tuple[int, int]]:
+    """[start, end) of the segments load_hapt_user splits by time in a synthetic recording."""
+    if split == "recording":
+        return [(0, length)]
+    return [(start - 1, end) for activity, start, end in SEGMENTS if activity <= 6]  # basic-activity bouts
+
+
+def part_of_segment(start: int, end: int, part: int) -> tuple[int, int]:
+    """[lower, upper) of time part `part` (0 train, 1 val, 2 test) of samples [start, end), 60/20/20."""
+    lower, upper = time_bounds(end - start, 0.6, 0.2)[part : part + 2]
+    return start + lower, start + upper
+
+
+@pytest.mark.parametrize("split", ["bout", "recording"])
+def test_user_windows_never_straddle_the_time_split(raw_root: Path, split: str) -> None:
+    bundle = load_hapt_user(str(raw_root), window=USER_WINDOW, overlap=OVERLAP, split=split)
     assert bundle.num_classes == 30 and bundle.class_names == USER_NAMES
     lengths = {experiment: length for experiment, _, length in experiments()}
     total = 0
-    for part, split in enumerate(("train", "val", "test")):
-        where, labels = origins(bundle, split), getattr(bundle, split).tensors[1].numpy()
+    for part, name in enumerate(SPLIT_NAMES):
+        where, labels = origins(bundle, name), getattr(bundle, name).tensors[1].numpy()
         np.testing.assert_array_equal(labels, where[:, 0, 1] - 1)
+        np.testing.assert_array_equal(
+            where[..., 0] - where[:, :1, 0], np.broadcast_to(np.arange(USER_WINDOW), where.shape[:2])
+        )  # consecutive samples of one recording
+        assert (where[..., 1:] == where[:, :1, 1:]).all()
         for window in where:
-            lower, upper = time_bounds(lengths[window[0, 2]], 0.6, 0.2)[part : part + 2]
+            holding = [
+                seg
+                for seg in user_segments_of(lengths[window[0, 2]], split)
+                if seg[0] <= window[0, 0] < seg[1]
+            ]
+            assert len(holding) == 1, f"window starting at {window[0, 0]} is in no {split}"
+            lower, upper = part_of_segment(*holding[0], part)
             assert lower <= window[0, 0] and window[-1, 0] < upper
         assert set(where[:, 0, 1].tolist()) == set(USERS)
+        activities = {
+            (w[0, 1], expected_labels(lengths[w[0, 2]])[w[0, 0]]) for w in where
+        }  # (user, activity)
+        if split == "bout":  # every user shows every basic activity of the synthetic data in every split
+            assert activities == {(user, activity) for user in USERS for activity in (1, 4, 5)}
         total += len(labels)
-    assert (
-        origins(bundle, "test")[..., 0] >= 700
-    ).any()  # unlabelled samples are used for user identification
-    step = window_step(WINDOW, OVERLAP)
+    step = window_step(USER_WINDOW, OVERLAP)
     expected = sum(
-        len(window_starts(b - a, WINDOW, step))
+        len(window_starts(upper - lower, USER_WINDOW, step))
         for _, _, length in experiments()
-        for a, b in zip(time_bounds(length, 0.6, 0.2)[:-1], time_bounds(length, 0.6, 0.2)[1:], strict=True)
+        for segment in user_segments_of(length, split)
+        for lower, upper in (part_of_segment(*segment, part) for part in range(3))
     )
     assert total == expected
+    every_window = np.concatenate([origins(bundle, name) for name in SPLIT_NAMES])
+    uses_unlabelled = (every_window[..., 0] >= 700).any()  # samples 700+ are unlabelled
+    uses_transitions = ((every_window[..., 0] >= 100) & (every_window[..., 0] < 160)).any()
+    assert uses_unlabelled == uses_transitions == (split == "recording")
 
 
-def test_windows_are_normalised_with_training_statistics(raw_root: Path) -> None:
-    bundle = load_hapt_user(str(raw_root), window=WINDOW, overlap=OVERLAP)
+def test_activity_bouts_are_the_maximal_basic_activity_runs() -> None:
+    labels = np.array([-1, 1, 1, 7, 7, 4, 4, 4, 5, -1, 5, 5, 12])
+    assert activity_bouts(labels) == [(1, 3), (5, 8), (8, 9), (10, 12)]
+    assert activity_bouts(np.zeros(0, dtype=np.int64)) == []
+
+
+def test_unknown_user_split_is_rejected(raw_root: Path) -> None:
+    with pytest.raises(ValueError, match=r"split must be one of \('bout', 'recording'\).*'activity'"):
+        load_hapt_user(str(raw_root), split="activity")
+
+
+@pytest.mark.parametrize("split", ["bout", "recording"])
+def test_windows_are_normalised_with_training_statistics(raw_root: Path, split: str) -> None:
+    bundle = load_hapt_user(str(raw_root), window=USER_WINDOW, overlap=OVERLAP, split=split)
     train = bundle.train.tensors[0].double()
     np.testing.assert_allclose(train.mean(dim=(0, 1)).numpy(), 0, atol=1e-5)
     np.testing.assert_allclose(train.std(dim=(0, 1), correction=0).numpy(), 1, atol=1e-5)
-    assert bundle.test.tensors[0][..., 0].mean() > 1  # later samples: larger acc-x than the training part
+    assert bundle.test.tensors[0][..., 0].mean() > 0.5  # later samples: larger acc-x than the training part
 
 
 def test_limit_caps_every_split(raw_root: Path) -> None:
@@ -253,9 +302,24 @@ def test_real_activity_splits_by_user_with_all_classes(real_activity: DatasetBun
 
 def test_real_user_identification_covers_30_users_in_each_split(real_user: DatasetBundle) -> None:
     sizes = [len(real_user.train), len(real_user.val), len(real_user.test)]
-    assert 2.5 < sizes[0] / sizes[2] < 3.5 and abs(sizes[1] - sizes[2]) <= 61
+    # every bout part wastes its last partial window, the short val/test parts proportionally more than train
+    assert 4 < sizes[0] / sizes[2] < 7 and abs(sizes[1] - sizes[2]) <= 0.02 * sizes[2]
     for split in (real_user.train, real_user.val, real_user.test):
         assert torch.equal(torch.unique(split.tensors[1]), torch.arange(30))
+
+
+def test_real_bouts_give_every_activity_windows_in_every_split() -> None:
+    recordings, _ = read_recordings()
+    segments = user_segments(recordings, "bout")
+    for recording, start, end in segments:
+        activity = recording.labels[start]
+        assert 1 <= activity <= 6 and (recording.labels[start:end] == activity).all()
+        assert start == 0 or recording.labels[start - 1] != activity  # maximal run
+        assert end == len(recording.labels) or recording.labels[end] != activity
+    for part in range(3):
+        with_windows = [(r, a) for r, a, e in segments if np.diff(part_of_segment(a, e, part))[0] >= 128]
+        assert {int(r.labels[a]) for r, a in with_windows} == set(range(1, 7))
+        assert {r.user for r, _ in with_windows} == set(range(1, 31))
 
 
 # --- bad input: every error is a DataError naming the file -------------------------------------------------

@@ -21,6 +21,8 @@ ACTIVITY_NAMES = [
 NUM_BASIC_ACTIVITIES = 6
 TEST_USERS = (2, 4, 9, 10, 12, 13, 18, 20, 24)  # the test users of the published UCI HAR split
 USER_NAMES = [f"user{user:02d}" for user in range(1, NUM_USERS + 1)]
+USER_SPLITS = ("bout", "recording")  # what load_hapt_user splits by time: activity bouts or whole recordings
+Segment = tuple[Recording, int, int]  # (recording, start, end): samples [start, end) of one recording
 
 
 def load_hapt_activity(
@@ -62,22 +64,29 @@ def load_hapt_user(
     overlap: float = 0.5,
     train_frac: float = 0.6,
     val_frac: float = 0.2,
+    split: str = "bout",
     seed: int = 0,
     limit: int | None = None,
 ) -> DatasetBundle:
     """User identification (30 classes user01..user30) on [N, window, 6] windows, split by time.
 
-    Each recording is cut into an earlier train part (`train_frac` of its samples), a val part (`val_frac`)
-    and a later test part; windows are cut inside each part, so none straddles a boundary. All samples are
-    used, labelled or not, since the task is who is moving, not how. `limit` caps each split (drawn with
-    `seed`). Every HAPT recording follows one protocol (postures first, walking later), so the train part is
-    mostly postures and the test part mostly walking: the test measures identification across activities.
+    Time is split inside segments: each is cut into an earlier train part (`train_frac` of its samples), a val
+    part (`val_frac`) and a later test part, and windows are cut inside each part, so none straddles a boundary.
+    `split="bout"` (default) segments every recording into its activity bouts (maximal runs of one of the 6
+    basic activities), so every split holds every activity of every user; unlabelled stretches and postural
+    transitions are dropped (a transition, ~3 s, is too short to give a window in each part). `split="recording"`
+    cuts whole recordings and uses all samples, but every HAPT recording follows one protocol (postures first,
+    walking later), so its train part is mostly postures and its test part mostly walking: it measures
+    identification across activities. `limit` caps each split (drawn with `seed`).
     """
     check_limit(limit)
     step = window_step(window, overlap)
     check_time_fractions(train_frac, val_frac)
+    if split not in USER_SPLITS:
+        raise ValueError(f"split must be one of {USER_SPLITS} for load_hapt_user, got {split!r}")
     recordings, source = read_recordings(root)
-    parts = [user_windows(recordings, window, step, train_frac, val_frac, part) for part in range(3)]
+    segments = user_segments(recordings, split)
+    parts = [user_windows(segments, window, step, train_frac, val_frac, part) for part in range(3)]
     splits = dict(zip(("train", "val", "test"), parts, strict=True))
     return make_bundle(
         "hapt_user", splits, USER_NAMES, channel_axis=-1, source=str(source), limit=limit, seed=seed
@@ -129,17 +138,35 @@ def check_time_fractions(train_frac: float, val_frac: float) -> None:
 
 
 def time_bounds(length: int, train_frac: float, val_frac: float) -> list[int]:
-    """Sample indices [0, train end, val end, length] that cut one recording into train/val/test parts."""
+    """Sample indices [0, train end, val end, length] that cut one segment into train/val/test parts."""
     return [0, round(length * train_frac), round(length * (train_frac + val_frac)), length]
 
 
+def activity_bouts(labels: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) sample ranges of the maximal runs of one basic activity (1..6) in `labels`."""
+    if len(labels) == 0:
+        return []
+    changes = np.flatnonzero(labels[1:] != labels[:-1]) + 1  # first sample of every run but the first
+    starts = np.concatenate([[0], changes])
+    ends = np.concatenate([changes, [len(labels)]])
+    basic = (labels[starts] >= 1) & (labels[starts] <= NUM_BASIC_ACTIVITIES)
+    return list(zip(starts[basic].tolist(), ends[basic].tolist(), strict=True))
+
+
+def user_segments(recordings: list[Recording], split: str) -> list[Segment]:
+    """The (recording, start, end) segments split by time: activity bouts, or whole recordings."""
+    if split == "recording":
+        return [(recording, 0, len(recording.labels)) for recording in recordings]
+    return [(recording, *bout) for recording in recordings for bout in activity_bouts(recording.labels)]
+
+
 def user_windows(
-    recordings: list[Recording], window: int, step: int, train_frac: float, val_frac: float, part: int
+    segments: list[Segment], window: int, step: int, train_frac: float, val_frac: float, part: int
 ) -> Split:
-    """Windows of part `part` (0 train, 1 val, 2 test) of every recording, labelled user - 1."""
+    """Windows of part `part` (0 train, 1 val, 2 test) of every segment, labelled user - 1."""
     inputs, targets = [_empty_windows(window)], [np.zeros(0, dtype=np.int64)]
-    for recording in recordings:
-        bounds = time_bounds(len(recording.labels), train_frac, val_frac)
+    for recording, start, end in segments:
+        bounds = [start + bound for bound in time_bounds(end - start, train_frac, val_frac)]
         starts = bounds[part] + window_starts(bounds[part + 1] - bounds[part], window, step)
         inputs.append(cut_windows(recording.signals, starts, window))
         targets.append(np.full(len(starts), recording.user - 1, dtype=np.int64))
