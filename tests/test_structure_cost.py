@@ -16,15 +16,6 @@ from deepiot.structure.recurrent import StackedRNN, rnn_weight_matrix
 RECURRENT = {"stacked_lstm", "bidirectional_lstm", "stacked_gru", "deepsense", "cnn_lstm"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and steadily on a shared machine) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class GRUStack(nn.Module):
     """Three GRU layers of one nn.GRU, read per time step by the consumer (output [N, T, 2·H])."""
 

@@ -12,15 +12,6 @@ from deepiot.structure import MaskedNetwork, Structure, StructureError, slice_mo
 from deepiot.structure.recurrent import StackedRNN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and steadily on a shared machine) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ConvGroupNorm(nn.Module):
     def __init__(self) -> None:
         super().__init__()

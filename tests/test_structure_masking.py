@@ -12,15 +12,6 @@ from deepiot.structure import MaskedNetwork, Structure, StructureError, sample_m
 TOLERANCE = {"atol": 1e-5, "rtol": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and steadily on a shared machine) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _kept(structure: Structure, pattern: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Kept indices per group: a random non-empty subset, a single random unit, or everything."""
     kept = {}

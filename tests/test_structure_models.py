@@ -14,15 +14,6 @@ from deepiot.models import VGG, DeepSense, LeNet5, LeNet300, LSTMClassifier
 from deepiot.structure import Structure
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and steadily on a shared machine) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Conv1dBN(nn.Module):
     """Two Conv1d → BN → ReLU blocks over a sensor window [N, T, C], global average, linear."""
 

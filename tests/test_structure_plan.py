@@ -18,15 +18,6 @@ CONFIGS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and steadily on a shared machine) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trained(name: str) -> tuple[dict, torch.nn.Module, torch.Tensor, Structure]:
     config, shape = CONFIGS[name]
     torch.manual_seed(0)
