@@ -90,7 +90,7 @@ def readme(rows: list[dict[str, Any]], environment: dict[str, Any]) -> str:
         f"Measured at commit `{environment['commit']}` on {environment['machine']} (torch {environment['torch']},",
         f"{environment['threads']} thread(s) per run, on a machine shared with other jobs, so wall times are upper bounds).",
         "Test accuracy is on the held-out test split (MNIST: the 10k test images; HAPT activity: the UCI test users;",
-        "HAPT user: the last 20% of every user's recording); wall time covers training + validation epochs.",
+        "HAPT user: the last 20% of every activity bout of every user); wall time covers training + validation epochs.",
         "",
         "| experiment | model | data | test acc | val acc | epochs | wall time | params | command |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -113,9 +113,11 @@ def readme(rows: list[dict[str, Any]], environment: dict[str, Any]) -> str:
         "Notes:",
         "- Every run is deterministic: rerunning the command reproduces these accuracies exactly",
         "  on the same machine and torch build (all generators are reseeded from (seed, epoch)), whatever the load.",
-        "- HAPT user identification is split by time inside every recording, and every HAPT recording follows",
-        "  one protocol (postures first, walking later): the training part is mostly postures and the test part",
-        "  mostly walking, so the test measures identification across activities and is far below validation.",
+        "- HAPT user identification is split by time inside every activity bout (`data.dataset.split=bout`: the",
+        "  first 60% of each bout trains, the next 20% validates, the last 20% tests; transitions and unlabelled",
+        "  samples are dropped), so every split holds every user doing every activity. Splitting whole recordings",
+        "  instead (`split=recording`) trains on postures and tests on walking, since every recording follows one",
+        "  protocol: DeepSense then reached 30.17% test / 52.14% validation accuracy (15 epochs).",
         "",
     ]
     return "\n".join(lines)
