@@ -24,13 +24,12 @@ from deepiot.trainer import CompressionConfig, CompressionResult, compress_model
 class OutputOptions:
     """What the run records beyond the result: how to rebuild the model, and extra manifest/report entries."""
 
-    model_config: Mapping[str, Any] = field(default_factory=dict)  # `_target_`, input_shape, num_classes, ...
-    manifest_extra: Mapping[str, Any] = field(
-        default_factory=dict
-    )  # normalisation, class names, dataset, ...
-    report_extra: Mapping[str, Any] = field(
-        default_factory=dict
-    )  # e.g. run name, training time of the original
+    # how to rebuild the model (`_target_`, input_shape, num_classes, ...): stored in the slicing plan
+    model_config: Mapping[str, Any] = field(default_factory=dict)
+    # extra manifest entries of the export: normalisation, class names, dataset, ...
+    manifest_extra: Mapping[str, Any] = field(default_factory=dict)
+    # extra top-level report entries, e.g. the run name and the training time of the original
+    report_extra: Mapping[str, Any] = field(default_factory=dict)
     latency_threads: int | None = 1  # threads for the before/after host latency; None skips it
 
 
