@@ -138,16 +138,12 @@ class Reward:
         """
         names = list(keep_probs)
         probs = {name: prob.detach() for name, prob in keep_probs.items()}
-        steps = torch.tensor(
-            [1.0 if float(probs[name].sum()) + 1 <= probs[name].numel() else -1.0 for name in names]
-        )
-        rows = {
-            name: prob.expand(len(names) + 1, prob.numel()).clone() for name, prob in probs.items()
-        }  # [G+1, size]
+        # [G]: +1 element per group, or −1 for a group that is (nearly) full
+        steps = torch.tensor([1.0 if float(p.sum()) + 1 <= p.numel() else -1.0 for p in probs.values()])
+        # row 0: E[z]; row g: E[z] with one element more (or fewer) in group g — each [G + 1, size]
+        rows = {name: prob.expand(len(names) + 1, prob.numel()).clone() for name, prob in probs.items()}
         for row, name in enumerate(names, start=1):
-            rows[name][row] += (
-                steps[row - 1] / probs[name].numel()
-            )  # one element more (or fewer) in group `name`
+            rows[name][row] += steps[row - 1] / probs[name].numel()
         ratios = self.cost_ratio(rows)  # [G + 1]: E[z], then E[z] with group g changed
         slopes = (ratios[1:] - ratios[0]) / steps  # [G]: cost ratio per kept element
         counts = torch.stack([keep_probs[name].sum() for name in names])  # [G], carries the gradient
