@@ -396,7 +396,7 @@ def evaluate_and_decide(
     tau = stats.tau
     kept = kept_indices(state.keep_logits, tau)
     val_accuracy = accuracy(
-        parts.network, *validation, loop.eval_batch_size, hard_masks(parts.structure, kept)
+        parts.network, *validation, loop.eval_batch_size, parts.structure.masks_from_kept(kept)
     )
     ratios = cost_ratios(parts.structure, kept)
     record = {
@@ -452,7 +452,7 @@ def run_finetuning(
 ) -> None:
     """Critic-only training with the kept set fixed; checkpoints every `eval_every` steps."""
     loop = parts.config.loop
-    kept_masks = hard_masks(parts.structure, state.kept)
+    kept_masks = parts.structure.masks_from_kept(state.kept)
     bar = tqdm(
         total=loop.finetune_iterations,
         initial=state.finetune_iteration,
@@ -486,7 +486,7 @@ def slice_and_test(
 ) -> CompressionResult:
     """Slice the fine-tuned critic to its kept set, check it equals the masked network, and test it."""
     loop = parts.config.loop
-    masks = hard_masks(parts.structure, state.kept)
+    masks = parts.structure.masks_from_kept(state.kept)
     parts.critic.eval()
     sliced = slice_model(parts.critic, parts.structure, state.kept).eval()
     check_inputs = test[0][: loop.eval_batch_size]
@@ -580,16 +580,6 @@ def kept_indices(keep_logits: Mapping[str, Tensor], tau: float) -> dict[str, lis
         indices = (torch.sigmoid(logits) >= tau).nonzero().flatten().tolist()
         kept[name] = indices or [int(logits.argmax())]
     return kept
-
-
-def hard_masks(structure: Structure, kept: Mapping[str, list[int]]) -> dict[str, Tensor]:
-    """0/1 masks {group: [size]}: 1 for kept elements, 0 for removed ones."""
-    masks = {}
-    for group in structure.groups:
-        mask = torch.zeros(group.size)
-        mask[list(kept[group.name])] = 1.0
-        masks[group.name] = mask
-    return masks
 
 
 def cost_ratios(structure: Structure, kept: Mapping[str, list[int]]) -> dict[str, float]:
