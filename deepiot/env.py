@@ -31,7 +31,7 @@ from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, input_layout
 from deepiot.models import build_model
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
-from deepiot.trainer import dataset_tensors, hard_masks
+from deepiot.trainer import dataset_tensors
 
 MODEL_TARGETS = {
     "lenet300": "deepiot.models.LeNet300",
@@ -263,7 +263,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         return np.clip(observation, 0.0, 1.0).astype(np.float32)
 
     def _cost_ratio_so_far(self) -> float:
-        masks = {name: mask[None, :] for name, mask in hard_masks(self.structure, self._full_kept()).items()}
+        masks = {
+            name: mask[None, :] for name, mask in self.structure.masks_from_kept(self._full_kept()).items()
+        }
         return float(self.reward_model.cost_ratio(masks)[0])  # masks [1, size] → ratio [1]
 
     def _full_kept(self) -> dict[str, list[int]]:
@@ -274,7 +276,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _judge_structure(self) -> tuple[float, dict[str, Any]]:
         """Fine-tune under the final hard masks, evaluate, and reward with the shared critic `Reward`."""
-        masks = hard_masks(self.structure, self._kept)  # {group: [size]}
+        masks = self.structure.masks_from_kept(self._kept)  # {group: [size]}
         self._finetune(masks)
         losses, accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, masks)
         # each mask [size] → [N, size]: one (identical) structure per evaluated sample

@@ -8,16 +8,6 @@ from torch.distributions import Bernoulli
 
 from deepiot.compressor import Compressor, CompressorConfig, GroupSpec, MaskDistribution, score_variance
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SPECS = [
     GroupSpec("conv1", "conv", 26, 20),
     GroupSpec("fc1", "linear", 801, 50),

@@ -21,15 +21,6 @@ from deepiot.critic import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Group:
     def __init__(self, name: str, size: int) -> None:
         self.name, self.size, self.kind = name, size, "linear"

@@ -25,7 +25,6 @@ SMALL = {"data_limit": 256, "finetune_steps": 2, "eval_samples": 200}
 @pytest.fixture(scope="module")
 def env() -> gymnasium.Env:
     """One small LeNet-300-100 / MNIST env shared by the module (made through the registry)."""
-    torch.set_num_threads(1)
     made = gymnasium.make("deepiot/Compress-v0", render_mode="ansi", **SMALL)
     yield made
     made.close()

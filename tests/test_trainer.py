@@ -30,15 +30,6 @@ from deepiot.trainer import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def teacher_data(samples: int, seed: int) -> TensorDataset:
     """Digits-shaped inputs labelled by a fixed random linear teacher (learnable by LeNet-300)."""
     generator = torch.Generator().manual_seed(seed)
