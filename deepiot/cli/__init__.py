@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -23,3 +25,24 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+@contextmanager
+def reported_errors(program: str) -> Iterator[None]:
+    """Turn deepiot's own input errors into `<program>: error: <message>` on stderr and exit status 2.
+
+    These errors (bad config, data, checkpoint, structure, export, a NaN loss) already say what is wrong and
+    what was expected; a Python traceback would only bury that. Other exceptions propagate unchanged.
+    """
+    from deepiot.checkpoint import CheckpointError
+    from deepiot.data.errors import DataError
+    from deepiot.export import ExportError
+    from deepiot.structure.errors import StructureError
+    from deepiot.trainer import CompressionError
+    from deepiot.utils import ConfigError
+
+    try:
+        yield
+    except (CheckpointError, CompressionError, ConfigError, DataError, ExportError, StructureError) as err:
+        print(f"{program}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
-from deepiot.cli import CONFIG_DIR
+from deepiot.cli import CONFIG_DIR, reported_errors
 from deepiot.compressor import CompressorConfig
 from deepiot.critic import CriticConfig
 from deepiot.export import input_layout
@@ -119,7 +119,8 @@ def save_finetuned_model(out_dir: Path, original: dict[str, Any], report: dict[s
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Compress, print a one-line summary, and return the compressed model's validation accuracy."""
-    report = run_compress(cfg)
+    with reported_errors("deepiot-compress"):
+        report = run_compress(cfg)
     left, accuracy = report["cost"]["left"], report["accuracy"]
     print(
         f"[deepiot-compress] {cfg.name}: params left {100 * left['params']:.2f}%  MACs left {100 * left['macs']:.2f}%  "

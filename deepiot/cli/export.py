@@ -8,15 +8,11 @@ Examples:
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deepiot.checkpoint import CheckpointError
-from deepiot.cli import CONFIG_DIR
+from deepiot.cli import CONFIG_DIR, reported_errors
 from deepiot.export import ExportError, ExportResult, export_compressed
-from deepiot.structure import StructureError
 
 
 def run_export(cfg: DictConfig) -> ExportResult:
@@ -47,11 +43,8 @@ def describe(result: ExportResult) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """Run the export and print where it went; bad inputs end with their message and exit status 2."""
-    try:
+    with reported_errors("deepiot-export"):
         result = run_export(cfg)
-    except (CheckpointError, ExportError, StructureError) as err:
-        print(f"deepiot-export: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
     print(describe(result))
 
 

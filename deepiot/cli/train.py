@@ -11,14 +11,15 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from deepiot.cli import CONFIG_DIR
+from deepiot.cli import CONFIG_DIR, reported_errors
 from deepiot.train import train
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train, print a one-line summary, and return the validation accuracy (the value a sweeper optimises)."""
-    metrics = train(cfg)
+    with reported_errors("deepiot-train"):
+        metrics = train(cfg)
     print(
         f"[deepiot-train] {cfg.name}: test_accuracy {metrics['test_accuracy']:.4f}  "
         f"val_accuracy {metrics['val_accuracy']:.4f}  params {int(metrics['params'])}  "
