@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from deepiot.utils import atomic_write
 
 FORMAT = "deepiot"
 VERSION = 1
@@ -40,20 +41,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> No
             f"checkpoint payload for {path} has no 'kind' key. Expected e.g. 'trained_model' or "
             "'compression_state' so that a loader can tell what the file holds."
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = {"format": FORMAT, "version": VERSION, **payload}
-    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            torch.save(document, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary_name, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(temporary_name, path)
-    except BaseException:
-        Path(temporary_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: torch.save(document, file), binary=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> dict[str, Any]:
@@ -106,13 +95,6 @@ def load_trained_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[st
             f"version. Details: {str(err).splitlines()[0]}"
         ) from err
     return model.eval(), checkpoint
-
-
-def _current_umask() -> int:
-    """The process's file-creation mask (os.umask can only be read by setting it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_is_complete_torch_file(path: Path) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from deepiot.cost.counter import ExampleInputs, measure_cost
 from deepiot.cost.latency import measure_latency
+from deepiot.utils import atomic_write
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -100,8 +101,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
         "kept_plot": out_dir / KEPT_PLOT,
         "progress_plot": out_dir / PROGRESS_PLOT,
     }
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["markdown"].write_text(markdown(report))
+    atomic_write(paths["json"], lambda file: file.write(json.dumps(report, indent=2) + "\n"))
+    atomic_write(paths["markdown"], lambda file: file.write(markdown(report)))
     plot_kept_elements(report["groups"], paths["kept_plot"])
     plot_progress(report["history"], paths["progress_plot"])
     return paths

@@ -35,7 +35,14 @@ from tqdm import tqdm
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
-from deepiot.utils import ConfigError, derive_seed, describe_differences, flatten, seed_everything
+from deepiot.utils import (
+    ConfigError,
+    atomic_write,
+    derive_seed,
+    describe_differences,
+    flatten,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +145,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     payload = trained_model(model, model_config, bundle, metrics, progress, config)
     save_checkpoint(payload, output_dir / "model.pt")
     record = {"name": cfg.name, "metrics": metrics, "history": progress.history}
-    (output_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write(output_dir / "metrics.json", lambda file: file.write(json.dumps(record, indent=2) + "\n"))
     return metrics
 
 

@@ -1,10 +1,13 @@
-"""Small helpers shared by the entry points: seeding and config errors."""
+"""Small helpers shared across deepiot: seeding, config errors, atomic file writes."""
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Mapping
-from typing import Any
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -49,3 +52,33 @@ def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any], at_most
     ]
     more = f" (and {len(changes) - at_most} more)" if len(changes) > at_most else ""
     return "; ".join(changes[:at_most]) + more
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[IO[Any]], None], binary: bool = False
+) -> None:
+    """Write a file atomically: `write(file)` into a temporary file in the same folder, fsync, then rename.
+
+    A crash mid-write leaves the previous file intact, never a half-written one; the file gets the usual
+    permissions (mkstemp alone would create it 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb" if binary else "w") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_current_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _current_umask() -> int:
+    """The process's file-creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

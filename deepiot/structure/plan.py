@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from deepiot.structure.discovery import ExampleInputs
 from deepiot.structure.errors import StructureError
 from deepiot.structure.graph import KeptIndices, Structure
 from deepiot.structure.slicing import slice_model
+from deepiot.utils import atomic_write
 
 PLAN_FORMAT = "deepiot-slicing-plan"
 PLAN_VERSION = 1
@@ -80,17 +79,7 @@ class SlicingPlan:
             raise StructureError(
                 f"slicing plan is not JSON-serialisable ({error}); use plain dicts/lists."
             ) from error
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as file:
-                file.write(text)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda file: file.write(text))
 
     @classmethod
     def load(cls, path: str | Path) -> SlicingPlan:
