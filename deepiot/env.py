@@ -31,7 +31,7 @@ from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, input_layout
 from deepiot.models import build_model
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
-from deepiot.trainer import dataset_tensors
+from deepiot.trainer import dataset_tensors, evaluate
 
 MODEL_TARGETS = {
     "lenet300": "deepiot.models.LeNet300",
@@ -137,7 +137,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         self.network = MaskedNetwork(self.model, self.structure)
         self.reward_model = Reward(self.structure, cost, lam)
         self.original_state = copy.deepcopy(self.model.state_dict())
-        self.original_accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, masks=None)[1]
+        self.original_accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE)[
+            1
+        ]
         self.group_features = self._group_features()  # [G, 6]
         self.action_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(len(OBSERVATION_FIELDS),), dtype=np.float32)
@@ -278,7 +280,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         """Fine-tune under the final hard masks, evaluate, and reward with the shared critic `Reward`."""
         masks = self.structure.masks_from_kept(self._kept)  # {group: [size]}
         self._finetune(masks)
-        losses, accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, masks)
+        losses, accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE, masks)
         # each mask [size] → [N, size]: one (identical) structure per evaluated sample
         batch_masks = {name: mask.expand(len(losses), -1) for name, mask in masks.items()}
         judged = self.reward_model(losses, batch_masks)
@@ -487,18 +489,3 @@ def largest_l1_columns(weights: Tensor, count: int) -> list[int]:
     norms = weights.abs().sum(dim=0)  # [size]
     order = torch.argsort(norms, descending=True, stable=True)
     return sorted(order[:count].tolist())
-
-
-@torch.no_grad()
-def evaluate(
-    network: nn.Module, inputs: Tensor, labels: Tensor, masks: Mapping[str, Tensor] | None
-) -> tuple[Tensor, float]:
-    """(per-sample cross-entropy [N], top-1 accuracy) of the masked network in eval mode."""
-    network.eval()
-    losses, correct = [], 0
-    for start in range(0, len(labels), EVAL_BATCH_SIZE):
-        batch, targets = inputs[start : start + EVAL_BATCH_SIZE], labels[start : start + EVAL_BATCH_SIZE]
-        logits = network(batch, masks)  # [B, classes]
-        losses.append(F.cross_entropy(logits, targets, reduction="none"))
-        correct += int((logits.argmax(dim=1) == targets).sum())
-    return torch.cat(losses), correct / len(labels)

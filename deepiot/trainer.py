@@ -589,6 +589,25 @@ def cost_ratios(structure: Structure, kept: Mapping[str, list[int]]) -> dict[str
     return {"params_ratio": pruned.params / original.params, "macs_ratio": pruned.macs / original.macs}
 
 
+@torch.no_grad()
+def evaluate(
+    network: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    masks: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, float]:
+    """(per-sample cross-entropy [N], top-1 accuracy) in eval mode; `masks` go to a MaskedNetwork."""
+    network.eval()
+    losses, correct = [], 0
+    for start in range(0, len(labels), batch_size):
+        batch, targets = inputs[start : start + batch_size], labels[start : start + batch_size]
+        logits = network(batch) if masks is None else network(batch, masks)  # [B, classes]
+        losses.append(F.cross_entropy(logits, targets, reduction="none"))
+        correct += int((logits.argmax(dim=1) == targets).sum())
+    return torch.cat(losses), correct / len(labels)
+
+
 def accuracy(
     network: nn.Module,
     inputs: Tensor,
@@ -596,15 +615,8 @@ def accuracy(
     batch_size: int,
     masks: Mapping[str, Tensor] | None = None,
 ) -> float:
-    """Top-1 accuracy in eval mode; `masks` (hard masks) are passed to a MaskedNetwork."""
-    network.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            batch = inputs[start : start + batch_size]
-            logits = network(batch) if masks is None else network(batch, masks)
-            correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
-    return correct / len(labels)
+    """Top-1 accuracy in eval mode (see `evaluate`)."""
+    return evaluate(network, inputs, labels, batch_size, masks)[1]
 
 
 def dataset_tensors(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:

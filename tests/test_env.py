@@ -17,7 +17,8 @@ from torch.utils.data import TensorDataset
 import deepiot
 from deepiot.checkpoint import save_checkpoint
 from deepiot.data import DatasetBundle
-from deepiot.env import OBSERVATION_FIELDS, CompressEnv, evaluate
+from deepiot.env import EVAL_BATCH_SIZE, OBSERVATION_FIELDS, CompressEnv
+from deepiot.trainer import evaluate
 
 SMALL = {"data_limit": 256, "finetune_steps": 2, "eval_samples": 200}
 
@@ -129,7 +130,7 @@ def test_sliced_model_matches_the_judged_structure(env: gymnasium.Env) -> None:
     sliced = unwrapped.sliced_model()
     assert sum(parameter.numel() for parameter in sliced.parameters()) == info["params"]
     assert (sliced.fc1.out_features, sliced.fc2.out_features) == (75, 50)
-    _, sliced_accuracy = evaluate(Unmasked(sliced), unwrapped.eval_inputs, unwrapped.eval_labels, None)
+    _, sliced_accuracy = evaluate(sliced, unwrapped.eval_inputs, unwrapped.eval_labels, EVAL_BATCH_SIZE)
     assert sliced_accuracy == info["accuracy"]
     plan = unwrapped.slicing_plan()
     assert {name: len(indices) for name, indices in plan.kept.items()} == info["kept_counts"]
@@ -247,14 +248,3 @@ class SensorNet(nn.Module):
         hidden = torch.relu(self.conv(x.transpose(1, 2)))  # [N, 8, T]
         outputs, _ = self.gru(hidden.transpose(1, 2))  # [N, T, 12]
         return self.fc(outputs.mean(dim=1))
-
-
-class Unmasked(nn.Module):
-    """Adapts a plain model to `evaluate`'s (inputs, masks) call."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, masks: object = None) -> torch.Tensor:
-        return self.model(x)
