@@ -172,8 +172,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         keep_ratio = self._keep_ratio(action)
         group = self.structure.groups[len(self._kept)]
         count = max(1, math.floor(keep_ratio * group.size + 0.5))
-        weights = self.structure.weight_matrix(self.model, group.name)  # [rows, size]
-        self._kept[group.name] = largest_l1_columns(weights, count)
+        self._kept[group.name] = self.structure.largest_l1_elements(self.model, group.name, count)
         self._previous_keep = count / group.size
         info: dict[str, Any] = {"group": group.name, "keep_ratio": keep_ratio, "kept_count": count}
         terminated = len(self._kept) == len(self.structure.groups)
@@ -479,13 +478,3 @@ def train_steps(
         loss.backward()
         optimizer.step()
     model.eval()
-
-
-# ---------------------------------------------------------------------------------------------- judging
-
-
-def largest_l1_columns(weights: Tensor, count: int) -> list[int]:
-    """Indices (sorted) of the `count` columns of W [rows, size] with the largest L1 norm; ties → lower index."""
-    norms = weights.abs().sum(dim=0)  # [size]
-    order = torch.argsort(norms, descending=True, stable=True)
-    return sorted(order[:count].tolist())

@@ -66,9 +66,8 @@ def top_weight_kept(model: nn.Module, structure: Structure, keep_fraction: float
     """Per group, the indices of the ~keep_fraction elements with the largest L1 weight norm (at least 1)."""
     kept = {}
     for group in structure.groups:
-        importance = structure.weight_matrix(model, group.name).abs().sum(dim=0)  # [size]
         count = max(1, round(keep_fraction * group.size))
-        kept[group.name] = sorted(importance.topk(count).indices.tolist())
+        kept[group.name] = structure.largest_l1_elements(model, group.name, count)
     return kept
 
 

@@ -120,6 +120,13 @@ class Structure:
             )  # [fan_in+1, out]
         return torch.cat(blocks)
 
+    def largest_l1_elements(self, model: nn.Module, name: str, count: int) -> list[int]:
+        """Sorted indices of the `count` elements of group `name` whose weight-matrix columns have the
+        largest L1 norm (the magnitude criterion; ties → lower index)."""
+        norms = self.weight_matrix(model, name).abs().sum(dim=0)  # [size]
+        order = torch.argsort(norms, descending=True, stable=True)
+        return sorted(order[:count].tolist())
+
     def cost(self, kept: KeptCounts | None = None) -> Cost:
         """Params, MACs, activation bytes and model bytes (batch 1) with `kept[g]` elements left in group g.
 
