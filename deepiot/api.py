@@ -15,9 +15,10 @@ from torch.utils.data import Dataset
 
 from deepiot.export import PLAN_NAME, export_model
 from deepiot.report import build_report, write_report
+from deepiot.runtime import dataset_tensors
 from deepiot.schedules import ScheduleConfig
 from deepiot.structure import Structure
-from deepiot.trainer import CompressionConfig, CompressionResult, compress_model, dataset_tensors
+from deepiot.trainer import CompressionConfig, CompressionResult, compress_model
 
 
 @dataclass(frozen=True)
