@@ -190,6 +190,7 @@ def _with_overrides(config: CompressionConfig, **overrides: Any) -> CompressionC
         max_iterations=values.get("max_iterations", loop.max_iterations),
         seed=values.get("seed", loop.seed),
     )
+    tuning = dataclasses.replace(config.finetune, seed=values.get("seed", config.finetune.seed))
     critic = dataclasses.replace(
         critic,
         cost=values.get("cost", critic.cost),
@@ -199,4 +200,4 @@ def _with_overrides(config: CompressionConfig, **overrides: Any) -> CompressionC
     chosen = values.get("schedule", schedule)
     if isinstance(chosen, str):
         chosen = dataclasses.replace(schedule, name=chosen)
-    return dataclasses.replace(config, loop=loop, critic=critic, schedule=chosen)
+    return dataclasses.replace(config, loop=loop, critic=critic, schedule=chosen, finetune=tuning)

@@ -43,6 +43,7 @@ class FinetuneConfig:
     steps: int = 3000  # optimizer steps (batches); 0 only validates the given weights
     batch_size: int = 64
     lr: float = 1e-3  # Adam
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's; the paper's critic: (0.5, 0.9)
     weight_decay: float = 0.0
     schedule: str = "cosine"  # "cosine" (to 0 over `steps`) | "constant"
     distill_weight: float = 0.0  # a in (1−a)·CE(labels) + a·T²·KL(softmax(teacher/T) ‖ softmax(student/T))
@@ -57,6 +58,12 @@ class FinetuneConfig:
         _require("steps", self.steps, self.steps >= 0, "an integer >= 0")
         _require("seed", self.seed, self.seed >= 0, "an integer >= 0")
         _require("lr", self.lr, self.lr > 0, "a positive learning rate, e.g. 1e-3")
+        _require(
+            "betas",
+            self.betas,
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "two numbers in [0, 1)",
+        )
         _require("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0")
         _require("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
         _require("distill_weight", self.distill_weight, 0.0 <= self.distill_weight <= 1.0, "in [0, 1]")
@@ -147,7 +154,9 @@ def finetune(
     student = copy.deepcopy(model).cpu()
     masks = dict(weight_masks or {})
     apply_weight_masks(student, masks)
-    optimizer = torch.optim.Adam(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        student.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
     torch.manual_seed(config.seed)  # dropout and friends draw from the global generator
     batches = runtime.BatchStream(*train, config.batch_size, seed=config.seed)
     state = FinetuneState()

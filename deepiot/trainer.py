@@ -5,12 +5,13 @@
      probabilities); every `eval_every` iterations the current pruned structure (p ≥ τ kept, p < τ removed:
      hard 0/1 masks, exactly what is exported) is validated and the stop rules are checked: target met,
      kept set unchanged for `patience` evaluations once τ is at its limit ("converged"), or max iterations;
-  2. fine-tuning: the kept set is frozen (p = 1 kept, p = 0 removed), the compressor stops, only the critic
-     trains — so the exported model computes exactly the network that was evaluated;
-  3. `slice_model` builds the physically smaller model; its test accuracy is measured and its outputs are
-     checked against the masked network's.
-With a `run_dir`, the whole loop state is written atomically to `<run_dir>/compress_state.pt` at every
-evaluation and rerunning the same call resumes from it (same seed → same result as an uninterrupted run).
+  2. slicing: the kept set is final (fitted to the budgets, see `deepiot.budget`); `slice_model` builds the
+     physically smaller model, checked to compute exactly what the masked critic computes;
+  3. fine-tuning: the sliced model trains with the shared recipe (`deepiot.finetune`: cosine learning rate,
+     distillation from the original, best-validation weights); its test accuracy is measured.
+With a `run_dir`, the loop state is written atomically to `<run_dir>/compress_state.pt` at every evaluation
+and the fine-tuning state to `<run_dir>/finetune_state.pt`; rerunning the same call resumes from them (same
+seed → same result as an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from deepiot.budget import BUDGET_PRESSURES, BudgetController, budgets_of, cost_
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
 from deepiot.critic import Baseline, CriticConfig, Reward, build_baselines, structure_features
+from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.runtime import BatchStream, CompressionError, accuracy, dataset_tensors
 from deepiot.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
@@ -44,6 +46,7 @@ from deepiot.utils import describe_differences
 log = logging.getLogger(__name__)
 
 STATE_FILE = "compress_state.pt"
+FINETUNE_STATE_FILE = "finetune_state.pt"
 SLICED_TOLERANCE = 1e-4  # max |sliced − masked| logit difference accepted (float32 reassociation only)
 
 
@@ -54,7 +57,7 @@ class LoopConfig:
     Stop rule (checked every `eval_every` iterations): every set size target met and validation accuracy ≥ the
     floor, where the floor is the higher of `min_val_accuracy` and original − `max_accuracy_drop` (unset parts
     are ignored); or the kept set unchanged for `patience` evaluations once τ is at its limit; or
-    `max_iterations`. Then `finetune_iterations` critic steps with the kept set fixed.
+    `max_iterations`. Then the sliced model is fine-tuned (`CompressionConfig.finetune`).
     """
 
     max_iterations: int = 2000
@@ -69,7 +72,6 @@ class LoopConfig:
     budget_lr: float = 0.05  # dual-ascent step of the budget prices λ (0: fixed λ = 0, targets only stop)
     budget_pressure: str = "elasticity"  # "elasticity" | "marginal" (see deepiot.budget.BudgetController)
     fit_to_budget: bool = True  # after the search, fit the kept set to the targets by keep probability
-    finetune_iterations: int = 1000
     eval_batch_size: int = 512
     log_every: int = 10
     seed: int = 0
@@ -94,10 +96,8 @@ class LoopConfig:
             raise ValueError(
                 f"compress.budget_pressure must be one of {BUDGET_PRESSURES}, got {self.budget_pressure!r}."
             )
-        if self.finetune_iterations < 0 or self.seed < 0:
-            raise ValueError(
-                f"compress.finetune_iterations and seed must be >= 0, got {self.finetune_iterations} and {self.seed}."
-            )
+        if self.seed < 0:
+            raise ValueError(f"compress.seed must be >= 0, got {self.seed}.")
         for name in ("target_params", "target_macs"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
@@ -118,6 +118,7 @@ class CompressionConfig:
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (tuples as lists), as stored in the checkpoint."""
@@ -172,8 +173,7 @@ class LoopState:
 
     keep_logits: dict[str, Tensor]  # step 3's stored probabilities (as logits) for the next critic step
     iteration: int = 0
-    phase: str = "compress"  # "compress" → "finetune" → "done"
-    finetune_iteration: int = 0
+    phase: str = "compress"  # "compress" → "finetune" (the kept set is final)
     unchanged_evaluations: int = 0
     kept: dict[str, list[int]] = field(default_factory=dict)  # kept set at the last evaluation
     stop_reason: str = ""
@@ -272,18 +272,6 @@ def schedule_iteration(parts: LoopParts, iteration: int) -> int:
     return max(0, iteration - parts.config.loop.warmup_iterations)
 
 
-def finetune_step(parts: LoopParts, state: LoopState, kept_masks: Mapping[str, Tensor]) -> float:
-    """One critic step with the kept set fixed (p = 1 kept, p = 0 removed) and the compressor frozen."""
-    inputs, labels = parts.batches.next()
-    parts.network.train()
-    loss = F.cross_entropy(parts.network(inputs, kept_masks), labels)
-    check_finite("fine-tuning loss", loss, state, tau=math.nan)
-    parts.critic_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    parts.critic_optimizer.step()
-    return float(loss.detach())
-
-
 # ---------------------------------------------------------------------------------------------- the loop
 
 
@@ -344,18 +332,31 @@ def compress_model(
             "val_accuracy": accuracy(model, val_inputs, val_labels, config.loop.eval_batch_size),
             "test_accuracy": accuracy(model, test_inputs, test_labels, config.loop.eval_batch_size),
         }
-    writer = SummaryWriter(Path(run_dir) / "tensorboard", purge_step=global_step(state)) if run_dir else None
+    writer = SummaryWriter(Path(run_dir) / "tensorboard", purge_step=state.iteration) if run_dir else None
     if writer is not None and saved is None:
         writer.add_text("hyperparameters", hyperparameter_table(config.to_dict()))
     validation = (val_inputs, val_labels)
     if state.phase == "compress":
         run_compression(parts, state, validation, writer, state_path, progress)
-    if state.phase == "finetune":
-        run_finetuning(parts, state, writer, state_path, progress)
-    result = slice_and_test(parts, state, validation, (test_inputs, test_labels), model_config or {})
+    sliced, difference = slice_checked(parts, state, test_inputs[: config.loop.eval_batch_size])
+    started = time.perf_counter()
+    tuned = finetune(
+        sliced,
+        (train_inputs, train_labels),
+        validation,
+        config.finetune,
+        teacher=model if config.finetune.distill_weight > 0 else None,
+        state_path=Path(run_dir) / FINETUNE_STATE_FILE if run_dir is not None else None,
+        progress=progress,
+    )
+    state.wall_time_s["finetune"] = state.wall_time_s.get("finetune", 0.0) + time.perf_counter() - started
+    result = compression_result(
+        parts, state, tuned, difference, (test_inputs, test_labels), model_config or {}
+    )
     if writer is not None:
+        log_finetuning(writer, tuned.history, state.iteration)
         writer.add_scalar(
-            "charts/test_accuracy", result.report["accuracy"]["compressed_test"], global_step(state)
+            "charts/test_accuracy", result.report["accuracy"]["compressed_test"], state.iteration
         )
         writer.close()
     return result
@@ -478,49 +479,12 @@ def accuracy_floor(loop: LoopConfig, original_val_accuracy: float) -> float:
     return max(floors)
 
 
-def run_finetuning(
-    parts: LoopParts, state: LoopState, writer: SummaryWriter | None, state_path: Path | None, progress: bool
-) -> None:
-    """Critic-only training with the kept set fixed; checkpoints every `eval_every` steps."""
-    loop = parts.config.loop
-    kept_masks = parts.structure.masks_from_kept(state.kept)
-    bar = tqdm(
-        total=loop.finetune_iterations,
-        initial=state.finetune_iteration,
-        desc="fine-tune",
-        disable=not progress,
-    )
-    started = time.perf_counter()
-    while state.finetune_iteration < loop.finetune_iterations:
-        loss = finetune_step(parts, state, kept_masks)
-        state.finetune_iteration += 1
-        bar.update(1)
-        if writer is not None and state.finetune_iteration % loop.log_every == 0:
-            writer.add_scalar("losses/finetune", loss, global_step(state))
-        if state.finetune_iteration % loop.eval_every == 0 and state_path is not None:
-            state.wall_time_s["finetune"] += time.perf_counter() - started
-            started = time.perf_counter()
-            save_checkpoint(state_payload(parts, state), state_path)
-    bar.close()
-    state.wall_time_s["finetune"] += time.perf_counter() - started
-    state.phase = "done"
-    if state_path is not None:
-        save_checkpoint(state_payload(parts, state), state_path)
-
-
-def slice_and_test(
-    parts: LoopParts,
-    state: LoopState,
-    validation: tuple[Tensor, Tensor],
-    test: tuple[Tensor, Tensor],
-    model_config: Mapping[str, Any],
-) -> CompressionResult:
-    """Slice the fine-tuned critic to its kept set, check it equals the masked network, and test it."""
-    loop = parts.config.loop
+def slice_checked(parts: LoopParts, state: LoopState, check_inputs: Tensor) -> tuple[nn.Module, float]:
+    """The critic sliced to the final kept set, checked to compute what the masked critic computes
+    (returns the model and the largest logit difference seen)."""
     masks = parts.structure.masks_from_kept(state.kept)
     parts.critic.eval()
     sliced = slice_model(parts.critic, parts.structure, state.kept).eval()
-    check_inputs = test[0][: loop.eval_batch_size]
     with torch.no_grad():
         masked_logits = parts.network(check_inputs, masks)
         sliced_logits = sliced(check_inputs)
@@ -530,6 +494,18 @@ def slice_and_test(
             f"the sliced model's outputs differ from the masked network's by up to {difference:.3g} (tolerance "
             f"{SLICED_TOLERANCE}); the slicing of {type(parts.critic).__name__} is wrong — please report it."
         )
+    return sliced, difference
+
+
+def compression_result(
+    parts: LoopParts,
+    state: LoopState,
+    tuned: FinetuneResult,
+    difference: float,
+    test: tuple[Tensor, Tensor],
+    model_config: Mapping[str, Any],
+) -> CompressionResult:
+    """The fine-tuned sliced model, its slicing plan and the report of the whole run."""
     plan = SlicingPlan(
         model_config=dict(model_config),
         kept={name: list(indices) for name, indices in state.kept.items()},
@@ -538,7 +514,7 @@ def slice_and_test(
     report = {
         "stop_reason": state.stop_reason,
         "iterations": state.iteration,
-        "finetune_iterations": state.finetune_iteration,
+        "finetune_iterations": parts.config.finetune.steps,
         "group_sizes": plan.group_sizes,
         "kept_counts": {name: len(indices) for name, indices in state.kept.items()},
         "kept": plan.kept,
@@ -546,14 +522,15 @@ def slice_and_test(
         "accuracy": {
             "original_val": state.original["val_accuracy"],
             "original_test": state.original["test_accuracy"],
-            "compressed_val": accuracy(parts.network, *validation, loop.eval_batch_size, masks),
-            "compressed_test": accuracy(sliced, *test, loop.eval_batch_size),
+            "compressed_val": tuned.best_val_accuracy,
+            "compressed_test": accuracy(tuned.model, *test, parts.config.loop.eval_batch_size),
         },
         "sliced_vs_masked_max_abs_diff": difference,
         "wall_time_s": dict(state.wall_time_s),
         "history": state.history,
+        "finetune_history": tuned.history,
     }
-    return CompressionResult(sliced, plan, report)
+    return CompressionResult(tuned.model, plan, report)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -633,11 +610,6 @@ def check_finite(what: str, value: Tensor, state: LoopState, tau: float) -> None
         )
 
 
-def global_step(state: LoopState) -> int:
-    """One TensorBoard step axis over both phases."""
-    return state.iteration + state.finetune_iteration
-
-
 def hyperparameter_table(config: Mapping[str, Any]) -> str:
     """Markdown table of every setting, logged once (CleanRL style)."""
     rows = [
@@ -659,6 +631,15 @@ def log_step(writer: SummaryWriter, stats: StepStats, step: int) -> None:
         writer.add_scalar(f"budget/expected_{name}_ratio", stats.expected_cost[name], step)
     for name, value in stats.grad_var.items():
         writer.add_scalar(f"compressor/grad_var_{name}", value, step)
+
+
+def log_finetuning(writer: SummaryWriter, history: list[dict[str, float]], offset: int) -> None:
+    """The fine-tuning evaluations, on the step axis after the search's last iteration."""
+    for record in history:
+        step = offset + int(record["step"])
+        writer.add_scalar("charts/finetune_val_accuracy", record["val_accuracy"], step)
+        if "train_loss" in record:
+            writer.add_scalar("losses/finetune", record["train_loss"], step)
 
 
 def log_evaluation(
