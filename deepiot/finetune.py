@@ -159,6 +159,9 @@ def finetune(
     )
     torch.manual_seed(config.seed)  # dropout and friends draw from the global generator
     batches = runtime.BatchStream(*train, config.batch_size, seed=config.seed)
+    soft_targets = None  # the teacher's logits of every training sample [N, classes], computed once
+    if config.distill_weight > 0.0 and teacher is not None:
+        soft_targets = runtime.predict_logits(teacher, train[0], config.eval_batch_size)
     state = FinetuneState()
     best_weights = clone_state(student)
     path = Path(state_path) if state_path is not None else None
@@ -170,7 +173,7 @@ def finetune(
         validate(student, val, config, state, best_weights)
     bar = tqdm(total=config.steps, initial=state.step, desc="fine-tune", disable=not progress)
     while state.step < config.steps:
-        loss = train_step(student, optimizer, batches, config, state.step, teacher, masks)
+        loss = train_step(student, optimizer, batches, config, state.step, soft_targets, masks)
         state.loss_sum, state.loss_count, state.step = (
             state.loss_sum + loss,
             state.loss_count + 1,
@@ -192,16 +195,13 @@ def train_step(
     batches: runtime.BatchStream,
     config: FinetuneConfig,
     step: int,
-    teacher: nn.Module | None,
+    soft_targets: Tensor | None,
     masks: Mapping[str, Tensor],
 ) -> float:
     """One Adam step at the scheduled learning rate; masked weights stay exactly 0."""
-    inputs, labels = batches.next()
-    teacher_logits = None
-    if config.distill_weight > 0.0 and teacher is not None:
-        teacher.eval()
-        with torch.no_grad():
-            teacher_logits = teacher(inputs)  # [B, classes]
+    indices = batches.next_indices()
+    inputs, labels = batches.inputs[indices], batches.labels[indices]
+    teacher_logits = None if soft_targets is None else soft_targets[indices]  # [B, classes]
     student.train()
     loss = distillation_loss(
         student(inputs), teacher_logits, labels, config.distill_weight, config.temperature

@@ -33,12 +33,17 @@ class BatchStream:
         self.position = 0
 
     def next(self) -> tuple[Tensor, Tensor]:
+        indices = self.next_indices()
+        return self.inputs[indices], self.labels[indices]
+
+    def next_indices(self) -> Tensor:
+        """The sample indices of the next batch [batch_size] (to index tensors that go with the dataset)."""
         if self.position + self.batch_size > len(self.order):
             self.order = torch.randperm(len(self.labels), generator=self.generator)
             self.position = 0
         indices = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return self.inputs[indices], self.labels[indices]
+        return indices
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
@@ -92,3 +97,12 @@ def dataset_tensors(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
     if len(labels) == 0:
         raise ValueError(f"the {split} dataset is empty; compression needs train, val and test samples.")
     return inputs.float(), labels.long()
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:
+    """The model's outputs for every input, in eval mode and in batches: [N, classes]."""
+    model.eval()
+    return torch.cat(
+        [model(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
+    )
