@@ -31,34 +31,6 @@ from deepiot.trainer import (
 )
 
 
-def teacher_data(samples: int, seed: int) -> TensorDataset:
-    """Digits-shaped inputs labelled by a fixed random linear teacher (learnable by LeNet-300)."""
-    generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(samples, 1, 28, 28, generator=generator)
-    teacher = torch.randn(784, 10, generator=torch.Generator().manual_seed(123))
-    return TensorDataset(inputs, (inputs.flatten(1) @ teacher).argmax(dim=1))
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-    return teacher_data(512, 0), teacher_data(128, 1), teacher_data(128, 2)
-
-
-@pytest.fixture(scope="module")
-def trained_model(data) -> nn.Module:
-    torch.manual_seed(0)
-    model = LeNet300(hidden1=60, hidden2=30)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inputs, labels = data[0].tensors
-    for step in range(150):
-        batch = slice(step * 64 % 512, step * 64 % 512 + 64)
-        loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 def small_config(finetune_steps: int = 20, **loop: object) -> CompressionConfig:
     settings = {"max_iterations": 40, "batch_size": 32, "eval_every": 10, **loop}
     return CompressionConfig(

@@ -1,0 +1,140 @@
+"""Budget-driven search: the dual-ascent prices, the pressure on each group, fitting a kept set to a budget,
+the warm-up phase, and a search on a tiny model that ends at its budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepiot.budget import BudgetController, cost_ratios, fit_to_budget
+from deepiot.finetune import FinetuneConfig
+from deepiot.models import LeNet300
+from deepiot.schedules import ScheduleConfig
+from deepiot.structure import Structure
+from deepiot.trainer import (
+    CompressionConfig,
+    LoopConfig,
+    build_parts,
+    compress_model,
+    compressor_critic_step,
+    fresh_state,
+)
+
+
+@pytest.fixture(scope="module")
+def lenet300() -> tuple[LeNet300, Structure]:
+    torch.manual_seed(0)
+    model = LeNet300(hidden1=60, hidden2=30).eval()
+    return model, Structure.from_model(model, torch.randn(1, 1, 28, 28))
+
+
+def budget_config(**loop: object) -> CompressionConfig:
+    return CompressionConfig(
+        loop=LoopConfig(batch_size=32, eval_every=10, **loop),
+        schedule=ScheduleConfig(final_tau=0.6, steps=6, every=5),
+        finetune=FinetuneConfig(steps=0),
+    )
+
+
+def params_of(structure: Structure, counts: dict[str, int]) -> int:
+    return structure.cost(counts).params
+
+
+def test_prices_rise_while_a_budget_is_exceeded_and_fall_once_it_is_met(lenet300):
+    _, structure = lenet300
+    controller = BudgetController(structure, {"params": 0.25}, lr=0.1)
+    controller.update({"params": 0.5})
+    assert controller.prices["params"] == pytest.approx(0.1 * torch.log(torch.tensor(2.0)).item())
+    controller.update({"params": 0.125})  # log(0.5) < 0: the price falls, but never below 0
+    assert controller.prices["params"] == 0.0
+    restored = BudgetController(structure, {"params": 0.25}, lr=0.1)
+    controller.update({"params": 1.0})
+    restored.load_state_dict(controller.state_dict())
+    assert restored.prices == controller.prices
+
+
+@pytest.mark.parametrize("pressure", ["marginal", "elasticity"])
+def test_penalty_gradient_is_the_cost_slope_scaled_by_the_pressure(lenet300, pressure):
+    _, structure = lenet300
+    controller = BudgetController(structure, {"params": 0.1}, lr=0.1, pressure=pressure)
+    controller.prices["params"] = 2.0
+    probs = {
+        "fc1": torch.full((60,), 0.5, requires_grad=True),
+        "fc2": torch.full((30,), 0.8, requires_grad=True),
+    }
+    penalty, ratios = controller.penalty(probs)
+    penalty.backward()
+    counts = {"fc1": 30.0, "fc2": 24.0}
+    original = params_of(structure, {"fc1": 60, "fc2": 30})
+    assert ratios["params"] == pytest.approx(structure.cost(counts).params / original, rel=1e-5)
+    # the cost polynomial's slope per kept element: fc1 → (784 + 1) + fc2 kept; fc2 → (fc1 kept + 1) + 10
+    slopes = {"fc1": (785 + 24.0) / original, "fc2": (30.0 + 1 + 10) / original}
+    mean_count = (30.0 + 24.0) / 2
+    for name, prob in probs.items():
+        scale = counts[name] / mean_count if pressure == "elasticity" else 1.0
+        expected = 2.0 * slopes[name] * scale
+        torch.testing.assert_close(prob.grad, torch.full_like(prob, expected), rtol=1e-4, atol=1e-9)
+
+
+def test_fit_to_budget_drops_the_least_and_adds_back_the_most_probable_elements(lenet300):
+    _, structure = lenet300
+    scores = {"fc1": torch.linspace(1.0, 0.0, 60), "fc2": torch.linspace(0.9, 0.1, 30)}
+    everything = {"fc1": list(range(60)), "fc2": list(range(30))}
+    budget = 0.3
+    fitted = fit_to_budget(structure, everything, scores, {"params": budget})
+    ratio = cost_ratios(structure, fitted)["params"]
+    assert ratio <= budget
+    # used fully: no removed element fits any more
+    for name, size in (("fc1", 60), ("fc2", 30)):
+        for index in set(range(size)) - set(fitted[name]):
+            grown = {**fitted, name: [*fitted[name], index]}
+            assert cost_ratios(structure, grown)["params"] > budget
+    # the kept fc1 units are the highest-scored ones (a prefix, scores fall with the index)
+    assert fitted["fc1"] == list(range(len(fitted["fc1"])))
+    # from a kept set below the budget, fitting only adds
+    small = {"fc1": [0, 1], "fc2": [0]}
+    grown = fit_to_budget(structure, small, scores, {"params": budget})
+    assert set(small["fc1"]) <= set(grown["fc1"]) and cost_ratios(structure, grown)["params"] <= budget
+
+
+def test_fit_to_budget_never_empties_a_group(lenet300):
+    _, structure = lenet300
+    scores = {"fc1": torch.rand(60), "fc2": torch.rand(30)}
+    fitted = fit_to_budget(
+        structure, {"fc1": list(range(60)), "fc2": list(range(30))}, scores, {"params": 1e-6}
+    )
+    assert len(fitted["fc1"]) == 1 and len(fitted["fc2"]) == 1
+
+
+def test_warm_up_trains_the_compressor_only_at_threshold_zero(data, trained_model):
+    config = budget_config(warmup_iterations=5, target_params=0.2)
+    critic = LeNet300(hidden1=60, hidden2=30)
+    critic.load_state_dict(trained_model.state_dict())
+    parts = build_parts(critic, Structure.from_model(critic, data[0].tensors[0][:1]), data[0].tensors, config)
+    state = fresh_state(parts)
+    weights = {name: value.clone() for name, value in critic.state_dict().items()}
+    compressor = {name: value.clone() for name, value in parts.compressor.state_dict().items()}
+    for _ in range(5):
+        stats = compressor_critic_step(parts, state)
+        state.iteration += 1
+        assert stats.tau == 0.0 and parts.budget.prices["params"] == 0.0
+    assert all(torch.equal(value, critic.state_dict()[name]) for name, value in weights.items())
+    assert any(
+        not torch.equal(value, parts.compressor.state_dict()[name]) for name, value in compressor.items()
+    )
+    compressor_critic_step(parts, state)  # the search proper: the critic trains, the price rises
+    assert any(not torch.equal(value, critic.state_dict()[name]) for name, value in weights.items())
+    assert parts.budget.prices["params"] > 0.0
+
+
+def test_a_budgeted_search_stops_at_its_budget_and_fills_it(data, trained_model):
+    config = budget_config(max_iterations=400, target_params=0.3, budget_lr=0.2)
+    result = compress_model(trained_model, *data, config)
+    assert result.report["stop_reason"].startswith("target met")
+    assert result.report["iterations"] < 400
+    structure = Structure.from_model(trained_model, data[0].tensors[0][:1])
+    kept = result.plan.kept
+    assert cost_ratios(structure, kept)["params"] <= 0.3
+    for name, size in structure.group_sizes.items():  # filled: no removed element fits any more
+        for index in set(range(size)) - set(kept[name]):
+            assert cost_ratios(structure, {**kept, name: [*kept[name], index]})["params"] > 0.3
