@@ -85,6 +85,10 @@ class CriticConfig:
     cost: str = "params"  # a name in COST_FUNCTIONS
     value_hidden: int = 64  # LearnedCritic width
     value_lr: float = 1e-3  # LearnedCritic Adam learning rate
+    distill_weight: float = (
+        0.0  # a: the critic's loss is (1−a)·CE + a·T²·KL(original ‖ critic); 0 = the paper
+    )
+    temperature: float = 4.0  # T of the distillation
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or not self.value_lr > 0:
@@ -99,6 +103,11 @@ class CriticConfig:
             raise ValueError(f"critic.baseline must be one of {BASELINES}, got {self.baseline!r}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"critic.ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if not 0.0 <= self.distill_weight <= 1.0 or not self.temperature > 0:
+            raise ValueError(
+                f"critic.distill_weight must be in [0, 1] and critic.temperature > 0, got {self.distill_weight} "
+                f"and {self.temperature}."
+            )
         if self.value_hidden <= 0:
             raise ValueError(f"critic.value_hidden must be positive, got {self.value_hidden}.")
         get_cost_function(self.cost)

@@ -37,8 +37,8 @@ from deepiot.budget import BUDGET_PRESSURES, BudgetController, budgets_of, cost_
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
 from deepiot.critic import Baseline, CriticConfig, Reward, build_baselines, structure_features
-from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
-from deepiot.runtime import BatchStream, CompressionError, accuracy, dataset_tensors
+from deepiot.finetune import FinetuneConfig, FinetuneResult, distillation_loss, finetune
+from deepiot.runtime import BatchStream, CompressionError, accuracy, dataset_tensors, predict_logits
 from deepiot.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
 from deepiot.utils import describe_differences
@@ -165,6 +165,7 @@ class LoopParts:
     schedule: ThresholdSchedule
     batches: BatchStream
     mask_generator: torch.Generator
+    soft_targets: Tensor | None = None  # the original's logits of every training sample, when distilling
 
 
 @dataclass
@@ -197,13 +198,21 @@ def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance:
     batch_size = parts.config.loop.batch_size
 
     # 1. Critic step: masks from the stored, threshold-decayed keep probabilities (p < τ → γ·p); one optimizer
-    #    step of the critic (the model, through its masks) on the task loss.
+    #    step of the critic (the model, through its masks) on the task loss (optionally distilled from the
+    #    original's logits).
     critic_loss = torch.tensor(math.nan)
     if not warming_up:
-        inputs, labels = parts.batches.next()
+        indices = parts.batches.next_indices()
+        inputs, labels = parts.batches.inputs[indices], parts.batches.labels[indices]
         masks = MaskDistribution(state.keep_logits, tau, decay).sample(batch_size, parts.mask_generator)
         parts.network.train()
-        critic_loss = F.cross_entropy(parts.network(inputs, masks), labels)
+        critic_loss = distillation_loss(
+            parts.network(inputs, masks),
+            None if parts.soft_targets is None else parts.soft_targets[indices],
+            labels,
+            parts.config.critic.distill_weight,
+            parts.config.critic.temperature,
+        )
         check_finite("critic loss", critic_loss, state, tau)
         parts.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -543,6 +552,9 @@ def build_parts(
     torch.manual_seed(config.loop.seed)
     compressor = Compressor.for_structure(structure, critic, config.compressor)
     critic_config = config.critic
+    soft_targets = None  # built before any training or restore, so from the original's weights
+    if critic_config.distill_weight > 0:
+        soft_targets = predict_logits(critic, train[0], config.loop.eval_batch_size)
     return LoopParts(
         config=config,
         structure=structure,
@@ -564,6 +576,7 @@ def build_parts(
         schedule=build_schedule(config.schedule),
         batches=BatchStream(*train, config.loop.batch_size, seed=config.loop.seed),
         mask_generator=torch.Generator().manual_seed(config.loop.seed + 1),
+        soft_targets=soft_targets,
     )
 
 

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from deepiot.budget import BudgetController, cost_ratios, fit_to_budget
-from deepiot.finetune import FinetuneConfig
+from deepiot.compressor import MaskDistribution
+from deepiot.critic import CriticConfig
+from deepiot.finetune import FinetuneConfig, distillation_loss
 from deepiot.models import LeNet300
+from deepiot.runtime import BatchStream
 from deepiot.schedules import ScheduleConfig
-from deepiot.structure import Structure
+from deepiot.structure import MaskedNetwork, Structure
 from deepiot.trainer import (
     CompressionConfig,
     LoopConfig,
@@ -138,3 +141,38 @@ def test_a_budgeted_search_stops_at_its_budget_and_fills_it(data, trained_model)
     for name, size in structure.group_sizes.items():  # filled: no removed element fits any more
         for index in set(range(size)) - set(kept[name]):
             assert cost_ratios(structure, {**kept, name: [*kept[name], index]})["params"] > 0.3
+
+
+def test_critic_step_distils_from_the_original_when_asked(data, trained_model):
+    config = budget_config()
+    config = CompressionConfig(
+        loop=config.loop,
+        schedule=config.schedule,
+        finetune=config.finetune,
+        critic=CriticConfig(distill_weight=0.7, temperature=3.0),
+    )
+    critic = LeNet300(hidden1=60, hidden2=30)
+    critic.load_state_dict(trained_model.state_dict())
+    inputs, labels = data[0].tensors
+    parts = build_parts(critic, Structure.from_model(critic, inputs[:1]), (inputs, labels), config)
+    with torch.no_grad():
+        torch.testing.assert_close(parts.soft_targets, trained_model(inputs))
+    state = fresh_state(parts)
+    # replay the step's batch and masks from copies of its random streams
+    batches_state = {
+        key: value.clone() if torch.is_tensor(value) else value
+        for key, value in parts.batches.state_dict().items()
+    }
+    generator_state = parts.mask_generator.get_state()
+    keep_logits = {name: logits.clone() for name, logits in state.keep_logits.items()}
+    stats = compressor_critic_step(parts, state)
+    replay = BatchStream(inputs, labels, 32, seed=0)
+    replay.load_state_dict(batches_state)
+    indices = replay.next_indices()
+    masks = MaskDistribution(keep_logits, 0.0, 0.5).sample(32, torch.Generator().set_state(generator_state))
+    student = LeNet300(hidden1=60, hidden2=30)
+    student.load_state_dict(trained_model.state_dict())
+    with torch.no_grad():
+        logits = MaskedNetwork(student, parts.structure).train()(inputs[indices], masks)
+        expected = distillation_loss(logits, trained_model(inputs[indices]), labels[indices], 0.7, 3.0)
+    assert stats.critic_loss == pytest.approx(float(expected), rel=1e-5)
