@@ -30,6 +30,7 @@ from deepiot.structure.infos import (
     to_meta,
 )
 from deepiot.structure.layout import Layout, Segment, layout_width, rename, tile
+from deepiot.structure.recurrent import RECURRENT_TYPES
 
 ExampleInputs = Tensor | tuple[Tensor, ...]
 MaskSegment = tuple[str | None, int, int, str]  # (group, count, repeat, mode: "mask" | "indicator" | "none")
@@ -38,14 +39,14 @@ MaskSpec = tuple[tuple[MaskSegment, ...], int, int | None]  # (segments, channel
 HOW_TO_DECLARE = (
     "To compress the rest of the model, keep the producer(s) of these channels uncompressed with "
     "Structure.from_model(model, example_inputs, exclude={producers!r}), or rewrite the op with supported "
-    "layers (Linear/Conv1d/Conv2d/LSTM/GRU, BatchNorm, activations, pooling, dropout, flatten/view, cat, "
+    "layers (Linear/Conv1d/Conv2d/LSTM/GRU/RNN, BatchNorm, activations, pooling, dropout, flatten/view, cat, "
     "residual add/mul)."
 )
 
 
 @dataclass(frozen=True)
 class Producer:
-    """One producer id: a Linear/Conv module, or one layer of an LSTM/GRU ("<module>.l<i>")."""
+    """One producer id: a Linear/Conv module, or one layer of an LSTM/GRU/RNN ("<module>.l<i>")."""
 
     kind: str  # "linear" | "conv" | "rnn"
     size: int
@@ -338,9 +339,9 @@ class Discovery:
     def record_activation_call(self, node: fx.Node) -> None:
         """Input + output bytes of one leaf-module call at batch 1, as terms of kept counts.
 
-        An LSTM/GRU records one call per layer (`rnn_layer_calls`), as the cost contract defines.
+        An LSTM/GRU/RNN records one call per layer (`rnn_layer_calls`), as the cost contract defines.
         """
-        if isinstance(self.module(node), nn.LSTM | nn.GRU):
+        if isinstance(self.module(node), RECURRENT_TYPES):
             self.activation_calls += self.rnn_layer_calls(node)
             return
         terms: list[tuple[int, tuple[Layout, ...]]] = []
@@ -349,7 +350,7 @@ class Discovery:
         self.activation_calls.append(terms)
 
     def rnn_layer_calls(self, node: fx.Node) -> list[list[tuple[int, tuple[Layout, ...]]]]:
-        """Bytes at batch 1 of each layer of one LSTM/GRU call, each layer counted as a call of its own.
+        """Bytes at batch 1 of each layer of one LSTM/GRU/RNN call, each layer counted as a call of its own.
 
         Layer l: input sequence (the module input, or layer l-1's output) + output sequence + final states
         h_n[l] (and c_n[l]) of all directions + its share of an initial state hx (the same definition as
@@ -439,7 +440,7 @@ class Discovery:
         if unknown:
             raise StructureError(
                 f"exclude names {unknown}, which are not producers of this model; producers are the "
-                f"Linear/Conv/LSTM/GRU modules called in forward: {sorted(self.seen_producer_names)} "
+                f"Linear/Conv/LSTM/GRU/RNN modules called in forward: {sorted(self.seen_producer_names)} "
                 "(an RNN layer alone is '<module>.l<i>')."
             )
 

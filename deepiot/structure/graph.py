@@ -24,7 +24,7 @@ KeptIndices = Mapping[str, Sequence[int] | Tensor]
 class Group:
     """Hidden elements that share one mask: the output units of `modules` (producer ids, forward order).
 
-    `name` is the first producer's qualified module name ("conv1", "features.0"); an LSTM/GRU layer i of
+    `name` is the first producer's qualified module name ("conv1", "features.0"); an LSTM/GRU/RNN layer i of
     module "gru" is the producer "gru.l0", "gru.l1", ... (both directions of a layer share its units).
     """
 
@@ -60,7 +60,7 @@ class Structure:
     ) -> Structure:
         """Discover the groups of `model` by tracing it and running it on `example_inputs` (batch first).
 
-        Producers: nn.Linear, nn.Conv1d/2d/3d (groups=1), nn.LSTM/nn.GRU (one group per layer), except
+        Producers: nn.Linear, nn.Conv1d/2d/3d (groups=1), nn.LSTM/nn.GRU/nn.RNN (one group per layer), except
         those whose values reach the model output. Followed through: BatchNorm, activations, dropout,
         pooling, LayerNorm/softmax over other dims, flatten/view/reshape/transpose/permute/(un)squeeze,
         indexing and reductions over other dims, cat (channel dim: segments join; other dims: groups
@@ -136,7 +136,9 @@ class Structure:
         if self.data.cost_model.unknown_macs:
             raise StructureError(
                 f"structure cost: the MACs of {list(self.data.cost_model.unknown_macs)} are not defined by the "
-                "cost contract (only Linear, Conv and LSTM/GRU compute is counted)."
+                "cost contract, which counts the compute of Linear, Conv1d/2d/3d and LSTM/GRU/RNN modules only "
+                "(normalisation and embeddings count 0). Replace these modules with supported layers, or "
+                "compute them in a custom module whose forward uses supported layers."
             )
         counts: dict[str, int | Tensor] = dict(self.group_sizes)
         for name, count in (kept or {}).items():
