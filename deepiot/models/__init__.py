@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from torch import nn
 
 from deepiot.models.lenet import LeNet5, LeNet300
@@ -15,9 +16,31 @@ __all__ = ["VGG", "DeepSense", "LSTMClassifier", "LeNet5", "LeNet300", "build_mo
 
 
 def build_model(model_config: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from its self-describing config (`_target_`, input_shape, num_classes, widths)."""
+    """Rebuild a model from its self-describing config (`_target_`, input_shape, num_classes, widths).
+
+    `input_shape` (the per-sample input shape) is passed to the constructor only when it takes it (or
+    **kwargs): a config may carry it just to describe the input.
+
+    Raises:
+        ValueError: the config has no `_target_` (the import path of the model class).
+        ImportError / hydra InstantiationException: the class cannot be imported or constructed.
+    """
     config = dict(model_config)
-    config["input_shape"] = tuple(config["input_shape"])
+    if not isinstance(config.get("_target_"), str):
+        raise ValueError(
+            f"model_config needs '_target_', the import path of the model class (e.g. "
+            f"'deepiot.models.LeNet5'), next to its constructor arguments; got keys {sorted(config)}."
+        )
+    if "input_shape" in config:
+        config["input_shape"] = tuple(config["input_shape"])
+        if not _takes_keyword(get_class(config["_target_"]), "input_shape"):
+            del config["input_shape"]
     if isinstance(config.get("widths"), list):
         config["widths"] = tuple(config["widths"])
     return instantiate(config, _convert_="all")
+
+
+def _takes_keyword(cls: type, name: str) -> bool:
+    """Whether `cls(...)` accepts keyword `name` (by name or through **kwargs)."""
+    parameters = inspect.signature(cls).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

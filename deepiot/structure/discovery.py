@@ -247,17 +247,22 @@ class Discovery:
         return f"function {getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
 
     def fail(self, node: fx.Node, reason: str) -> None:
-        """Raise a `StructureError` naming the node, its op/module type and how to declare groups."""
-        producers = sorted(
-            {
-                self.producers[g].module if self.producers[g].layer is None else g
-                for g in self.groups_in_args(node)
-            }
-        )
+        """Raise a `StructureError` naming the node, its op/module type and how to declare groups.
+
+        The producers named are every member of the merged groups involved (a residual stream's stem and
+        all its branches), so one `exclude=[...]` with them gets past this node.
+        """
+        producers = self.group_members(self.groups_in_args(node))
         raise StructureError(
             f"deepiot cannot follow hidden-element groups {producers} through node '{node.name}' "
             f"({self.describe(node)}): {reason}. " + HOW_TO_DECLARE.format(producers=producers)
         )
+
+    def group_members(self, groups: Sequence[str]) -> list[str]:
+        """Exclude-able names of every producer merged with any of `groups` (module, or "<rnn>.l<i>")."""
+        roots = {self.find(group) for group in groups}
+        members = [producer for producer in self.producers if self.find(producer) in roots]
+        return sorted({self.producers[p].module if self.producers[p].layer is None else p for p in members})
 
     def check_no_cell_state(self, node: fx.Node) -> None:
         for value in node.all_input_nodes:
@@ -514,7 +519,9 @@ class Discovery:
                 raise StructureError(
                     f"module '{module_name}' is called several times (e.g. node '{node.name}') on inputs whose "
                     "channels belong to different groups, so one sliced module cannot serve every call. "
-                    + HOW_TO_DECLARE.format(producers=sorted(set(info_groups(self.info(node.args[0])))))
+                    + HOW_TO_DECLARE.format(
+                        producers=self.group_members(info_groups(self.info(node.args[0])))
+                    )
                 )
             resolved[module_name] = variants.pop()
         return resolved
