@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from deepiot.checks import check_classifier, check_labelled_data
 from deepiot.cost.latency import eval_mode
 from deepiot.export import PLAN_NAME, export_model
 from deepiot.models import build_model
@@ -121,8 +122,10 @@ def compress(
     )
     outputs = outputs or OutputOptions()
     test_data = val_data if test_data is None else test_data
+    train_inputs = check_model_and_data(model, {"train": train_data, "val": val_data, "test": test_data})
     if example_inputs is None:
-        example_inputs = dataset_tensors(train_data, "train")[0][:1]
+        example_inputs = train_inputs[:1]
+    check_classifier(model, example_inputs, "example_inputs")
     result = compress_model(
         model,
         train_data,
@@ -146,6 +149,24 @@ def compress(
     if out_dir is not None:
         save_outputs(result, report, example_inputs, Path(out_dir), outputs.manifest_extra)
     return CompressionResult(result.sliced_model, result.plan, report)
+
+
+def check_model_and_data(model: nn.Module, splits: Mapping[str, Dataset]) -> Tensor:
+    """Refuse a non-classifier model or bad splits before any work (see `deepiot.checks`); the train inputs."""
+    tensors = {split: _raw_tensors(dataset, split) for split, dataset in splits.items()}
+    train_inputs = tensors["train"][0].float()
+    classes = check_classifier(model, train_inputs)
+    for split, (inputs, labels) in tensors.items():
+        check_labelled_data(split, inputs, labels, classes, tuple(train_inputs.shape[1:]))
+    return train_inputs
+
+
+def _raw_tensors(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
+    """(inputs, labels) as stored (labels not yet cast to int64, so non-integer labels can be caught)."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2 and len(tensors[0]) > 0:
+        return tensors[0], tensors[1]
+    return dataset_tensors(dataset, split)
 
 
 def rebuild_config(model: nn.Module, example_inputs: Tensor, given: Mapping[str, Any]) -> dict[str, Any]:

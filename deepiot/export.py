@@ -88,6 +88,7 @@ def export_model(
     formats = _check_arguments(formats, manifest_extra, extra_files or {}, onnx_exporter)
     sample_inputs = _as_tensor_inputs(example_inputs)
     out_dir = Path(out_dir)
+    _check_model_and_destination(model, sample_inputs, out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
@@ -205,6 +206,22 @@ def _check_arguments(
     onnx_exporter: str,
 ) -> tuple[str, ...]:
     """Validate formats, exporter and file/manifest names before any work starts."""
+    if isinstance(formats, str):
+        raise ExportError(f"export formats must be a list such as ['onnx'], got the string {formats!r}")
+    if not isinstance(manifest_extra, Mapping):
+        raise ExportError(
+            f"manifest_extra must be a dict of extra manifest entries ({{}} for none), got "
+            f"{type(manifest_extra).__name__}"
+        )
+    try:
+        json.dumps(dict(manifest_extra))
+    except (TypeError, ValueError) as error:
+        raise ExportError(
+            f"manifest_extra must be JSON-serialisable (plain dicts/lists/numbers): {error}"
+        ) from error
+    not_bytes = sorted(name for name, content in extra_files.items() if not isinstance(content, bytes))
+    if not_bytes:
+        raise ExportError(f"extra export files must map names to bytes; {not_bytes} are not bytes")
     if onnx_exporter not in ONNX_EXPORTERS:
         raise ExportError(f"onnx_exporter must be one of {list(ONNX_EXPORTERS)}, got {onnx_exporter!r}")
     formats = tuple(dict.fromkeys(formats))
@@ -227,6 +244,24 @@ def _check_arguments(
             f"manifest_extra must not override computed manifest entries {sorted(clashing_keys)}"
         )
     return formats
+
+
+def _check_model_and_destination(model: Any, sample_inputs: tuple[Tensor, ...], out_dir: Path) -> None:
+    """The model must be a module that runs on the example inputs; `out_dir` must not be a file."""
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"export_model needs an nn.Module to export, got {type(model).__name__}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"export destination {out_dir} exists and is not a folder")
+    try:
+        with eval_mode(model):
+            _pytorch_outputs(model, sample_inputs)
+    except Exception as error:  # the model's own error (shape mismatch, ...)
+        shapes = [tuple(value.shape) for value in sample_inputs]
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ExportError(
+            f"{type(model).__name__} fails on example inputs of shape {shapes} ({type(error).__name__}: "
+            f"{first_line}); pass example inputs of the shape the model takes, batch axis first."
+        ) from error
 
 
 _COMPUTED_MANIFEST_KEYS = (

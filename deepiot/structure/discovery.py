@@ -146,8 +146,9 @@ def record_metas(graph_module: fx.GraphModule, inputs: tuple[Tensor, ...]) -> tu
     except Exception as error:
         raise StructureError(
             f"running the traced model on example inputs of shape {[tuple(v.shape) for v in inputs]} and on "
-            f"one more sample failed ({type(error).__name__}: {error}); the model must accept any batch size "
-            "with the batch as dimension 0 of every input."
+            f"one more sample failed ({type(error).__name__}: {_first_line(error)}); the example inputs must "
+            "have the shape the model takes, and the model must accept any batch size with the batch as "
+            "dimension 0 of every input."
         ) from error
     finally:
         for module, training in modes.items():
@@ -568,6 +569,12 @@ class Discovery:
             activations=tuple(combine([renamed(raw) for raw in call]) for call in self.activation_calls),
             unknown_macs=tuple(self.unknown_macs),
         )
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's first message line (torch.fx appends a long traceback of the graph node)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _scaled(total: int, layout: Layout) -> tuple[int, tuple[Layout, ...]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.fx as fx
@@ -79,6 +79,7 @@ class Structure:
             StructureError: an op or module touching a group's channels is not understood (the message
                 names the node, its type and the `exclude=` that works around it).
         """
+        _check_from_model_arguments(model, declared, exclude)
         discovery = Discovery(model, example_inputs, exclude)
         discovery.run()
         return cls(discovery.resolve(declared or []), discovery.inputs)
@@ -244,3 +245,18 @@ def _checked_indices(name: str, value: Sequence[int] | Tensor, size: int) -> Ten
             f"kept indices of group {name!r} must be sorted and distinct, got {indices.tolist()}."
         )
     return indices.long()
+
+
+def _check_from_model_arguments(model: Any, declared: Any, exclude: Any) -> None:
+    """Reject a non-module model and string `declared` / `exclude` (a string would be read letter by letter)."""
+    if not isinstance(model, nn.Module):
+        raise StructureError(
+            f"Structure.from_model needs an nn.Module (a model whose forward returns logits), got "
+            f"{type(model).__name__}."
+        )
+    for name, value, example in (("exclude", exclude, "['fc1']"), ("declared", declared, "[['a', 'b']]")):
+        if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset | None):
+            raise StructureError(
+                f"Structure.from_model: {name} must be a list of producer names (e.g. {name}={example}), "
+                f"got {type(value).__name__} {value!r}."
+            )

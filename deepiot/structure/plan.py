@@ -100,6 +100,11 @@ class SlicingPlan:
                     f"(the model has {list(expected)})."
                 )
         for name, size in expected.items():
+            if type(self.group_sizes[name]) is not int:
+                raise StructureError(
+                    f"slicing plan group_sizes[{name!r}] must be an int (the group's size), got "
+                    f"{self.group_sizes[name]!r}."
+                )
             if self.group_sizes[name] != size:
                 raise StructureError(
                     f"slicing plan says group {name!r} has {self.group_sizes[name]} elements, but the model's has "
@@ -145,10 +150,15 @@ def rebuild_original(model_config: dict[str, Any]) -> nn.Module:
         "constructible without arguments; otherwise pass outputs=OutputOptions(model_config={...}), or build "
         "the model yourself and call slice_model(model, Structure.from_model(model, x), plan.kept)."
     )
-    if not isinstance(model_config.get("_target_"), str):
+    if "_target_" not in model_config:
         raise StructureError(
             f"the slicing plan cannot rebuild its model: model_config has no '_target_' "
             f"(keys: {sorted(model_config)}). {remedy}"
+        )
+    if not isinstance(model_config["_target_"], str):
+        raise StructureError(
+            f"the slicing plan cannot rebuild its model: model_config['_target_'] must be a string import "
+            f"path, got {model_config['_target_']!r}. {remedy}"
         )
     try:
         model = build_model(model_config)
