@@ -7,8 +7,13 @@ and 3) for tiny recurrent models — as a compression run exports them: the orig
 sliced StackedRNN — with `onnx_exporter="dynamo"` (the old default) and `"auto"` (the new one), and
 prints the ratio. Both must pass the same check; a failure raises.
 
-Usage (from the repository root; the dynamo exports take minutes on a small CPU):
+Usage (from the repository root; the dynamo exports take a minute or more on a small CPU):
     OMP_NUM_THREADS=1 python scripts/bench_onnx_export.py [--models gru lstm] [--out FILE.json]
+
+Measured on the project's shared 2-core machine (torch 2.13 CPU, 1 thread; seconds per checked export,
+dynamo before → auto after): gru 13.97 → 0.11 (131×; the first export also pays dynamo's warm-up),
+gru_hapt_window 31.97 → 0.08 (381×), lstm 6.11 → 0.13 (48×), sliced_lstm 8.57 → 0.08 (102×); both
+exporters pass the same ONNX Runtime check (max |diff| ≤ 6e-8).
 """
 
 from __future__ import annotations
