@@ -198,7 +198,8 @@ def _rebuild_problem(model: nn.Module, example_inputs: Tensor, config: dict[str,
     if "<locals>" in config["_target_"]:
         return f"{config['_target_']} is defined inside a function, so it cannot be imported"
     try:
-        rebuilt = build_model(config)
+        with torch.random.fork_rng(devices=[]):  # the trial build must not move the caller's random stream
+            rebuilt = build_model(config)
     except Exception as error:  # the class cannot be imported or needs constructor arguments
         return f"{config['_target_']}(): {' '.join(str(error).split())[:300]}"
     different = f"{config['_target_']}() without arguments builds a different network"
