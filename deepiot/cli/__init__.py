@@ -37,8 +37,8 @@ def reported_errors(program: str) -> Iterator[None]:
     from deepiot.checkpoint import CheckpointError
     from deepiot.data.errors import DataError
     from deepiot.export import ExportError
+    from deepiot.runtime import CompressionError
     from deepiot.structure.errors import StructureError
-    from deepiot.trainer import CompressionError
     from deepiot.utils import ConfigError
 
     try:
