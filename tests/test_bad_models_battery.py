@@ -32,6 +32,7 @@ from deepiot.checkpoint import CheckpointError
 from deepiot.checks import ModelCheckError
 from deepiot.data import DatasetBundle
 from deepiot.export import ExportError, export_model
+from deepiot.finetune import FinetuneConfig
 from deepiot.structure import SlicingPlan, Structure, StructureError, build_sliced_model
 from deepiot.trainer import CompressionConfig, LoopConfig
 
@@ -245,7 +246,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------------------------------------- compress
 
 QUICK = CompressionConfig(
-    loop=LoopConfig(max_iterations=5, batch_size=8, eval_every=5, finetune_iterations=1, eval_batch_size=16)
+    loop=LoopConfig(max_iterations=5, batch_size=8, eval_every=5, eval_batch_size=16),
+    finetune=FinetuneConfig(steps=1, batch_size=8, eval_every=1),
 )
 
 COMPRESS_CASES = [

@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 from deepiot.api import OutputOptions, compress
 from deepiot.cost.counter import measure_cost
 from deepiot.export import TOLERANCE
+from deepiot.finetune import FinetuneConfig
 from deepiot.schedules import ScheduleConfig
 from deepiot.structure import SlicingPlan, Structure, StructureError, build_sliced_model
 from deepiot.trainer import CompressionConfig, LoopConfig
@@ -76,9 +77,8 @@ def _data(seed: int = 0) -> TensorDataset:
 
 
 QUICK = CompressionConfig(
-    loop=LoopConfig(
-        max_iterations=12, batch_size=16, eval_every=6, finetune_iterations=3, eval_batch_size=64
-    ),
+    loop=LoopConfig(max_iterations=12, batch_size=16, eval_every=6, eval_batch_size=64),
+    finetune=FinetuneConfig(steps=3, batch_size=16, eval_every=3),
     schedule=ScheduleConfig(final_tau=0.6, steps=3, every=3),
 )
 NO_LATENCY = OutputOptions(latency_threads=None)  # a plain call otherwise: no model_config given
