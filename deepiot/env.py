@@ -64,9 +64,10 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
 
     Spaces:
         action: Box(0, 1, (1,), float32), the keep ratio of the current group; an action outside [0, 1]
-            (or not one finite number) raises ValueError. It is raised to min_keep and the group keeps max(1, round(ratio · size)) elements (rounded half up):
-            the columns of `structure.weight_matrix` (fan-in weights plus bias of each element) with the
-            largest L1 norm, ties to the lower index — the magnitude criterion AMC uses.
+            (or not one finite number) raises ValueError. A ratio below min_keep is raised to it, and the
+            group keeps max(1, round(ratio · size)) elements (rounded half up): the columns of
+            `structure.weight_matrix` (fan-in weights plus bias of each element) with the largest L1 norm,
+            ties to the lower index — the magnitude criterion AMC uses.
         observation: Box(0, 1, (9,), float32), fields in `OBSERVATION_FIELDS` order:
             current group — kind one-hot (linear, conv, rnn), log(1 + size) / log(1 + largest group size),
             index / number of groups, cost share (1 − cost with this group emptied / original cost);

@@ -384,7 +384,7 @@ def _save_torchscript(model: nn.Module, trace_inputs: tuple[Tensor, ...], path: 
 def _save_onnx(
     model: nn.Module, trace_inputs: tuple[Tensor, ...], output_count: int, path: Path, exporter: OnnxExporter
 ) -> dict[str, Any]:
-    """ONNX with a dynamic batch axis; "auto" picks an exporter (`auto_onnx_exporters`), then the other on failure."""
+    """ONNX with a dynamic batch axis; "auto" picks one exporter (`auto_onnx_exporters`), the other on failure."""
     writers = {
         "dynamo": lambda: _export_onnx_dynamo(model, trace_inputs, path),
         "torchscript": lambda: _export_onnx_torchscript(model, trace_inputs, output_count, path),

@@ -137,9 +137,9 @@ class Structure:
         if self.data.cost_model.unknown_macs:
             raise StructureError(
                 f"structure cost: the MACs of {list(self.data.cost_model.unknown_macs)} are not defined by the "
-                "cost contract, which counts the compute of Linear, Conv1d/2d/3d and LSTM/GRU/RNN modules only "
-                "(normalisation and embeddings count 0). Replace these modules with supported layers, or "
-                "compute them in a custom module whose forward uses supported layers."
+                "cost contract (it counts Linear, Conv1d/2d/3d and LSTM/GRU/RNN compute; normalisation and "
+                "embeddings count 0). Rewrite these modules with supported layers (e.g. in a custom module "
+                "whose forward uses them), so that their compute can be counted and sliced."
             )
         counts: dict[str, int | Tensor] = dict(self.group_sizes)
         for name, count in (kept or {}).items():
@@ -248,7 +248,7 @@ def _checked_indices(name: str, value: Sequence[int] | Tensor, size: int) -> Ten
 
 
 def _check_from_model_arguments(model: Any, declared: Any, exclude: Any) -> None:
-    """Reject a non-module model and string `declared` / `exclude` (a string would be read letter by letter)."""
+    """Reject a non-module model, and a string `declared` / `exclude` (it would be read letter by letter)."""
     if not isinstance(model, nn.Module):
         raise StructureError(
             f"Structure.from_model needs an nn.Module (a model whose forward returns logits), got "

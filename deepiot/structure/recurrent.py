@@ -1,8 +1,9 @@
 """Recurrent (LSTM/GRU/RNN) primitives of the structure layer: masked recurrence, slicing, weights, cost.
 
-A hidden element of an LSTM/GRU/RNN (Elman, tanh or relu) layer is one hidden unit. DeepIoT (DESIGN §2) drops
-a unit by multiplying its hidden state h_t by a mask at EVERY time step inside the recurrence, so a dropped unit
-feeds neither the next step nor the next layer; with hard 0/1 masks this equals the network without the unit.
+A hidden element of an LSTM/GRU/RNN (Elman, tanh or relu) layer is one hidden unit. DeepIoT (DESIGN §2)
+drops a unit by multiplying its hidden state h_t by a mask at EVERY time step inside the recurrence, so a
+dropped unit feeds neither the next step nor the next layer; with hard 0/1 masks this equals the network
+without the unit.
 `masked_rnn_forward` computes exactly that, `slice_rnn` builds the physically smaller module, and
 `rnn_weight_matrix` / `rnn_layer_macs` / `rnn_layer_params` give the compressor and the cost model their inputs.
 
@@ -121,7 +122,7 @@ def masked_rnn_forward(
     hidden_masks: Sequence[Tensor | None] | None = None,
     hx: Tensor | tuple | None = None,
 ) -> tuple[Tensor, Tensor | tuple]:
-    """Run `module` (nn.LSTM / nn.GRU / nn.RNN / StackedRNN) with its hidden units masked inside the recurrence.
+    """Run `module` (nn.LSTM / nn.GRU / nn.RNN / StackedRNN) with hidden units masked inside the recurrence.
 
     Called and returning exactly like `module(x, hx)`. `hidden_masks[layer]` is a float mask [N, H_l]
     (per sequence) or [H_l] (shared); it multiplies h_t after the cell computes it and before h_t feeds
@@ -305,13 +306,13 @@ def _pack_outputs(
 
 
 class StackedRNN(nn.Module):
-    """Single-layer nn.LSTM / nn.GRU / nn.RNN modules of different hidden sizes, called like one multi-layer module.
+    """Single-layer nn.LSTM / nn.GRU / nn.RNN modules of different widths, called like one multi-layer module.
 
-    `StackedRNN(layers)` returns a `StackedLSTM`, `StackedGRU` or `StackedElmanRNN` (each has a statically typed forward, so
-    TorchScript compiles it). The final states of layers with different widths cannot be stacked into one
-    tensor, so h_n (and c_n) is a tuple of per-layer tensors [directions, N, H_l] (a list under TorchScript);
-    `h_n[-1]` is still the top layer. `hx` uses the same per-layer format. Inter-layer dropout (training only)
-    is applied between layers like nn.LSTM's.
+    `StackedRNN(layers)` returns a `StackedLSTM`, `StackedGRU` or `StackedElmanRNN` (each has a statically
+    typed forward, so TorchScript compiles it). The final states of layers with different widths cannot be
+    stacked into one tensor, so h_n (and c_n) is a tuple of per-layer tensors [directions, N, H_l] (a list
+    under TorchScript); `h_n[-1]` is still the top layer. `hx` uses the same per-layer format. Inter-layer
+    dropout (training only) is applied between layers like nn.LSTM's.
     """
 
     def __new__(cls, layers: Sequence[nn.Module] | None = None, *args, **kwargs):
