@@ -5,15 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from deepiot.checks import check_classifier, check_labelled_data
+from deepiot.cost.latency import eval_mode
 from deepiot.export import PLAN_NAME, export_model
+from deepiot.models import build_model
 from deepiot.report import build_report, write_report
 from deepiot.runtime import dataset_tensors
 from deepiot.schedules import ScheduleConfig
@@ -118,8 +123,10 @@ def compress(
     )
     outputs = outputs or OutputOptions()
     test_data = val_data if test_data is None else test_data
+    train_inputs = check_model_and_data(model, {"train": train_data, "val": val_data, "test": test_data})
     if example_inputs is None:
-        example_inputs = dataset_tensors(train_data, "train")[0][:1]
+        example_inputs = train_inputs[:1]
+    check_classifier(model, example_inputs, "example_inputs")
     result = compress_model(
         model,
         train_data,
@@ -128,7 +135,7 @@ def compress(
         config,
         run_dir=out_dir,
         structure=structure,
-        model_config=outputs.model_config,
+        model_config=rebuild_config(model, example_inputs, outputs.model_config),
         progress=progress,
     )
     report = build_report(
@@ -143,6 +150,68 @@ def compress(
     if out_dir is not None:
         save_outputs(result, report, example_inputs, Path(out_dir), outputs.manifest_extra)
     return CompressionResult(result.sliced_model, result.plan, report)
+
+
+def check_model_and_data(model: nn.Module, splits: Mapping[str, Dataset]) -> Tensor:
+    """Refuse a non-classifier model or bad splits before any work (see `deepiot.checks`); the train inputs."""
+    tensors = {split: _raw_tensors(dataset, split) for split, dataset in splits.items()}
+    train_inputs = tensors["train"][0].float()
+    classes = check_classifier(model, train_inputs)
+    for split, (inputs, labels) in tensors.items():
+        check_labelled_data(split, inputs, labels, classes, tuple(train_inputs.shape[1:]))
+    return train_inputs
+
+
+def _raw_tensors(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
+    """(inputs, labels) as stored (labels not yet cast to int64, so non-integer labels can be caught)."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2 and len(tensors[0]) > 0:
+        return tensors[0], tensors[1]
+    return dataset_tensors(dataset, split)
+
+
+def rebuild_config(model: nn.Module, example_inputs: Tensor, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan's model_config: `given`, else the model's class path, plus the per-sample input shape.
+
+    Without a given config, `_target_` is the class's import path when that path, with no arguments, rebuilds
+    the same network (same modules, and with `model`'s weights loaded the same outputs on `example_inputs`);
+    otherwise it is left out, with a warning, and `build_sliced_model` later says exactly what is missing.
+    """
+    config = dict(given)
+    config.setdefault("input_shape", list(example_inputs.shape[1:]))
+    if "_target_" not in given:
+        target = f"{type(model).__module__}.{type(model).__qualname__}"
+        problem = _rebuild_problem(model, example_inputs, {**config, "_target_": target})
+        if problem is None:
+            config["_target_"] = target
+        else:
+            warnings.warn(
+                f"deepiot.compress: the slicing plan will not be able to rebuild {type(model).__name__} by "
+                f"itself ({problem}); pass outputs=OutputOptions(model_config={{'_target_': "
+                f"'<package.module.Class>', <constructor arguments>}}) to make it self-contained.",
+                stacklevel=3,
+            )
+    return config
+
+
+def _rebuild_problem(model: nn.Module, example_inputs: Tensor, config: dict[str, Any]) -> str | None:
+    """Why `build_model(config)` does not rebuild `model`'s network, or None when it does."""
+    if "<locals>" in config["_target_"]:
+        return f"{config['_target_']} is defined inside a function, so it cannot be imported"
+    try:
+        with torch.random.fork_rng(devices=[]):  # the trial build must not move the caller's random stream
+            rebuilt = build_model(config)
+    except Exception as error:  # the class cannot be imported or needs constructor arguments
+        return f"{config['_target_']}(): {' '.join(str(error).split())[:300]}"
+    different = f"{config['_target_']}() without arguments builds a different network"
+    own = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    if repr(rebuilt) != repr(model) or {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} != own:
+        return different
+    rebuilt.load_state_dict(model.state_dict())
+    with eval_mode(model), eval_mode(rebuilt), torch.no_grad():
+        if not torch.equal(rebuilt(example_inputs), model(example_inputs)):
+            return different
+    return None
 
 
 def save_outputs(

@@ -26,6 +26,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from deepiot.checkpoint import load_trained_model
+from deepiot.checks import ModelCheckError, check_classifier
 from deepiot.critic import COST_FUNCTIONS, Reward
 from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, input_layout
@@ -62,10 +63,11 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
     """Compress a trained classifier one hidden-element group per step; reward the final structure.
 
     Spaces:
-        action: Box(0, 1, (1,), float32), the keep ratio of the current group. It is clipped to
-            [min_keep, 1] and the group keeps max(1, round(ratio · size)) elements (rounded half up):
-            the columns of `structure.weight_matrix` (fan-in weights plus bias of each element) with the
-            largest L1 norm, ties to the lower index — the magnitude criterion AMC uses.
+        action: Box(0, 1, (1,), float32), the keep ratio of the current group; an action outside [0, 1]
+            (or not one finite number) raises ValueError. A ratio below min_keep is raised to it, and the
+            group keeps max(1, round(ratio · size)) elements (rounded half up): the columns of
+            `structure.weight_matrix` (fan-in weights plus bias of each element) with the largest L1 norm,
+            ties to the lower index — the magnitude criterion AMC uses.
         observation: Box(0, 1, (9,), float32), fields in `OBSERVATION_FIELDS` order:
             current group — kind one-hot (linear, conv, rnn), log(1 + size) / log(1 + largest group size),
             index / number of groups, cost share (1 − cost with this group emptied / original cost);
@@ -128,11 +130,17 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         val_inputs, val_labels = dataset_tensors(self.bundle.val, "val")
         self.eval_inputs, self.eval_labels = val_inputs[:eval_samples], val_labels[:eval_samples]
         self.example_inputs = self.train_inputs[:1]  # [1, *input_shape]
+        classes = check_classifier(self.model, self.train_inputs, f"the {self.bundle.name!r} training inputs")
+        if classes != self.bundle.num_classes:
+            raise ModelCheckError(
+                f"CompressEnv: {type(self.model).__name__} returns {classes} logits, but dataset "
+                f"{self.bundle.name!r} has {self.bundle.num_classes} classes."
+            )
         self.structure = Structure.from_model(self.model, self.example_inputs)
         if not self.structure.groups:
             raise ValueError(
-                f"CompressEnv: {type(self.model).__name__} has no compressible group (Linear/Conv/LSTM/GRU hidden "
-                "elements other than the output layer); there is nothing to compress."
+                f"CompressEnv: {type(self.model).__name__} has no compressible group (Linear/Conv/LSTM/GRU/RNN "
+                "hidden elements other than the output layer); there is nothing to compress."
             )
         self.network = MaskedNetwork(self.model, self.structure)
         self.reward_model = Reward(self.structure, cost, lam)
@@ -233,10 +241,17 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
     # ----------------------------------------------------------------------------------------------- helpers
 
     def _keep_ratio(self, action: np.ndarray) -> float:
-        values = np.asarray(action, dtype=np.float64).reshape(-1)
-        if values.size != 1 or not np.isfinite(values[0]):
-            raise ValueError(f"CompressEnv.step: the action must be one finite keep ratio, got {action!r}.")
-        return float(np.clip(values[0], self.min_keep, 1.0))
+        """The action as a keep ratio: one number in the action space [0, 1], raised to at least min_keep."""
+        try:
+            values = np.asarray(action, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            values = np.array([np.nan, np.nan])  # not numeric: reported below
+        if values.size != 1 or not 0.0 <= values[0] <= 1.0:  # NaN fails the comparison too
+            raise ValueError(
+                f"CompressEnv.step: the action must be one finite keep ratio in the action space [0, 1] "
+                f"(e.g. np.array([0.5], dtype=np.float32)), got {action!r}."
+            )
+        return float(max(values[0], self.min_keep))
 
     def _group_features(self) -> np.ndarray:
         """Per group: kind one-hot, normalised log size, position, cost share — [G, 6]."""
@@ -372,16 +387,18 @@ def check_arguments(
         raise ValueError(
             f"CompressEnv: unknown cost {cost!r}; registered cost functions: {sorted(COST_FUNCTIONS)}."
         )
-    if not (isinstance(lam, int | float) and lam >= 0):
+    if not (isinstance(lam, int | float) and not isinstance(lam, bool) and lam >= 0):
         raise ValueError(
-            f"CompressEnv: lam (weight of the cost ratio in the reward) must be >= 0, got {lam!r}."
+            f"CompressEnv: lam (weight of the cost ratio in the reward) must be >= 0 (a number), got {lam!r}."
         )
     for name, value, minimum in (("data_limit", data_limit, 1), ("finetune_steps", finetune_steps, 0),
                                  ("eval_samples", eval_samples, 1)):  # fmt: skip
         if not isinstance(value, int) or value < minimum:
             raise ValueError(f"CompressEnv: {name} must be an integer >= {minimum}, got {value!r}.")
-    if not 0.0 < min_keep <= 1.0:
-        raise ValueError(f"CompressEnv: min_keep (smallest keep ratio) must lie in (0, 1], got {min_keep!r}.")
+    if not (isinstance(min_keep, int | float) and 0.0 < min_keep <= 1.0):
+        raise ValueError(
+            f"CompressEnv: min_keep (smallest keep ratio) must be a number in (0, 1], got {min_keep!r}."
+        )
     if render_mode not in (None, *CompressEnv.metadata["render_modes"]):
         raise ValueError(f"CompressEnv: render_mode must be None or 'ansi', got {render_mode!r}.")
 

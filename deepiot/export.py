@@ -78,13 +78,17 @@ def export_model(
         formats: any of "torchscript", "onnx".
         check: reload each file and compare it with PyTorch on random inputs of batch sizes 1 and 3
             (TorchScript within 1e-5, ONNX Runtime within 1e-4); a larger difference raises ExportError.
-        onnx_exporter: "auto" tries `torch.onnx.export(dynamo=True)` and falls back to `dynamo=False`.
+        onnx_exporter: "auto" uses the TorchScript-based exporter (`dynamo=False`) for models with recurrent
+            layers — the dynamo exporter takes minutes to unroll even a tiny GRU/LSTM — and
+            `torch.onnx.export(dynamo=True)` for the others; either falls back to the other exporter on
+            failure. "dynamo" / "torchscript" force one. The ONNX Runtime check is the same for all.
         freeze: `torch.jit.freeze` the traced module (weights become constants; faster inference).
         extra_files: name → content of further files to publish and hash with the export.
     """
     formats = _check_arguments(formats, manifest_extra, extra_files or {}, onnx_exporter)
     sample_inputs = _as_tensor_inputs(example_inputs)
     out_dir = Path(out_dir)
+    _check_model_and_destination(model, sample_inputs, out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
@@ -202,6 +206,22 @@ def _check_arguments(
     onnx_exporter: str,
 ) -> tuple[str, ...]:
     """Validate formats, exporter and file/manifest names before any work starts."""
+    if isinstance(formats, str):
+        raise ExportError(f"export formats must be a list such as ['onnx'], got the string {formats!r}")
+    if not isinstance(manifest_extra, Mapping):
+        raise ExportError(
+            f"manifest_extra must be a dict of extra manifest entries ({{}} for none), got "
+            f"{type(manifest_extra).__name__}"
+        )
+    try:
+        json.dumps(dict(manifest_extra))
+    except (TypeError, ValueError) as error:
+        raise ExportError(
+            f"manifest_extra must be JSON-serialisable (plain dicts/lists/numbers): {error}"
+        ) from error
+    not_bytes = sorted(name for name, content in extra_files.items() if not isinstance(content, bytes))
+    if not_bytes:
+        raise ExportError(f"extra export files must map names to bytes; {not_bytes} are not bytes")
     if onnx_exporter not in ONNX_EXPORTERS:
         raise ExportError(f"onnx_exporter must be one of {list(ONNX_EXPORTERS)}, got {onnx_exporter!r}")
     formats = tuple(dict.fromkeys(formats))
@@ -224,6 +244,24 @@ def _check_arguments(
             f"manifest_extra must not override computed manifest entries {sorted(clashing_keys)}"
         )
     return formats
+
+
+def _check_model_and_destination(model: Any, sample_inputs: tuple[Tensor, ...], out_dir: Path) -> None:
+    """The model must be a module that runs on the example inputs; `out_dir` must not be a file."""
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"export_model needs an nn.Module to export, got {type(model).__name__}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"export destination {out_dir} exists and is not a folder")
+    try:
+        with eval_mode(model):
+            _pytorch_outputs(model, sample_inputs)
+    except Exception as error:  # the model's own error (shape mismatch, ...)
+        shapes = [tuple(value.shape) for value in sample_inputs]
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ExportError(
+            f"{type(model).__name__} fails on example inputs of shape {shapes} ({type(error).__name__}: "
+            f"{first_line}); pass example inputs of the shape the model takes, batch axis first."
+        ) from error
 
 
 _COMPUTED_MANIFEST_KEYS = (
@@ -346,21 +384,40 @@ def _save_torchscript(model: nn.Module, trace_inputs: tuple[Tensor, ...], path: 
 def _save_onnx(
     model: nn.Module, trace_inputs: tuple[Tensor, ...], output_count: int, path: Path, exporter: OnnxExporter
 ) -> dict[str, Any]:
-    """ONNX with a dynamic batch axis; "auto" falls back to the TorchScript-based exporter on failure."""
+    """ONNX with a dynamic batch axis; "auto" picks one exporter (`auto_onnx_exporters`), the other on failure."""
+    writers = {
+        "dynamo": lambda: _export_onnx_dynamo(model, trace_inputs, path),
+        "torchscript": lambda: _export_onnx_torchscript(model, trace_inputs, output_count, path),
+    }
+    order = auto_onnx_exporters(model) if exporter == "auto" else (exporter,)
     record: dict[str, Any] = {}
-    if exporter in ("auto", "dynamo"):
+    for index, name in enumerate(order):
         try:
-            _export_onnx_dynamo(model, trace_inputs, path)
-            record["exporter"] = "dynamo"
+            writers[name]()
         except Exception as err:
-            if exporter == "dynamo":
+            if index == len(order) - 1:
                 raise
-            record["dynamo_failure"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
-    if "exporter" not in record:
-        _export_onnx_torchscript(model, trace_inputs, output_count, path)
-        record["exporter"] = "torchscript"
+            record[f"{name}_failure"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+            continue
+        record["exporter"] = name
+        break
+    if exporter == "auto":
+        record["exporter_choice"] = f"auto: {' then '.join(order)}" + (
+            " (recurrent layers: the dynamo exporter is slow on them)" if order[0] == "torchscript" else ""
+        )
     record["opset"] = _onnx_opset(path)
     return record
+
+
+def auto_onnx_exporters(model: nn.Module) -> tuple[str, str]:
+    """The "auto" exporter order: TorchScript-based first for models with recurrent layers, else dynamo.
+
+    Exporting a GRU/LSTM with `dynamo=True` takes 40–100 s even for a tiny model (it traces the recurrence
+    step by step), against well under a second with `dynamo=False`; both pass the ONNX Runtime check
+    (`scripts/bench_onnx_export.py` measures the ratio).
+    """
+    recurrent = any(isinstance(module, nn.RNNBase | nn.RNNCellBase) for module in model.modules())
+    return ("torchscript", "dynamo") if recurrent else ("dynamo", "torchscript")
 
 
 def _export_onnx_dynamo(model: nn.Module, trace_inputs: tuple[Tensor, ...], path: Path) -> None:

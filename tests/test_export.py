@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from deepiot.cost.counter import measure_cost
-from deepiot.export import TOLERANCE, ExportError, export_model, input_layout
+from deepiot.export import TOLERANCE, ExportError, auto_onnx_exporters, export_model, input_layout
 from deepiot.models import DeepSense, LeNet5, LSTMClassifier
 
 SMALL_MODELS = [
@@ -58,15 +58,38 @@ def test_exports_match_pytorch_and_manifest_describes_them(tmp_path, model, shap
 
 def test_dynamo_exporter_exports_a_recurrent_model(tmp_path):
     model = LSTMClassifier(input_shape=(12, 6), hidden_size=6, num_layers=2)
-    result = export_model(model, torch.randn(1, 12, 6), tmp_path, manifest_extra={}, formats=["onnx"])
+    example = torch.randn(1, 12, 6)
+    result = export_model(
+        model, example, tmp_path, manifest_extra={}, formats=["onnx"], onnx_exporter="dynamo"
+    )
     assert read_manifest(tmp_path)["onnx"]["exporter"] == "dynamo"
+    assert result.max_abs_diff["onnx"] <= TOLERANCE["onnx"]
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "expected"),
+    [
+        (LSTMClassifier(input_shape=(12, 6), hidden_size=6, num_layers=2), (12, 6), "torchscript"),
+        (nn.Sequential(nn.Conv1d(12, 4, 3), nn.Flatten(), nn.Linear(16, 3)), (12, 6), "dynamo"),
+    ],
+    ids=["recurrent", "convolutional"],
+)
+def test_auto_exporter_is_torchscript_based_for_recurrent_models_only(tmp_path, model, shape, expected):
+    assert auto_onnx_exporters(model)[0] == expected
+    result = export_model(model, torch.randn(1, *shape), tmp_path, manifest_extra={}, formats=["onnx"])
+    manifest = read_manifest(tmp_path)
+    assert manifest["onnx"]["exporter"] == expected
+    assert manifest["onnx"]["exporter_choice"].startswith(f"auto: {expected} then ")
     assert result.max_abs_diff["onnx"] <= TOLERANCE["onnx"]
 
 
 @pytest.mark.slow
 def test_dynamo_exporter_exports_deepsense(tmp_path):
     model = DeepSense()
-    result = export_model(model, torch.randn(1, 128, 6), tmp_path, manifest_extra={}, formats=["onnx"])
+    example = torch.randn(1, 128, 6)
+    result = export_model(
+        model, example, tmp_path, manifest_extra={}, formats=["onnx"], onnx_exporter="dynamo"
+    )
     assert read_manifest(tmp_path)["onnx"]["exporter"] == "dynamo"
     assert result.max_abs_diff["onnx"] <= TOLERANCE["onnx"]
 

@@ -13,7 +13,17 @@ from deepiot.models import LSTMClassifier
 from deepiot.structure import Structure, StructureError, slice_model
 from deepiot.structure.recurrent import StackedRNN, rnn_weight_matrix
 
-RECURRENT = {"stacked_lstm", "bidirectional_lstm", "stacked_gru", "deepsense", "cnn_lstm"}
+RECURRENT = {
+    "stacked_lstm",
+    "bidirectional_lstm",
+    "stacked_gru",
+    "deepsense",
+    "cnn_lstm",
+    "rnn_tanh_bidir_dropout",
+    "rnn_relu_bidir_dropout",
+    "conv_rnn_relu",
+    "dropout_lstm_gru",
+}
 
 
 class GRUStack(nn.Module):

@@ -119,7 +119,9 @@ def test_mask_of_zero_removes_a_sigmoid_unit_exactly():
     torch.testing.assert_close(output, expected, **TOLERANCE)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "residual_bn", "stacked_gru", "deepsense"])
+@pytest.mark.parametrize(
+    "name", ["lenet5", "residual_bn", "stacked_gru", "deepsense", "conv_rnn_relu", "dropout_lstm_gru"]
+)
 def test_gradients_reach_model_parameters_through_masks(name):
     model, x = build_case(name)
     model.train()
@@ -174,7 +176,7 @@ def test_masked_network_runs_any_batch_size_and_sequence_length():
         assert masked(torch.randn(batch, steps, 6), masks).shape == (batch, 4)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "deepsense", "stacked_gru"])
+@pytest.mark.parametrize("name", ["lenet5", "deepsense", "stacked_gru", "rnn_tanh_bidir_dropout"])
 def test_sliced_model_traces_with_torchscript(name):
     model, x = build_case(name)
     structure = Structure.from_model(model, x)
@@ -183,7 +185,17 @@ def test_sliced_model_traces_with_torchscript(name):
     torch.testing.assert_close(traced(x), sliced(x), **TOLERANCE)
 
 
-@pytest.mark.parametrize("name", ["hard_coded_view", "stacked_gru", "squeeze_excite"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hard_coded_view",
+        "stacked_gru",
+        "squeeze_excite",
+        "rnn_relu_bidir_dropout",
+        "conv_rnn_relu",
+        "dropout_lstm_gru",
+    ],
+)
 def test_sliced_model_exports_to_onnx(name, tmp_path):
     import onnxruntime
 

@@ -125,6 +125,51 @@ class GRUFinalState(nn.Module):
         return self.fc(torch.sigmoid(state[-1]))
 
 
+class ElmanClassifier(nn.Module):
+    """nn.RNN (2 layers, bidirectional, inter-layer dropout) on the raw input, classified from the mean step."""
+
+    def __init__(self, nonlinearity: str = "tanh") -> None:
+        super().__init__()
+        self.rnn = nn.RNN(
+            6, 7, 2, nonlinearity=nonlinearity, batch_first=True, bidirectional=True, dropout=0.3
+        )
+        self.fc = nn.Linear(14, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs, _ = self.rnn(x)  # [N, T, 14]
+        return self.fc(outputs.mean(dim=1))
+
+
+class ConvReluRNN(nn.Module):
+    """1-D conv, then a relu nn.RNN classified from its top layer's final state h_n[-1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(6, 8, 3, padding=1)
+        self.rnn = nn.RNN(8, 6, 2, nonlinearity="relu", batch_first=True)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = torch.tanh(self.conv(x.transpose(1, 2)))  # [N, 8, T]
+        _, state = self.rnn(features.transpose(1, 2))  # [2, N, 6]
+        return self.fc(state[-1])
+
+
+class DropoutLSTMGRU(nn.Module):
+    """A stacked LSTM then a stacked GRU, both with inter-layer dropout (trained that way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 5, 2, batch_first=True, dropout=0.25)
+        self.gru = nn.GRU(5, 4, 3, batch_first=True, dropout=0.5)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs, _ = self.lstm(x)  # [N, T, 5]
+        outputs, _ = self.gru(outputs)  # [N, T, 4]
+        return self.fc(outputs[:, -1])
+
+
 class HardCodedView(nn.Module):
     """LeNet-like CNN with a hard-coded flatten size `view(-1, 16 * 5 * 5)` (rewritten when slicing)."""
 
@@ -237,6 +282,28 @@ CASES: dict[str, Case] = {
         {"lstm.l0": ("rnn", 5), "lstm.l1": ("rnn", 5)},
     ),
     "stacked_gru": (GRUFinalState, (10, 6), {"gru.l0": ("rnn", 7), "gru.l1": ("rnn", 7)}),
+    "rnn_tanh_bidir_dropout": (ElmanClassifier, (9, 6), {"rnn.l0": ("rnn", 7), "rnn.l1": ("rnn", 7)}),
+    "rnn_relu_bidir_dropout": (
+        lambda: ElmanClassifier("relu"),
+        (9, 6),
+        {"rnn.l0": ("rnn", 7), "rnn.l1": ("rnn", 7)},
+    ),
+    "conv_rnn_relu": (
+        ConvReluRNN,
+        (10, 6),
+        {"conv": ("conv", 8), "rnn.l0": ("rnn", 6), "rnn.l1": ("rnn", 6)},
+    ),
+    "dropout_lstm_gru": (
+        DropoutLSTMGRU,
+        (8, 6),
+        {
+            "lstm.l0": ("rnn", 5),
+            "lstm.l1": ("rnn", 5),
+            "gru.l0": ("rnn", 4),
+            "gru.l1": ("rnn", 4),
+            "gru.l2": ("rnn", 4),
+        },
+    ),
     "deepsense": (
         lambda: DeepSense(conv_channels=6, gru_hidden=5, sensor_layers=2, merged_layers=2),
         (32, 6),

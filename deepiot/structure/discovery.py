@@ -30,6 +30,7 @@ from deepiot.structure.infos import (
     to_meta,
 )
 from deepiot.structure.layout import Layout, Segment, layout_width, rename, tile
+from deepiot.structure.recurrent import RECURRENT_TYPES
 
 ExampleInputs = Tensor | tuple[Tensor, ...]
 MaskSegment = tuple[str | None, int, int, str]  # (group, count, repeat, mode: "mask" | "indicator" | "none")
@@ -38,14 +39,14 @@ MaskSpec = tuple[tuple[MaskSegment, ...], int, int | None]  # (segments, channel
 HOW_TO_DECLARE = (
     "To compress the rest of the model, keep the producer(s) of these channels uncompressed with "
     "Structure.from_model(model, example_inputs, exclude={producers!r}), or rewrite the op with supported "
-    "layers (Linear/Conv1d/Conv2d/LSTM/GRU, BatchNorm, activations, pooling, dropout, flatten/view, cat, "
+    "layers (Linear/Conv1d/Conv2d/LSTM/GRU/RNN, BatchNorm, activations, pooling, dropout, flatten/view, cat, "
     "residual add/mul)."
 )
 
 
 @dataclass(frozen=True)
 class Producer:
-    """One producer id: a Linear/Conv module, or one layer of an LSTM/GRU ("<module>.l<i>")."""
+    """One producer id: a Linear/Conv module, or one layer of an LSTM/GRU/RNN ("<module>.l<i>")."""
 
     kind: str  # "linear" | "conv" | "rnn"
     size: int
@@ -145,8 +146,9 @@ def record_metas(graph_module: fx.GraphModule, inputs: tuple[Tensor, ...]) -> tu
     except Exception as error:
         raise StructureError(
             f"running the traced model on example inputs of shape {[tuple(v.shape) for v in inputs]} and on "
-            f"one more sample failed ({type(error).__name__}: {error}); the model must accept any batch size "
-            "with the batch as dimension 0 of every input."
+            f"one more sample failed ({type(error).__name__}: {_first_line(error)}); the example inputs must "
+            "have the shape the model takes, and the model must accept any batch size with the batch as "
+            "dimension 0 of every input."
         ) from error
     finally:
         for module, training in modes.items():
@@ -246,17 +248,22 @@ class Discovery:
         return f"function {getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
 
     def fail(self, node: fx.Node, reason: str) -> None:
-        """Raise a `StructureError` naming the node, its op/module type and how to declare groups."""
-        producers = sorted(
-            {
-                self.producers[g].module if self.producers[g].layer is None else g
-                for g in self.groups_in_args(node)
-            }
-        )
+        """Raise a `StructureError` naming the node, its op/module type and how to declare groups.
+
+        The producers named are every member of the merged groups involved (a residual stream's stem and
+        all its branches), so one `exclude=[...]` with them gets past this node.
+        """
+        producers = self.group_members(self.groups_in_args(node))
         raise StructureError(
             f"deepiot cannot follow hidden-element groups {producers} through node '{node.name}' "
             f"({self.describe(node)}): {reason}. " + HOW_TO_DECLARE.format(producers=producers)
         )
+
+    def group_members(self, groups: Sequence[str]) -> list[str]:
+        """Exclude-able names of every producer merged with any of `groups` (module, or "<rnn>.l<i>")."""
+        roots = {self.find(group) for group in groups}
+        members = [producer for producer in self.producers if self.find(producer) in roots]
+        return sorted({self.producers[p].module if self.producers[p].layer is None else p for p in members})
 
     def check_no_cell_state(self, node: fx.Node) -> None:
         for value in node.all_input_nodes:
@@ -338,9 +345,9 @@ class Discovery:
     def record_activation_call(self, node: fx.Node) -> None:
         """Input + output bytes of one leaf-module call at batch 1, as terms of kept counts.
 
-        An LSTM/GRU records one call per layer (`rnn_layer_calls`), as the cost contract defines.
+        An LSTM/GRU/RNN records one call per layer (`rnn_layer_calls`), as the cost contract defines.
         """
-        if isinstance(self.module(node), nn.LSTM | nn.GRU):
+        if isinstance(self.module(node), RECURRENT_TYPES):
             self.activation_calls += self.rnn_layer_calls(node)
             return
         terms: list[tuple[int, tuple[Layout, ...]]] = []
@@ -349,7 +356,7 @@ class Discovery:
         self.activation_calls.append(terms)
 
     def rnn_layer_calls(self, node: fx.Node) -> list[list[tuple[int, tuple[Layout, ...]]]]:
-        """Bytes at batch 1 of each layer of one LSTM/GRU call, each layer counted as a call of its own.
+        """Bytes at batch 1 of each layer of one LSTM/GRU/RNN call, each layer counted as a call of its own.
 
         Layer l: input sequence (the module input, or layer l-1's output) + output sequence + final states
         h_n[l] (and c_n[l]) of all directions + its share of an initial state hx (the same definition as
@@ -439,7 +446,7 @@ class Discovery:
         if unknown:
             raise StructureError(
                 f"exclude names {unknown}, which are not producers of this model; producers are the "
-                f"Linear/Conv/LSTM/GRU modules called in forward: {sorted(self.seen_producer_names)} "
+                f"Linear/Conv/LSTM/GRU/RNN modules called in forward: {sorted(self.seen_producer_names)} "
                 "(an RNN layer alone is '<module>.l<i>')."
             )
 
@@ -513,7 +520,9 @@ class Discovery:
                 raise StructureError(
                     f"module '{module_name}' is called several times (e.g. node '{node.name}') on inputs whose "
                     "channels belong to different groups, so one sliced module cannot serve every call. "
-                    + HOW_TO_DECLARE.format(producers=sorted(set(info_groups(self.info(node.args[0])))))
+                    + HOW_TO_DECLARE.format(
+                        producers=self.group_members(info_groups(self.info(node.args[0])))
+                    )
                 )
             resolved[module_name] = variants.pop()
         return resolved
@@ -560,6 +569,12 @@ class Discovery:
             activations=tuple(combine([renamed(raw) for raw in call]) for call in self.activation_calls),
             unknown_macs=tuple(self.unknown_macs),
         )
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's first message line (torch.fx appends a long traceback of the graph node)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _scaled(total: int, layout: Layout) -> tuple[int, tuple[Layout, ...]]:

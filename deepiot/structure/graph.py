@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.fx as fx
@@ -24,7 +24,7 @@ KeptIndices = Mapping[str, Sequence[int] | Tensor]
 class Group:
     """Hidden elements that share one mask: the output units of `modules` (producer ids, forward order).
 
-    `name` is the first producer's qualified module name ("conv1", "features.0"); an LSTM/GRU layer i of
+    `name` is the first producer's qualified module name ("conv1", "features.0"); an LSTM/GRU/RNN layer i of
     module "gru" is the producer "gru.l0", "gru.l1", ... (both directions of a layer share its units).
     """
 
@@ -60,7 +60,7 @@ class Structure:
     ) -> Structure:
         """Discover the groups of `model` by tracing it and running it on `example_inputs` (batch first).
 
-        Producers: nn.Linear, nn.Conv1d/2d/3d (groups=1), nn.LSTM/nn.GRU (one group per layer), except
+        Producers: nn.Linear, nn.Conv1d/2d/3d (groups=1), nn.LSTM/nn.GRU/nn.RNN (one group per layer), except
         those whose values reach the model output. Followed through: BatchNorm, activations, dropout,
         pooling, LayerNorm/softmax over other dims, flatten/view/reshape/transpose/permute/(un)squeeze,
         indexing and reductions over other dims, cat (channel dim: segments join; other dims: groups
@@ -79,6 +79,7 @@ class Structure:
             StructureError: an op or module touching a group's channels is not understood (the message
                 names the node, its type and the `exclude=` that works around it).
         """
+        _check_from_model_arguments(model, declared, exclude)
         discovery = Discovery(model, example_inputs, exclude)
         discovery.run()
         return cls(discovery.resolve(declared or []), discovery.inputs)
@@ -136,7 +137,9 @@ class Structure:
         if self.data.cost_model.unknown_macs:
             raise StructureError(
                 f"structure cost: the MACs of {list(self.data.cost_model.unknown_macs)} are not defined by the "
-                "cost contract (only Linear, Conv and LSTM/GRU compute is counted)."
+                "cost contract (it counts Linear, Conv1d/2d/3d and LSTM/GRU/RNN compute; normalisation and "
+                "embeddings count 0). Rewrite these modules with supported layers (e.g. in a custom module "
+                "whose forward uses them), so that their compute can be counted and sliced."
             )
         counts: dict[str, int | Tensor] = dict(self.group_sizes)
         for name, count in (kept or {}).items():
@@ -242,3 +245,18 @@ def _checked_indices(name: str, value: Sequence[int] | Tensor, size: int) -> Ten
             f"kept indices of group {name!r} must be sorted and distinct, got {indices.tolist()}."
         )
     return indices.long()
+
+
+def _check_from_model_arguments(model: Any, declared: Any, exclude: Any) -> None:
+    """Reject a non-module model, and a string `declared` / `exclude` (it would be read letter by letter)."""
+    if not isinstance(model, nn.Module):
+        raise StructureError(
+            f"Structure.from_model needs an nn.Module (a model whose forward returns logits), got "
+            f"{type(model).__name__}."
+        )
+    for name, value, example in (("exclude", exclude, "['fc1']"), ("declared", declared, "[['a', 'b']]")):
+        if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset | None):
+            raise StructureError(
+                f"Structure.from_model: {name} must be a list of producer names (e.g. {name}={example}), "
+                f"got {type(value).__name__} {value!r}."
+            )

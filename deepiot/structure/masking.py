@@ -1,7 +1,7 @@
 """Masked execution of the critic: hidden elements multiplied by per-sample masks, once on every path.
 
 Mask placement rule: a group's values are multiplied by its mask where they ENTER A CONSUMER (Linear,
-Conv, LSTM/GRU input) — after every channel-preserving op (BN, activation, pooling, residual add,
+Conv, LSTM/GRU/RNN input) — after every channel-preserving op (BN, activation, pooling, residual add,
 flatten, cat). On the chain conv → BN → act → pool → consumer this is the paper's "dropout after the
 activation"; and because a consumer is linear in each input channel, a 0 there is exactly the channel
 removed, whatever came before (sigmoid(0) = 0.5 never leaks, BN after an add is fine). RNN hidden units

@@ -100,6 +100,11 @@ class SlicingPlan:
                     f"(the model has {list(expected)})."
                 )
         for name, size in expected.items():
+            if type(self.group_sizes[name]) is not int:
+                raise StructureError(
+                    f"slicing plan group_sizes[{name!r}] must be an int (the group's size), got "
+                    f"{self.group_sizes[name]!r}."
+                )
             if self.group_sizes[name] != size:
                 raise StructureError(
                     f"slicing plan says group {name!r} has {self.group_sizes[name]} elements, but the model's has "
@@ -119,7 +124,7 @@ def build_sliced_model(
     `state_dict` is either the full model's (e.g. the fine-tuned critic: it is sliced) or the sliced
     model's own (e.g. after fine-tuning the small model: it is loaded into the rebuilt architecture).
     """
-    model = build_model(plan.model_config)
+    model = rebuild_original(plan.model_config)
     structure = Structure.from_model(model, example_inputs)
     plan.validate(structure)
     if _fits(model, state_dict):
@@ -134,6 +139,40 @@ def build_sliced_model(
         f"difference from the full model: {_first_mismatch(model, state_dict)}); pass the full trained "
         "model's or the sliced model's state_dict."
     )
+
+
+def rebuild_original(model_config: dict[str, Any]) -> nn.Module:
+    """The original (unsliced) model of a plan's `model_config`, or a StructureError saying what is missing."""
+    remedy = (
+        "A plan rebuilds the model from model_config = {'_target_': '<package.module.Class>', <constructor "
+        "keyword arguments>, 'input_shape': [...]} (input_shape is passed only if the constructor takes it). "
+        "deepiot.compress(...) stores '_target_' and input_shape by itself when the class is importable and "
+        "constructible without arguments; otherwise pass outputs=OutputOptions(model_config={...}), or build "
+        "the model yourself and call slice_model(model, Structure.from_model(model, x), plan.kept)."
+    )
+    if "_target_" not in model_config:
+        raise StructureError(
+            f"the slicing plan cannot rebuild its model: model_config has no '_target_' "
+            f"(keys: {sorted(model_config)}). {remedy}"
+        )
+    if not isinstance(model_config["_target_"], str):
+        raise StructureError(
+            f"the slicing plan cannot rebuild its model: model_config['_target_'] must be a string import "
+            f"path, got {model_config['_target_']!r}. {remedy}"
+        )
+    try:
+        model = build_model(model_config)
+    except Exception as error:  # ImportError, hydra's InstantiationException wrapping the constructor's error
+        raise StructureError(
+            f"the slicing plan cannot rebuild its model {model_config['_target_']!r} from model_config "
+            f"{model_config}: {type(error).__name__}: {' '.join(str(error).split())[:400]}. {remedy}"
+        ) from error
+    if not isinstance(model, nn.Module):
+        raise StructureError(
+            f"the slicing plan's model_config['_target_'] = {model_config['_target_']!r} built a "
+            f"{type(model).__name__}, not an nn.Module. {remedy}"
+        )
+    return model
 
 
 def _fits(model: nn.Module, state_dict: dict[str, Tensor]) -> bool:

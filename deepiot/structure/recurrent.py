@@ -1,19 +1,22 @@
-"""Recurrent (LSTM/GRU) primitives of the structure layer: masked recurrence, physical slicing, weights, cost.
+"""Recurrent (LSTM/GRU/RNN) primitives of the structure layer: masked recurrence, slicing, weights, cost.
 
-A hidden element of an LSTM/GRU layer is one hidden unit. DeepIoT (DESIGN §2) drops a unit by multiplying
-its hidden state h_t by a mask at EVERY time step inside the recurrence, so a dropped unit feeds neither the
-next step nor the next layer; with hard 0/1 masks this equals the network with the unit removed.
+A hidden element of an LSTM/GRU/RNN (Elman, tanh or relu) layer is one hidden unit. DeepIoT (DESIGN §2)
+drops a unit by multiplying its hidden state h_t by a mask at EVERY time step inside the recurrence, so a
+dropped unit feeds neither the next step nor the next layer; with hard 0/1 masks this equals the network
+without the unit.
 `masked_rnn_forward` computes exactly that, `slice_rnn` builds the physically smaller module, and
 `rnn_weight_matrix` / `rnn_layer_macs` / `rnn_layer_params` give the compressor and the cost model their inputs.
 
 Conventions shared by every function here:
-- Gate order is PyTorch's: LSTM (i, f, g, o), GRU (r, z, n); gate k of unit j is row k·H + j of every
-  weight_ih / weight_hh / bias.
+- Gate order is PyTorch's: LSTM (i, f, g, o), GRU (r, z, n), RNN (one block); gate k of unit j is row
+  k·H + j of every weight_ih / weight_hh / bias.
 - Both directions of a bidirectional layer share the unit index and therefore one mask (and one kept set).
 - LSTM cell state c is never masked: c_j reaches other units only through h_j = o_j·tanh(c_j), so masking h_j
   alone removes unit j exactly. The returned c_n is the cell's true state (dropped units keep their values),
   which makes running a sequence in chunks — feeding (h_n, c_n) back as hx — equal to one run.
 - `hx` is taken as an already-masked state (like the returned h_n) and used as given.
+- Inter-layer dropout (`dropout` > 0, training mode) is applied to each layer's masked output sequence
+  before the next layer, like PyTorch's fused modules; a dropped unit stays exactly 0 through it.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-GATES = {"LSTM": 4, "GRU": 3}
-_KINDS = {"lstm": "LSTM", "gru": "GRU"}
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_KINDS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}
+RECURRENT_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
 
 
 class _RNNSpec(NamedTuple):
-    """Shape facts of an nn.LSTM / nn.GRU / StackedRNN, read from the module."""
+    """Shape facts of an nn.LSTM / nn.GRU / nn.RNN / StackedRNN, read from the module."""
 
-    mode: str  # "LSTM" or "GRU"
+    mode: str  # "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"
     input_size: int
     hidden_sizes: tuple[int, ...]  # one per layer
     directions: int
@@ -56,11 +60,11 @@ class _DirectionWeights(NamedTuple):
 
 
 def _check_single_rnn(module: nn.Module, what: str) -> None:
-    """Raise unless `module` is an nn.LSTM / nn.GRU without projections."""
-    if not isinstance(module, nn.LSTM | nn.GRU):
+    """Raise unless `module` is an nn.LSTM / nn.GRU / nn.RNN without projections."""
+    if not isinstance(module, RECURRENT_TYPES):
         raise ValueError(
-            f"{what} expects an nn.LSTM, nn.GRU or StackedRNN, got {type(module).__name__}; "
-            "other recurrent modules (nn.RNN, custom cells) are not supported — declare their groups by hand."
+            f"{what} expects an nn.LSTM, nn.GRU, nn.RNN or StackedRNN, got {type(module).__name__}; "
+            "other recurrent modules (cells stepped in Python, custom recurrences) are not supported."
         )
     if getattr(module, "proj_size", 0) > 0:
         raise ValueError(
@@ -118,12 +122,12 @@ def masked_rnn_forward(
     hidden_masks: Sequence[Tensor | None] | None = None,
     hx: Tensor | tuple | None = None,
 ) -> tuple[Tensor, Tensor | tuple]:
-    """Run `module` (nn.LSTM / nn.GRU / StackedRNN) with its hidden units masked inside the recurrence.
+    """Run `module` (nn.LSTM / nn.GRU / nn.RNN / StackedRNN) with hidden units masked inside the recurrence.
 
     Called and returning exactly like `module(x, hx)`. `hidden_masks[layer]` is a float mask [N, H_l]
     (per sequence) or [H_l] (shared); it multiplies h_t after the cell computes it and before h_t feeds
-    step t+1 and the next layer, for both directions. With every mask None this equals `module(x, hx)`.
-    Only eval-mode inter-layer dropout is reproduced (a training module with dropout > 0 is refused).
+    step t+1 and the next layer, for both directions. With every mask None this equals `module(x, hx)`
+    (in training mode with dropout > 0, up to the random draw of the inter-layer dropout).
 
     Args:
         module: the recurrent module; its parameters are used directly, so gradients reach them.
@@ -132,7 +136,7 @@ def masked_rnn_forward(
         hx: initial state in the module's own format (taken as already masked); None = zeros.
 
     Returns:
-        (output, h_n) for GRU, (output, (h_n, c_n)) for LSTM; h_n is masked, c_n is the true cell state.
+        (output, h_n) for GRU/RNN, (output, (h_n, c_n)) for LSTM; h_n is masked, c_n is the true cell state.
     """
     spec = _spec(module, "masked_rnn_forward")
     _check_forward_input(module, spec, x, hidden_masks)
@@ -152,6 +156,10 @@ def masked_rnn_forward(
             final_h.append(h)
             final_c.extend([] if c is None else [c])
         sequence = torch.cat(outputs, dim=2)  # [T, N, D*H_l]
+        if module.training and spec.dropout > 0 and layer < spec.num_layers - 1:
+            sequence = F.dropout(
+                sequence, spec.dropout, training=True
+            )  # like the fused module, between layers
     return _pack_outputs(module, spec, sequence, final_h, final_c, unbatched)
 
 
@@ -168,11 +176,6 @@ def _check_forward_input(
         raise ValueError(
             f"masked_rnn_forward expected input [N, T, {spec.input_size}] / [T, N, {spec.input_size}] or "
             f"unbatched [T, {spec.input_size}], got shape {tuple(x.shape)}."
-        )
-    if module.training and spec.dropout > 0 and spec.num_layers > 1:
-        raise ValueError(
-            f"masked_rnn_forward reproduces only eval-mode inter-layer dropout, but the module is training "
-            f"with dropout={spec.dropout}; call module.eval() or set its dropout to 0."
         )
     if hidden_masks is not None and len(hidden_masks) != spec.num_layers:
         raise ValueError(
@@ -225,9 +228,9 @@ def _run_direction(
     reverse: bool,
 ) -> tuple[Tensor, tuple[Tensor, Tensor | None]]:
     """One layer, one direction: sequence [T, N, F] → outputs [T, N, H], final (h, c)."""
-    # The input projection of all steps in one matmul; for LSTM both biases fold into it.
+    # The input projection of all steps in one matmul; for LSTM and RNN both biases fold into it.
     input_bias = weights.bias_ih
-    if mode == "LSTM" and weights.bias_ih is not None:
+    if mode != "GRU" and weights.bias_ih is not None:
         input_bias = weights.bias_ih + weights.bias_hh
     # unbind (not indexing per step): its backward is one stack instead of T zero-filled [T, N, G*H] tensors.
     projected = F.linear(sequence, weights.weight_ih, input_bias).unbind(0)  # T × [N, G*H]
@@ -236,8 +239,10 @@ def _run_direction(
     for step_input in reversed(projected) if reverse else projected:
         if mode == "LSTM":
             h, c = _lstm_step(step_input, h, c, weights.weight_hh)
-        else:
+        elif mode == "GRU":
             h = _gru_step(step_input, h, weights.weight_hh, weights.bias_hh)
+        else:
+            h = _elman_step(step_input, h, weights.weight_hh, relu=mode == "RNN_RELU")
         if mask is not None:
             h = h * mask  # [N, H] * ([N, H] or [H])
         outputs.append(h)
@@ -263,6 +268,12 @@ def _gru_step(projected: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor |
     update = torch.sigmoid(update_x + update_h)
     candidate = torch.tanh(new_x + reset * new_h)
     return candidate + update * (h - candidate)  # (1 - z)·n + z·h
+
+
+def _elman_step(projected: Tensor, h: Tensor, weight_hh: Tensor, relu: bool) -> Tensor:
+    """Elman RNN cell; `projected` [N, H] already holds W_ih·x + b_ih + b_hh."""
+    pre_activation = torch.addmm(projected, h, weight_hh.t())  # [N, H]
+    return torch.relu(pre_activation) if relu else torch.tanh(pre_activation)
 
 
 def _pack_outputs(
@@ -295,21 +306,22 @@ def _pack_outputs(
 
 
 class StackedRNN(nn.Module):
-    """Single-layer nn.LSTM / nn.GRU modules of different hidden sizes, called like one multi-layer module.
+    """Single-layer nn.LSTM / nn.GRU / nn.RNN modules of different widths, called like one multi-layer module.
 
-    `StackedRNN(layers)` returns a `StackedLSTM` or `StackedGRU` (each has a statically typed forward, so
-    TorchScript compiles it). The final states of layers with different widths cannot be stacked into one
-    tensor, so h_n (and c_n) is a tuple of per-layer tensors [directions, N, H_l] (a list under TorchScript);
-    `h_n[-1]` is still the top layer. `hx` uses the same per-layer format. Inter-layer dropout (training only)
-    is applied between layers like nn.LSTM's.
+    `StackedRNN(layers)` returns a `StackedLSTM`, `StackedGRU` or `StackedElmanRNN` (each has a statically
+    typed forward, so TorchScript compiles it). The final states of layers with different widths cannot be
+    stacked into one tensor, so h_n (and c_n) is a tuple of per-layer tensors [directions, N, H_l] (a list
+    under TorchScript); `h_n[-1]` is still the top layer. `hx` uses the same per-layer format. Inter-layer
+    dropout (training only) is applied between layers like nn.LSTM's.
     """
 
     def __new__(cls, layers: Sequence[nn.Module] | None = None, *args, **kwargs):
         if cls is StackedRNN and layers:
-            cls = StackedLSTM if isinstance(layers[0], nn.LSTM) else StackedGRU
+            by_type = ((nn.LSTM, StackedLSTM), (nn.GRU, StackedGRU), (nn.RNN, StackedElmanRNN))
+            cls = next((stacked for kind, stacked in by_type if isinstance(layers[0], kind)), cls)
         return super().__new__(cls)
 
-    def __init__(self, layers: Sequence[nn.LSTM | nn.GRU], dropout: float = 0.0) -> None:
+    def __init__(self, layers: Sequence[nn.LSTM | nn.GRU | nn.RNN], dropout: float = 0.0) -> None:
         super().__init__()
         _check_stackable(layers)
         self.layers = nn.ModuleList(layers)
@@ -373,6 +385,10 @@ class StackedGRU(StackedRNN):
         return x, tuple(finals)
 
 
+class StackedElmanRNN(StackedGRU):
+    """A `StackedRNN` of nn.RNN (tanh or relu) layers: forward(x, hx) → (output, h_n per layer)."""
+
+
 class StackedLSTM(StackedRNN):
     """A `StackedRNN` of nn.LSTM layers: forward(x, (h0s, c0s)) → (output, (h_n, c_n) per layer)."""
 
@@ -412,7 +428,7 @@ def slice_rnn(
     same number of units, otherwise a `StackedRNN`.
 
     Args:
-        module: nn.LSTM, nn.GRU or StackedRNN.
+        module: nn.LSTM, nn.GRU, nn.RNN or StackedRNN.
         kept_input: indices into the input features; None keeps all.
         kept_hidden: per layer, indices of the hidden units to keep (at least one each).
     """
@@ -499,10 +515,11 @@ def _build_rnn(
     num_layers: int,
     layer_states: list[dict[str, Tensor]],
     reference: Tensor,
-) -> nn.LSTM | nn.GRU:
-    """A fresh nn.LSTM / nn.GRU loaded with the per-layer sliced parameters."""
-    module_type = nn.LSTM if spec.mode == "LSTM" else nn.GRU
-    module = module_type(
+) -> nn.LSTM | nn.GRU | nn.RNN:
+    """A fresh nn.LSTM / nn.GRU / nn.RNN loaded with the per-layer sliced parameters."""
+    module_types = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
+    nonlinearity = {"RNN_TANH": {"nonlinearity": "tanh"}, "RNN_RELU": {"nonlinearity": "relu"}}
+    module = module_types[spec.mode](
         input_size,
         hidden_size,
         num_layers,
@@ -510,6 +527,7 @@ def _build_rnn(
         batch_first=spec.batch_first,
         dropout=spec.dropout if num_layers > 1 else 0.0,
         bidirectional=spec.directions == 2,
+        **nonlinearity.get(spec.mode, {}),
         device=reference.device,
         dtype=reference.dtype,
     )
@@ -553,7 +571,7 @@ def rnn_weight_matrix(module: nn.Module, layer: int) -> Tensor:
 
 
 def rnn_kind(module: nn.Module) -> str:
-    """The kind of an nn.LSTM / nn.GRU / StackedRNN: "lstm" or "gru"."""
+    """The kind of an nn.LSTM / nn.GRU / nn.RNN / StackedRNN: "lstm", "gru", "rnn_tanh" or "rnn_relu"."""
     return _spec(module, "rnn_kind").mode.lower()
 
 
@@ -580,8 +598,8 @@ def rnn_layer_macs(
 def rnn_layer_params(
     kind: str, in_features: int | Tensor, hidden: int | Tensor, bias: bool = True, bidirectional: bool = False
 ) -> int | Tensor:
-    """Parameters of one LSTM/GRU layer: directions · G·H·(in + H + 2·bias) (ints or Tensors [N])."""
+    """Parameters of one LSTM/GRU/RNN layer: directions · G·H·(in + H + 2·bias) (ints or Tensors [N])."""
     if kind.lower() not in _KINDS:
-        raise ValueError(f"rnn_layer_params: kind must be 'lstm' or 'gru', got {kind!r}.")
+        raise ValueError(f"rnn_layer_params: kind must be one of {sorted(_KINDS)}, got {kind!r}.")
     gates = GATES[_KINDS[kind.lower()]]
     return (2 if bidirectional else 1) * gates * hidden * (in_features + hidden + (2 if bias else 0))

@@ -19,7 +19,7 @@ from torch import nn
 from deepiot.structure.discovery import Discovery, ModuleUse, fixed, with_clean
 from deepiot.structure.infos import Info, StackedInfo, TensorInfo, TensorMeta, TupleInfo, tensor_info
 from deepiot.structure.layout import Layout, Segment, layout_width, spread, tile, unspread, untile
-from deepiot.structure.recurrent import GATES
+from deepiot.structure.recurrent import GATES, RECURRENT_TYPES
 
 ModuleRule = Callable[[Discovery, fx.Node, nn.Module], Info]
 OpRule = Callable[[Discovery, fx.Node, str], Info]
@@ -96,7 +96,7 @@ def _conv(ctx: Discovery, node: fx.Node, module: nn.modules.conv._ConvNd) -> Inf
     return tensor_info(1, out_layout)
 
 
-def _recurrent(ctx: Discovery, node: fx.Node, module: nn.LSTM | nn.GRU) -> Info:
+def _recurrent(ctx: Discovery, node: fx.Node, module: nn.LSTM | nn.GRU | nn.RNN) -> Info:
     if getattr(module, "proj_size", 0) > 0:
         ctx.fail(node, f"nn.LSTM with proj_size={module.proj_size} is not supported")
     info = _first_info(ctx, node)
@@ -127,7 +127,7 @@ def _recurrent(ctx: Discovery, node: fx.Node, module: nn.LSTM | nn.GRU) -> Info:
 
 
 def _recurrent_outputs(node: fx.Node, module: nn.Module, layouts: list[Layout], directions: int) -> Info:
-    """(output [N, T, D·H_top], h_n) for GRU, (output, (h_n, c_n)) for LSTM."""
+    """(output [N, T, D·H_top], h_n) for GRU/RNN, (output, (h_n, c_n)) for LSTM."""
     output = tensor_info(2, tile(layouts[-1], directions), clean=True)
     per_state = [layouts[index // directions] for index in range(len(layouts) * directions)]
 
@@ -194,7 +194,7 @@ POOL_MODULES = (
 MODULE_RULES: tuple[tuple[type | tuple[type, ...], ModuleRule], ...] = (
     (nn.Linear, _linear),
     (nn.modules.conv._ConvNd, _conv),
-    ((nn.LSTM, nn.GRU), _recurrent),
+    (RECURRENT_TYPES, _recurrent),
     (nn.modules.batchnorm._BatchNorm, _batchnorm),
     (ZERO_PRESERVING_MODULES, _elementwise_module(zero_preserving=True)),
     (OTHER_ELEMENTWISE_MODULES, _elementwise_module(zero_preserving=False)),

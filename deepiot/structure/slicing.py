@@ -1,6 +1,6 @@
 """Physical slicing: a new, smaller model of standard layers that computes the hard-masked network.
 
-One small slicing function per layer type (Linear, Conv, BatchNorm, LSTM/GRU via `slice_rnn`), each
+One small slicing function per layer type (Linear, Conv, BatchNorm, LSTM/GRU/RNN via `slice_rnn`), each
 cutting every tensor dimension to the positions its layout keeps — producer outputs by the group's kept
 indices, consumer inputs by the expanded layout (channel × flattened positions, cat offsets,
 bidirectional halves). The result is a `torch.fx.GraphModule` (plain `nn.Module`: TorchScript tracing and
