@@ -1,0 +1,230 @@
+"""`profile_device`: time the suite on this machine, fit the latency model, validate it, write the profile.
+
+Stages (each usable alone, so the timing can run on another device):
+1. `build_suite` + `write_onnx_suite`: ONNX files and `suite.json` (needs torch);
+2. timing: `ort_profile.py` (numpy + onnxruntime only) or `time_torch_suite` (PyTorch eager);
+3. `fit_profile`: per-kind layer models on 75% of the layer configurations, validated on the other 25%;
+   the whole-model overhead calibrated on 3 slicings per reference model, validated on the rest;
+   the result is `device_profile.json` (measurements, coefficients, fit quality) and `fit.png`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepiot.device import ort_profile
+from deepiot.device.latency_model import LatencyModel, fit_layers, fit_quality
+
+PROFILE_NAME = "device_profile.json"
+PLOT_NAME = "fit.png"
+PROFILE_FORMAT = "deepiot-device-profile/1"
+RUNTIMES = ("onnxruntime", "torch")
+GOALS = {"median_abs_rel_error": 0.10, "spearman": 0.90}
+CALIBRATION_SLICINGS = (1, 2, 3)  # per reference model: fit the overhead; all other slicings validate
+
+
+class ProfileError(ValueError):
+    """Bad profiling settings, or a suite / timings folder that does not fit together."""
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """How much to profile and how robustly: configurations, warm-up, repeats, interleaved rounds."""
+
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    seed: int = 0
+    per_kind: int = 40  # random configurations per layer kind
+    per_model: int = 12  # slicings per reference model (the first keeps everything)
+    warmup: int = 20
+    repeats: int = 60
+    rounds: int = 3
+    heldout_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ProfileError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}.")
+        if self.threads < 1 or self.warmup < 0 or not 1 <= self.rounds <= self.repeats:
+            raise ProfileError(
+                f"need threads >= 1, warmup >= 0 and 1 <= rounds <= repeats, got threads={self.threads}, "
+                f"warmup={self.warmup}, rounds={self.rounds}, repeats={self.repeats}."
+            )
+        if self.per_kind < 8 or self.per_model < max(CALIBRATION_SLICINGS) + 2:
+            raise ProfileError(f"need per_kind >= 8 and per_model >= {max(CALIBRATION_SLICINGS) + 2} to fit "
+                               f"and validate, got {self.per_kind} and {self.per_model}.")  # fmt: skip
+        if not 0.0 < self.heldout_fraction < 0.5:
+            raise ProfileError(f"heldout_fraction must lie in (0, 0.5), got {self.heldout_fraction}.")
+
+
+def profile_device(config: ProfileConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Build the suite, time it on this machine with `config.runtime`, fit and write the profile."""
+    from deepiot.device.suite import build_suite, write_onnx_suite
+
+    out_dir = Path(out_dir)
+    entries = build_suite(config.seed, config.per_kind, config.per_model)
+    descriptions = [entry.describe() for entry in entries]
+    if config.runtime == "onnxruntime":
+        suite_dir = out_dir / "suite"
+        write_onnx_suite(entries, suite_dir, asdict(config))
+        timings = ort_profile.profile_folder(suite_dir, config.threads, config.warmup, config.repeats,
+                                             config.rounds)  # fmt: skip
+    else:
+        timings = time_torch_suite(entries, config)
+    return write_profile(fit_profile(descriptions, timings, config), out_dir)
+
+
+def time_torch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str, Any]:
+    """Time every suite module in PyTorch eager mode (batch 1, inference mode), interleaved like ORT."""
+    import platform
+
+    import torch
+
+    from deepiot.cost.latency import time_interleaved, torch_threads
+
+    calls = {}
+    for entry in entries:
+        module, inputs = entry.module.eval(), entry.inputs
+        calls[entry.id] = lambda module=module, inputs=inputs: module(*inputs)
+    with torch_threads(config.threads), torch.inference_mode():
+        stats = time_interleaved(calls, config.warmup, config.repeats, config.rounds)
+    timings = {key: {"median_ms": s.median_ms, "p10_ms": s.p10_ms, "p90_ms": s.p90_ms, "repeats": s.repeats,
+                     "warmup": config.warmup} for key, s in stats.items()}  # fmt: skip
+    environment = {"runtime": "torch", "runtime_version": torch.__version__, "threads": config.threads,
+                   "machine": platform.machine(), "system": platform.platform()}  # fmt: skip
+    settings = {"warmup": config.warmup, "repeats": config.repeats, "rounds": config.rounds}
+    return {"environment": environment, "settings": settings, "timings": timings}
+
+
+def fit_profile(
+    descriptions: Sequence[Mapping[str, Any]], timings: Mapping[str, Any], config: ProfileConfig
+) -> dict[str, Any]:
+    """Fit and validate the latency model; the profile document (measurements, model, fit quality)."""
+    measured = timings["timings"]
+    missing = [entry["id"] for entry in descriptions if entry["id"] not in measured]
+    if missing:
+        raise ProfileError(f"the timings lack {len(missing)} suite entries (e.g. {missing[:3]}); time the "
+                           "same suite folder the profile is fitted from.")  # fmt: skip
+    layers = [entry for entry in descriptions if entry["kind"] != "model"]
+    models = [entry for entry in descriptions if entry["kind"] == "model"]
+    heldout = _heldout_mask(len(layers), config)
+    layer_times = np.array([measured[entry["id"]]["median_ms"] for entry in layers])
+    train_rows = [entry["layers"][0] for entry, out in zip(layers, heldout, strict=True) if not out]
+    latency_model = fit_layers(train_rows, layer_times[~heldout])
+    calibration = np.array([int(entry["id"].rsplit("_", 1)[1]) in CALIBRATION_SLICINGS for entry in models])
+    model_times = np.array([measured[entry["id"]]["median_ms"] for entry in models])
+    latency_model = latency_model.with_overhead(
+        [entry["layers"] for entry, chosen in zip(models, calibration, strict=True) if chosen],
+        model_times[calibration],
+    )
+    layer_pred = np.array([float(latency_model.layer_ms(e["kind"], e["layers"][0]["features"])) for e in layers])
+    model_pred = np.array([float(latency_model.model_ms(entry["layers"])) for entry in models])
+    quality = _quality(layers, layer_pred, layer_times, heldout, models, model_pred, model_times, ~calibration)
+    rows = [_measurement(entry, measured, p, out) for entry, p, out in zip(layers, layer_pred, heldout, strict=True)]
+    rows += [_measurement(entry, measured, p, not cal) for entry, p, cal in zip(models, model_pred, calibration,
+                                                                                   strict=True)]  # fmt: skip
+    return {
+        "format": PROFILE_FORMAT,
+        "environment": timings["environment"],
+        "settings": {**asdict(config), **timings.get("settings", {})},
+        "latency_model": latency_model.to_dict(),
+        "fit_quality": quality,
+        "measurements": rows,
+    }
+
+
+def _heldout_mask(count: int, config: ProfileConfig) -> np.ndarray:
+    rng = np.random.default_rng(config.seed + 1)
+    mask = np.zeros(count, dtype=bool)
+    mask[rng.choice(count, size=max(1, int(round(config.heldout_fraction * count))), replace=False)] = True
+    return mask
+
+
+def _measurement(entry: Mapping[str, Any], measured: Mapping[str, Any], predicted: float, validation: bool) -> dict:
+    keep = ("kind", "architecture", "geometry", "kept_counts")
+    return {"id": entry["id"], **{key: entry[key] for key in keep if key in entry},
+            "validation": bool(validation), "predicted_ms": float(predicted), **measured[entry["id"]]}  # fmt: skip
+
+
+def _quality(
+    layers: Sequence[Mapping[str, Any]], layer_pred: np.ndarray, layer_times: np.ndarray, heldout: np.ndarray,
+    models: Sequence[Mapping[str, Any]], model_pred: np.ndarray, model_times: np.ndarray, validation: np.ndarray,
+) -> dict[str, Any]:  # fmt: skip
+    kinds = np.array([entry["kind"] for entry in layers])
+    architectures = np.array([entry["architecture"] for entry in models])
+    per_kind = {kind: fit_quality(layer_pred[heldout & (kinds == kind)], layer_times[heldout & (kinds == kind)])
+                for kind in sorted(set(kinds))}  # fmt: skip
+    per_model = {arch: fit_quality(model_pred[validation & (architectures == arch)],
+                                   model_times[validation & (architectures == arch)])
+                 for arch in sorted(set(architectures))}  # fmt: skip
+    summary = {
+        "heldout_layers": fit_quality(layer_pred[heldout], layer_times[heldout]),
+        "sliced_models": fit_quality(model_pred[validation], model_times[validation]),
+    }
+    worst_spearman = min(quality["spearman"] for quality in per_model.values())
+    meets = (summary["heldout_layers"]["median_abs_rel_error"] <= GOALS["median_abs_rel_error"]
+             and summary["sliced_models"]["median_abs_rel_error"] <= GOALS["median_abs_rel_error"]
+             and worst_spearman >= GOALS["spearman"])  # fmt: skip
+    return {**summary, "heldout_layers_by_kind": per_kind, "sliced_models_by_architecture": per_model,
+            "goals": GOALS, "meets_goals": bool(meets)}  # fmt: skip
+
+
+def write_profile(profile: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Write `device_profile.json` and the predicted-vs-measured plot `fit.png` into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PROFILE_NAME).write_text(json.dumps(profile, indent=1))
+    plot_fit(profile, out_dir / PLOT_NAME)
+    return dict(profile)
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    """A `device_profile.json` (or the folder holding one), checked for its format."""
+    path = Path(path)
+    path = path / PROFILE_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise ProfileError(f"no device profile at {path}; make one with deepiot-profile.")
+    profile = json.loads(path.read_text())
+    if profile.get("format") != PROFILE_FORMAT:
+        raise ProfileError(f"{path} is not a {PROFILE_FORMAT} document (format {profile.get('format')!r}).")
+    return profile
+
+
+def plot_fit(profile: Mapping[str, Any], path: Path) -> None:
+    """Predicted vs measured latency (log-log) for the validation points, with the ±10% band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in profile["measurements"] if row["validation"]]
+    figure, axis = plt.subplots(figsize=(6.4, 5.6))
+    groups = sorted({row.get("architecture") or row["kind"] for row in rows})
+    for group in groups:
+        chosen = [row for row in rows if (row.get("architecture") or row["kind"]) == group]
+        is_model = "architecture" in chosen[0]
+        axis.scatter([r["median_ms"] for r in chosen], [r["predicted_ms"] for r in chosen],
+                     s=36 if is_model else 12, marker="o" if is_model else ".",
+                     label=f"sliced {group}" if is_model else f"{group} layer")  # fmt: skip
+    values = [value for row in rows for value in (row["median_ms"], row["predicted_ms"])]
+    line = np.geomspace(min(values) * 0.8, max(values) * 1.25, 50)
+    axis.plot(line, line, color="black", linewidth=0.8)
+    axis.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.2, label="±10%")
+    axis.set(xscale="log", yscale="log", xlabel="measured median latency (ms)", ylabel="predicted latency (ms)")
+    layers, models = profile["fit_quality"]["heldout_layers"], profile["fit_quality"]["sliced_models"]
+    environment = profile["environment"]
+    axis.set_title(
+        f"{environment['runtime']} {environment['runtime_version']}, {environment['threads']} thread(s)\n"
+        f"held-out layers: MdAPE {layers['median_abs_rel_error']:.1%}, ρ {layers['spearman']:.3f}; "
+        f"sliced models: MdAPE {models['median_abs_rel_error']:.1%}, ρ {models['spearman']:.3f}",
+        fontsize=9,
+    )
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
