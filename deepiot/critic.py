@@ -14,6 +14,7 @@ Baselines b:
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 CostFunction = Callable[["Structure", Mapping[str, Tensor]], Tensor]
 COST_FUNCTIONS: dict[str, CostFunction] = {}
 BASELINES = ("ema", "learned")
+# Cost models registered by modules imported on first use (they import this one): name → module.
+LAZY_COSTS = {"latency": "deepiot.device.cost"}
 
 
 def register_cost(name: str) -> Callable[[CostFunction], CostFunction]:
@@ -64,8 +67,12 @@ for _field in Cost._fields:
 
 def get_cost_function(name: str) -> CostFunction:
     """The registered cost model `name`; ValueError listing the known names otherwise."""
+    if name not in COST_FUNCTIONS and name in LAZY_COSTS:
+        importlib.import_module(LAZY_COSTS[name])
     if name not in COST_FUNCTIONS:
-        raise ValueError(f"unknown cost {name!r}; registered cost functions: {sorted(COST_FUNCTIONS)}.")
+        raise ValueError(
+            f"unknown cost {name!r}; registered cost functions: {sorted({*COST_FUNCTIONS, *LAZY_COSTS})}."
+        )
     return COST_FUNCTIONS[name]
 
 

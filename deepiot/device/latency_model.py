@@ -2,9 +2,9 @@
 
 Each layer kind gets a piecewise-linear model of its time over the layer's configuration:
 
-    t(layer) = a + b·MACs + c·params + d·traffic + e·steps + Σ_k h_k · max(0, MACs − κ_k)
+    t(layer) = a + b·MACs + c·params + d·traffic + u·unfolded + e·steps + Σ_k h_k · max(0, MACs − κ_k)
 
-(traffic = input + output elements; steps = RNN time steps; κ_k = quartiles of the profiled MACs, so the
+(traffic = input + output elements; unfolded = a conv's im2col elements; steps = RNN time steps; κ_k = quartiles of the profiled MACs, so the
 per-MAC cost may change where caches or kernel choices change). Coefficients come from numpy least
 squares weighted by 1/t — i.e. minimising *relative* error, which is what a latency budget needs — so the
 fit has no dependency beyond numpy and every coefficient can be read off the profile. A whole model is the

@@ -22,7 +22,7 @@ from deepiot.structure.layout import tile
 
 LAYER_KINDS = ("linear", "conv1d", "conv2d", "lstm", "gru")
 GATES = {"lstm": 4, "gru": 3}
-FEATURE_NAMES = ("macs", "params", "traffic", "steps")
+FEATURE_NAMES = ("macs", "params", "traffic", "unfolded", "steps")
 Number = float | Tensor
 
 
@@ -47,16 +47,19 @@ class LayerSpec:
 
 
 def layer_features(spec: LayerSpec, in_width: Number, out_width: Number) -> dict[str, Number]:
-    """MACs, parameters, memory traffic (input + output elements) and sequential steps of one layer call."""
+    """MACs, parameters, memory traffic (input + output elements), unfolded input elements (a conv's im2col
+    buffer: positions · kernel · in) and sequential steps of one layer call."""
     if spec.kind in GATES:
         gates = spec.directions * GATES[spec.kind]
         params = gates * out_width * (in_width + out_width + 2)
         traffic = spec.positions * (in_width + spec.directions * out_width)
         macs = spec.positions * gates * out_width * (in_width + out_width)
-        return {"macs": macs, "params": params, "traffic": traffic, "steps": spec.positions}
+        return {"macs": macs, "params": params, "traffic": traffic, "unfolded": 0, "steps": spec.positions}
     weights = spec.kernel * in_width * out_width
     traffic = spec.in_positions * in_width + spec.positions * out_width
-    return {"macs": spec.positions * weights, "params": weights + out_width, "traffic": traffic, "steps": 0}
+    unfolded = spec.positions * spec.kernel * in_width
+    return {"macs": spec.positions * weights, "params": weights + out_width, "traffic": traffic,
+            "unfolded": unfolded, "steps": 0}  # fmt: skip
 
 
 def features_at(spec: LayerSpec, counts: Mapping[str, Number]) -> dict[str, Number]:
