@@ -47,7 +47,10 @@ class LatencyPredictor:
 
     def per_layer(self, counts: Mapping[str, Number]) -> dict[str, Number]:
         """Predicted time of every layer (ms), for reports: where the time goes."""
-        return {row["name"]: self.latency_model.layer_ms(row["kind"], row["features"]) for row in self.rows(counts)}
+        return {
+            row["name"]: self.latency_model.layer_ms(row["kind"], row["features"])
+            for row in self.rows(counts)
+        }
 
 
 def as_latency_model(profile: str | Path | Mapping[str, Any] | LatencyModel) -> LatencyModel:

@@ -4,8 +4,9 @@ Each layer kind gets a piecewise-linear model of its time over the layer's confi
 
     t(layer) = a + b·MACs + c·params + d·traffic + u·unfolded + e·steps + Σ_k h_k · max(0, MACs − κ_k)
 
-(traffic = input + output elements; unfolded = a conv's im2col elements; steps = RNN time steps; κ_k = quartiles of the profiled MACs, so the
-per-MAC cost may change where caches or kernel choices change). Coefficients come from numpy least
+(traffic = input + output elements; unfolded = a conv's im2col elements; steps = RNN time steps; κ_k =
+quantiles of the profiled MACs — none, the median or the quartiles, whichever cross-validates best — so
+the per-MAC cost may change where caches or kernel choices change). Coefficients come from numpy least
 squares weighted by 1/t — i.e. minimising *relative* error, which is what a latency budget needs — so the
 fit has no dependency beyond numpy and every coefficient can be read off the profile. A whole model is the
 sum of its layers plus a fitted overhead o = o₀ + o₁·(number of layers), which absorbs the one session
@@ -26,7 +27,12 @@ from deepiot.device.layers import FEATURE_NAMES
 
 Number = float | Tensor
 TERM_NAMES = ("intercept", *FEATURE_NAMES)
-KNOT_QUANTILES = (0.25, 0.5, 0.75)
+KNOT_CHOICES = (
+    (),
+    (0.5,),
+    (0.25, 0.5, 0.75),
+)  # MAC quantiles; each kind takes the one that cross-validates best
+CV_FOLDS = 5
 
 
 def _hinge(value: Number, knot: float) -> Number:
@@ -49,13 +55,26 @@ class KindModel:
         total: Number = 0.0
         for coefficient, term in zip(self.coefficients, self.terms(features), strict=True):
             total = total + coefficient * term
-        return torch.clamp(total, min=self.floor_ms) if isinstance(total, Tensor) else max(total, self.floor_ms)
+        return (
+            torch.clamp(total, min=self.floor_ms) if isinstance(total, Tensor) else max(total, self.floor_ms)
+        )
 
     @classmethod
-    def fit(cls, rows: Sequence[Mapping[str, float]], times_ms: np.ndarray) -> KindModel:
-        """Least squares on relative error over profiled layers (`rows`: their features)."""
+    def fit(
+        cls,
+        rows: Sequence[Mapping[str, float]],
+        times_ms: np.ndarray,
+        quantiles: Sequence[float] | None = None,
+    ) -> KindModel:
+        """Least squares on relative error over profiled layers (`rows`: their features).
+
+        Knots at the given MAC `quantiles`; None picks among `KNOT_CHOICES` by 5-fold cross-validation
+        (median absolute relative error) on these rows, so a kind gets only the bends its data supports.
+        """
+        if quantiles is None:
+            quantiles = min(KNOT_CHOICES, key=lambda choice: _cv_error(cls, rows, times_ms, choice))
         macs = np.array([row["macs"] for row in rows], dtype=np.float64)
-        knots = tuple(float(k) for k in np.unique(np.quantile(macs, KNOT_QUANTILES)))
+        knots = tuple(float(k) for k in np.unique(np.quantile(macs, quantiles))) if quantiles else ()
         probe = cls((0.0,) * (len(TERM_NAMES) + len(knots)), knots, 0.0)
         design = np.array([[float(t) for t in probe.terms(row)] for row in rows])  # [layers, terms]
         scale = np.abs(design).max(axis=0)
@@ -72,6 +91,23 @@ class KindModel:
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> KindModel:
         return cls(tuple(document["terms"].values()), tuple(document["knots"]), float(document["floor_ms"]))
+
+
+def _cv_error(
+    kind_model: type[KindModel],
+    rows: Sequence[Mapping[str, float]],
+    times_ms: np.ndarray,
+    quantiles: Sequence[float],
+) -> float:
+    """Median absolute relative error of `quantiles`' fit over `CV_FOLDS` folds (fixed fold assignment)."""
+    folds = np.arange(len(rows)) % CV_FOLDS
+    errors = []
+    for fold in range(CV_FOLDS):
+        train = np.flatnonzero(folds != fold)
+        model = kind_model.fit([rows[i] for i in train], times_ms[train], quantiles)
+        for index in np.flatnonzero(folds == fold):
+            errors.append(abs(float(model.predict(rows[index])) - times_ms[index]) / times_ms[index])
+    return float(np.median(errors))
 
 
 @dataclass(frozen=True)
@@ -98,7 +134,9 @@ class LatencyModel:
         """Predicted time of a whole model: Σ layers + o₀ + o₁·layers."""
         return self.layers_sum_ms(rows) + self.overhead[0] + self.overhead[1] * len(rows)
 
-    def with_overhead(self, models: Sequence[Sequence[Mapping[str, Any]]], times_ms: np.ndarray) -> LatencyModel:
+    def with_overhead(
+        self, models: Sequence[Sequence[Mapping[str, Any]]], times_ms: np.ndarray
+    ) -> LatencyModel:
         """Fit o₀, o₁ on whole models (relative least squares on measured − Σ predicted layers)."""
         sums = np.array([float(self.layers_sum_ms(rows)) for rows in models])
         design = np.array([[1.0, float(len(rows))] for rows in models])  # [models, 2]

@@ -44,6 +44,7 @@ class LayerSpec:
     kernel: int = 1
     directions: int = 1
     batchnorm: bool = False
+    in_spatial: tuple[int, ...] = ()
 
 
 def layer_features(spec: LayerSpec, in_width: Number, out_width: Number) -> dict[str, Number]:
@@ -91,7 +92,7 @@ def layer_inventory(model: nn.Module, structure: Structure) -> tuple[LayerSpec, 
         specs.append(
             LayerSpec(
                 name, kind, in_form, out_form, prod(out_shape[2:]), prod(in_shape[2:]),
-                prod(module.kernel_size), 1, batchnorm,
+                prod(module.kernel_size), 1, batchnorm, tuple(in_shape[2:]),
             )
         )  # fmt: skip
     return tuple(specs)

@@ -63,7 +63,7 @@ def summarise(durations_ms: np.ndarray, warmup: int) -> dict[str, float]:
 
 
 def time_suite(
-    files: dict[str, Path], threads: int = 1, warmup: int = 20, repeats: int = 60, rounds: int = 3
+    files: dict[str, Path], threads: int = 1, warmup: int = 20, repeats: int = 100, rounds: int = 10
 ) -> dict[str, dict[str, float]]:
     """Time every model of `files` (id → ONNX path) at batch 1: warm-up, then `rounds` interleaved rounds."""
     if repeats < rounds or rounds < 1 or warmup < 0:
@@ -100,7 +100,7 @@ def environment(threads: int) -> dict[str, str | int]:
 
 
 def profile_folder(
-    suite_dir: Path, threads: int = 1, warmup: int = 20, repeats: int = 60, rounds: int = 3
+    suite_dir: Path, threads: int = 1, warmup: int = 20, repeats: int = 100, rounds: int = 10
 ) -> dict:
     """Time every entry of `<suite_dir>/suite.json` and return the timings document."""
     suite = json.loads((suite_dir / SUITE_NAME).read_text())
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite_dir", type=Path, help="folder with suite.json and its ONNX files")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help=f"default: <suite_dir>/{TIMINGS_NAME}")
     args = parser.parse_args(argv)
     if not (args.suite_dir / SUITE_NAME).is_file():

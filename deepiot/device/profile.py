@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from deepiot.device import ort_profile
-from deepiot.device.latency_model import LatencyModel, fit_layers, fit_quality
+from deepiot.device.latency_model import fit_layers, fit_quality
 
 PROFILE_NAME = "device_profile.json"
 PLOT_NAME = "fit.png"
 PROFILE_FORMAT = "deepiot-device-profile/1"
 RUNTIMES = ("onnxruntime", "torch")
+STATISTICS = ("median", "p10")
 GOALS = {"median_abs_rel_error": 0.10, "spearman": 0.90}
 CALIBRATION_SLICINGS = (1, 2, 3)  # per reference model: fit the overhead; all other slicings validate
 
@@ -40,12 +41,14 @@ class ProfileConfig:
     runtime: str = "onnxruntime"
     threads: int = 1
     seed: int = 0
-    per_kind: int = 40  # random configurations per layer kind
+    per_kind: int = 60  # random configurations per layer kind
     per_model: int = 12  # slicings per reference model (the first keeps everything)
+    per_reference_layer: int = 4  # each reference-model layer timed alone at this many random widths
     warmup: int = 20
-    repeats: int = 60
-    rounds: int = 3
+    repeats: int = 100
+    rounds: int = 10
     heldout_fraction: float = 0.25
+    statistic: str = "median"  # fitted and validated per configuration: "median", or "p10" on a busy host
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -58,6 +61,8 @@ class ProfileConfig:
         if self.per_kind < 8 or self.per_model < max(CALIBRATION_SLICINGS) + 2:
             raise ProfileError(f"need per_kind >= 8 and per_model >= {max(CALIBRATION_SLICINGS) + 2} to fit "
                                f"and validate, got {self.per_kind} and {self.per_model}.")  # fmt: skip
+        if self.statistic not in STATISTICS:
+            raise ProfileError(f"statistic must be one of {STATISTICS}, got {self.statistic!r}.")
         if not 0.0 < self.heldout_fraction < 0.5:
             raise ProfileError(f"heldout_fraction must lie in (0, 0.5), got {self.heldout_fraction}.")
 
@@ -67,13 +72,14 @@ def profile_device(config: ProfileConfig, out_dir: str | Path) -> dict[str, Any]
     from deepiot.device.suite import build_suite, write_onnx_suite
 
     out_dir = Path(out_dir)
-    entries = build_suite(config.seed, config.per_kind, config.per_model)
+    entries = build_suite(config.seed, config.per_kind, config.per_model, config.per_reference_layer)
     descriptions = [entry.describe() for entry in entries]
     if config.runtime == "onnxruntime":
         suite_dir = out_dir / "suite"
         write_onnx_suite(entries, suite_dir, asdict(config))
         timings = ort_profile.profile_folder(suite_dir, config.threads, config.warmup, config.repeats,
                                              config.rounds)  # fmt: skip
+        (suite_dir / ort_profile.TIMINGS_NAME).write_text(json.dumps(timings, indent=1))
     else:
         timings = time_torch_suite(entries, config)
     return write_profile(fit_profile(descriptions, timings, config), out_dir)
@@ -113,19 +119,27 @@ def fit_profile(
     layers = [entry for entry in descriptions if entry["kind"] != "model"]
     models = [entry for entry in descriptions if entry["kind"] == "model"]
     heldout = _heldout_mask(len(layers), config)
-    layer_times = np.array([measured[entry["id"]]["median_ms"] for entry in layers])
+    key = f"{config.statistic}_ms"
+    layer_times = np.array([measured[entry["id"]][key] for entry in layers])
     train_rows = [entry["layers"][0] for entry, out in zip(layers, heldout, strict=True) if not out]
     latency_model = fit_layers(train_rows, layer_times[~heldout])
     calibration = np.array([int(entry["id"].rsplit("_", 1)[1]) in CALIBRATION_SLICINGS for entry in models])
-    model_times = np.array([measured[entry["id"]]["median_ms"] for entry in models])
+    model_times = np.array([measured[entry["id"]][key] for entry in models])
     latency_model = latency_model.with_overhead(
         [entry["layers"] for entry, chosen in zip(models, calibration, strict=True) if chosen],
         model_times[calibration],
     )
-    layer_pred = np.array([float(latency_model.layer_ms(e["kind"], e["layers"][0]["features"])) for e in layers])
+    layer_pred = np.array(
+        [float(latency_model.layer_ms(e["kind"], e["layers"][0]["features"])) for e in layers]
+    )
     model_pred = np.array([float(latency_model.model_ms(entry["layers"])) for entry in models])
-    quality = _quality(layers, layer_pred, layer_times, heldout, models, model_pred, model_times, ~calibration)
-    rows = [_measurement(entry, measured, p, out) for entry, p, out in zip(layers, layer_pred, heldout, strict=True)]
+    quality = _quality(
+        layers, layer_pred, layer_times, heldout, models, model_pred, model_times, ~calibration
+    )
+    rows = [
+        _measurement(entry, measured, p, out)
+        for entry, p, out in zip(layers, layer_pred, heldout, strict=True)
+    ]
     rows += [_measurement(entry, measured, p, not cal) for entry, p, cal in zip(models, model_pred, calibration,
                                                                                    strict=True)]  # fmt: skip
     return {
@@ -145,7 +159,9 @@ def _heldout_mask(count: int, config: ProfileConfig) -> np.ndarray:
     return mask
 
 
-def _measurement(entry: Mapping[str, Any], measured: Mapping[str, Any], predicted: float, validation: bool) -> dict:
+def _measurement(
+    entry: Mapping[str, Any], measured: Mapping[str, Any], predicted: float, validation: bool
+) -> dict:
     keep = ("kind", "architecture", "geometry", "kept_counts")
     return {"id": entry["id"], **{key: entry[key] for key in keep if key in entry},
             "validation": bool(validation), "predicted_ms": float(predicted), **measured[entry["id"]]}  # fmt: skip
@@ -203,19 +219,25 @@ def plot_fit(profile: Mapping[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [row for row in profile["measurements"] if row["validation"]]
+    statistic = profile["settings"].get("statistic", "median")
+    key = f"{statistic}_ms"
     figure, axis = plt.subplots(figsize=(6.4, 5.6))
-    groups = sorted({row.get("architecture") or row["kind"] for row in rows})
-    for group in groups:
-        chosen = [row for row in rows if (row.get("architecture") or row["kind"]) == group]
-        is_model = "architecture" in chosen[0]
-        axis.scatter([r["median_ms"] for r in chosen], [r["predicted_ms"] for r in chosen],
-                     s=36 if is_model else 12, marker="o" if is_model else ".",
-                     label=f"sliced {group}" if is_model else f"{group} layer")  # fmt: skip
-    values = [value for row in rows for value in (row["median_ms"], row["predicted_ms"])]
+    label = lambda row: f"sliced {row['architecture']}" if "architecture" in row else f"{row['kind']} layer"  # noqa: E731
+    for group in sorted({label(row) for row in rows}):
+        chosen = [row for row in rows if label(row) == group]
+        is_model = group.startswith("sliced")
+        axis.scatter([r[key] for r in chosen], [r["predicted_ms"] for r in chosen],
+                     s=36 if is_model else 10, marker="o" if is_model else ".", label=group)  # fmt: skip
+    values = [value for row in rows for value in (row[key], row["predicted_ms"])]
     line = np.geomspace(min(values) * 0.8, max(values) * 1.25, 50)
     axis.plot(line, line, color="black", linewidth=0.8)
     axis.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.2, label="±10%")
-    axis.set(xscale="log", yscale="log", xlabel="measured median latency (ms)", ylabel="predicted latency (ms)")
+    axis.set(
+        xscale="log",
+        yscale="log",
+        xlabel=f"measured latency, {statistic} of calls (ms)",
+        ylabel="predicted latency (ms)",
+    )
     layers, models = profile["fit_quality"]["heldout_layers"], profile["fit_quality"]["sliced_models"]
     environment = profile["environment"]
     axis.set_title(

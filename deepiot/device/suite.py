@@ -90,7 +90,9 @@ def layer_entries(rng: np.random.Generator, per_kind: int) -> Iterator[SuiteEntr
         kernel = int(rng.choice([3, 5]))
         module = nn.Sequential(nn.Conv2d(width_in, width_out, kernel), nn.ReLU())
         out_side = side - kernel + 1
-        spec = LayerSpec("conv", "conv2d", _fixed(width_in), _fixed(width_out), out_side**2, side**2, kernel**2)
+        spec = LayerSpec(
+            "conv", "conv2d", _fixed(width_in), _fixed(width_out), out_side**2, side**2, kernel**2
+        )
         yield _layer_entry(index, spec, module, (torch.randn(1, width_in, side, side),))
     for kind in ("lstm", "gru"):
         for index in range(per_kind):
@@ -98,6 +100,46 @@ def layer_entries(rng: np.random.Generator, per_kind: int) -> Iterator[SuiteEntr
             spec = LayerSpec("rnn", kind, _fixed(width_in), _fixed(hidden), steps, steps)
             module = RecurrentLayer(kind, width_in, hidden)
             yield _layer_entry(index, spec, module, (torch.randn(1, steps, width_in),))
+
+
+def isolated_layer(
+    spec: LayerSpec, original: nn.Module, in_width: int, out_width: int
+) -> tuple[nn.Module, Tensor]:
+    """A stand-alone copy of one layer of a reference model at the given widths (conv: with its BN + ReLU)."""
+    if spec.kind == "linear":
+        shape = (1, in_width) if spec.positions == 1 else (1, spec.positions, in_width)
+        return nn.Linear(in_width, out_width), torch.randn(*shape)
+    if spec.kind in ("lstm", "gru"):
+        return RecurrentLayer(spec.kind, in_width, out_width), torch.randn(1, spec.positions, in_width)
+    conv = type(original)(in_width, out_width, original.kernel_size, stride=original.stride,
+                          padding=original.padding)  # fmt: skip
+    norm = (nn.BatchNorm1d if spec.kind == "conv1d" else nn.BatchNorm2d)(out_width)
+    module = nn.Sequential(conv, norm, nn.ReLU()) if spec.batchnorm else nn.Sequential(conv, nn.ReLU())
+    return module, torch.randn(1, in_width, *spec.in_spatial)
+
+
+def reference_layer_entries(rng: np.random.Generator, per_model: int) -> Iterator[SuiteEntry]:
+    """Every layer of `per_model` random slicings of each reference model, timed on its own.
+
+    These put profiling points where compression actually goes (e.g. LeNet-5's conv2 at 12×12 input with
+    many channels), which random shapes cover only thinly.
+    """
+    index = 0
+    for build, example in reference_models().values():
+        model = build().eval()
+        structure = Structure.from_model(model, example)
+        for spec in layer_inventory(model, structure):
+            for _ in range(per_model):
+                counts = {name: len(kept) for name, kept in random_kept(rng, structure, full=False).items()}
+                in_width, out_width = int(spec.in_width.value(counts)), int(spec.out_width.value(counts))
+                original = model.get_submodule(spec.name) if spec.kind.startswith("conv") else None
+                module, example_input = isolated_layer(spec, original, in_width, out_width)
+                fixed = LayerSpec(spec.name, spec.kind, _fixed(in_width), _fixed(out_width), spec.positions,
+                                  spec.in_positions, spec.kernel, spec.directions, spec.batchnorm, spec.in_spatial)  # fmt: skip
+                entry = _layer_entry(index, fixed, module, (example_input,))
+                entry.id = f"ref_{entry.id}"
+                index += 1
+                yield entry
 
 
 def reference_models() -> dict[str, tuple[Callable[[], nn.Module], Tensor]]:
@@ -138,11 +180,15 @@ def model_entries(rng: np.random.Generator, per_model: int) -> Iterator[SuiteEnt
             yield SuiteEntry(f"model_{architecture}_{index:03d}", "model", sliced, (example[:1],), rows, info)
 
 
-def build_suite(seed: int = 0, per_kind: int = 40, per_model: int = 12) -> list[SuiteEntry]:
-    """Layer configurations and sliced reference models, drawn reproducibly from `seed`."""
+def build_suite(
+    seed: int = 0, per_kind: int = 60, per_model: int = 12, per_reference_layer: int = 4
+) -> list[SuiteEntry]:
+    """Layer configurations (random shapes, and reference-model layers at random widths) and sliced
+    reference models, drawn reproducibly from `seed` (the sliced models from their own stream)."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    return [*layer_entries(rng, per_kind), *model_entries(rng, per_model)]
+    layer_rng, model_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+    layers = [*layer_entries(layer_rng, per_kind), *reference_layer_entries(layer_rng, per_reference_layer)]
+    return [*layers, *model_entries(model_rng, per_model)]
 
 
 def export_onnx(module: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> None:
