@@ -174,7 +174,10 @@ def spearman(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def fit_quality(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> dict[str, float]:
-    """Median absolute relative error, its 90th percentile, and the Spearman rank correlation."""
+    """Median absolute relative error, its 90th percentile, and the Spearman rank correlation (NaN: no points)."""
+    if len(measured_ms) == 0:
+        nan = float("nan")
+        return {"median_abs_rel_error": nan, "p90_abs_rel_error": nan, "spearman": nan, "count": 0}
     relative = np.abs(predicted_ms - measured_ms) / measured_ms
     return {"median_abs_rel_error": float(np.median(relative)), "p90_abs_rel_error": float(np.quantile(relative, 0.9)),
             "spearman": spearman(predicted_ms, measured_ms), "count": int(len(measured_ms))}  # fmt: skip
