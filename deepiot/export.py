@@ -36,8 +36,9 @@ FORMATS = ("torchscript", "onnx")
 FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "slicing_plan.json"
+INT8_NAME = "model.int8.onnx"  # written by deepiot.quantize.export_int8 after an export
 # Files an earlier export may have left in the folder; removed when this export does not rewrite them.
-KNOWN_ARTIFACTS = (*FILE_NAMES.values(), PLAN_NAME)
+KNOWN_ARTIFACTS = (*FILE_NAMES.values(), PLAN_NAME, INT8_NAME)
 TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
 CHECK_BATCH_SIZES = (1, 3)
 TRACE_BATCH_SIZE = 2  # >1 so the dynamo exporter keeps the batch axis symbolic (size 1 would be specialised)

@@ -23,7 +23,9 @@ def run_export(cfg: DictConfig) -> ExportResult:
             "deepiot-export checkpoint=outputs/train/lenet5_mnist/model.pt"
         )
     formats = list(cfg.formats) if OmegaConf.is_list(cfg.formats) else [cfg.formats]
-    return export_compressed(
+    if cfg.get("int8", False) and "onnx" not in formats:
+        raise ExportError("int8=true quantises the ONNX model; add onnx to formats.")
+    result = export_compressed(
         cfg.checkpoint,
         cfg.plan,
         cfg.out_dir,
@@ -31,6 +33,13 @@ def run_export(cfg: DictConfig) -> ExportResult:
         check=bool(cfg.check),
         onnx_exporter=cfg.onnx_exporter,
     )
+    if cfg.get("int8", False):
+        from deepiot.quantize import checkpoint_datasets, export_int8
+
+        train, test = checkpoint_datasets(cfg.checkpoint)
+        int8 = export_int8(result.paths["manifest"].parent, train, test, windows=int(cfg.int8_windows))
+        result.paths["onnx_int8"] = int8.path
+    return result
 
 
 def describe(result: ExportResult) -> str:
