@@ -26,7 +26,7 @@ from onnxruntime.quantization import (
     quant_pre_process,
     quantize_static,
 )
-from torch.utils.data import Dataset
+from torch.utils.data import TensorDataset
 
 from deepiot.device.ort_profile import make_session, time_suite
 from deepiot.export import FILE_NAMES, INT8_NAME, MANIFEST_NAME, ExportError
@@ -57,7 +57,7 @@ class WindowReader(CalibrationDataReader):
         self.start = 0
 
 
-def sample_windows(dataset: Dataset, count: int, seed: int = 0) -> np.ndarray:
+def sample_windows(dataset: TensorDataset, count: int, seed: int = 0) -> np.ndarray:
     """`count` random inputs of `dataset` (a split of a DatasetBundle) as float32 [count, ...]."""
     inputs = dataset.tensors[0]
     order = np.random.default_rng(seed).permutation(len(inputs))[: min(count, len(inputs))]
@@ -86,7 +86,7 @@ def quantize_int8(
     return int8_path
 
 
-def onnx_accuracy(path: Path, dataset: Dataset, batch_size: int = 256) -> float:
+def onnx_accuracy(path: Path, dataset: TensorDataset, batch_size: int = 256) -> float:
     """Top-1 accuracy of an ONNX classifier (dynamic batch axis) on a TensorDataset."""
     session = make_session(path, threads=1)
     name = session.get_inputs()[0].name
@@ -107,7 +107,7 @@ def initializer_bytes(path: Path) -> int:
     return sum(numpy_helper.to_array(tensor).nbytes for tensor in model.graph.initializer)
 
 
-def compare_int8(fp32_path: Path, int8_path: Path, test: Dataset | None, threads: int = 1) -> dict[str, Any]:
+def compare_int8(fp32_path: Path, int8_path: Path, test: TensorDataset | None, threads: int = 1) -> dict[str, Any]:
     """Accuracy (when `test` is given), file and weight bytes, batch-1 latency (median of 200 calls) of both."""
     timings = time_suite({"fp32": fp32_path, "int8": int8_path}, threads, warmup=20, repeats=200, rounds=10)
     report: dict[str, Any] = {}
@@ -130,8 +130,8 @@ def compare_int8(fp32_path: Path, int8_path: Path, test: Dataset | None, threads
 
 def export_int8(
     export_dir: str | Path,
-    calibration: Dataset,
-    test: Dataset | None = None,
+    calibration: TensorDataset,
+    test: TensorDataset | None = None,
     *,
     windows: int = 256,
     seed: int = 0,
@@ -172,7 +172,7 @@ def _record_in_manifest(manifest_path: Path, int8_path: Path, report: Mapping[st
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def checkpoint_datasets(checkpoint_path: str | Path) -> tuple[Dataset, Dataset]:
+def checkpoint_datasets(checkpoint_path: str | Path) -> tuple[TensorDataset, TensorDataset]:
     """(train split, test split) of the dataset a deepiot checkpoint was trained on (its `config.data`)."""
     from hydra.utils import instantiate
 

@@ -28,7 +28,7 @@ TIMINGS_NAME = "timings.json"
 DTYPES = {"float32": np.float32, "int64": np.int64}
 
 
-def make_session(path: Path, threads: int) -> onnxruntime.InferenceSession:
+def make_session(path: Path, threads: int = 1) -> onnxruntime.InferenceSession:
     """A CPU session with `threads` intra-op threads, one inter-op thread and all graph optimisations."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
