@@ -236,3 +236,15 @@ def test_load_profile_names_what_is_missing(tmp_path):
     (tmp_path / PROFILE_NAME).write_text(json.dumps({"format": "other"}))
     with pytest.raises(ProfileError, match="is not a deepiot-device-profile"):
         load_profile(tmp_path)
+
+
+def test_torch_runtime_profile_times_every_entry_in_process(tmp_path):
+    from deepiot.device import profile_device
+
+    config = ProfileConfig(runtime="torch", per_kind=8, per_model=5, per_reference_layer=1, warmup=1, repeats=3,
+                           rounds=1)  # fmt: skip
+    profile = profile_device(config, tmp_path)
+    assert profile["environment"]["runtime"] == "torch"
+    assert not (tmp_path / "suite").exists()  # eager PyTorch needs no ONNX files
+    assert all(row["repeats"] == 3 and row["predicted_ms"] > 0 for row in profile["measurements"])
+    assert (tmp_path / PROFILE_NAME).is_file()
