@@ -92,3 +92,34 @@ def test_checkpoint_without_a_dataset_says_how_to_calibrate(tmp_path, trained_mo
                      "hidden1": 60, "hidden2": 30}, "state_dict": trained_model.state_dict()}, path)  # fmt: skip
     with pytest.raises(ExportError, match="does not record its dataset"):
         checkpoint_datasets(path)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_weights_are_stored_int8_and_still_compute_the_model(tmp_path, bidirectional):
+    import onnx
+
+    from deepiot.models import LSTMClassifier
+
+    torch.manual_seed(0)
+    model = LSTMClassifier(
+        input_shape=(16, 6), hidden_size=12, num_layers=2, bidirectional=bidirectional
+    ).eval()
+    inputs = torch.randn(40, 16, 6)
+    train = torch.utils.data.TensorDataset(inputs, torch.zeros(40, dtype=torch.long))
+    export_model(
+        model, inputs[:1], tmp_path, manifest_extra={}, formats=["onnx"], onnx_exporter="torchscript"
+    )
+    result = export_int8(tmp_path, train, train, windows=32)
+    graph = onnx.load(str(result.path)).graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    recurrent = [node for node in graph.node if node.op_type == "LSTM"]
+    assert len(recurrent) == 2
+    for node in recurrent:
+        for name in node.input[1:3]:  # W and R now come out of a DequantizeLinear of an int8 tensor
+            producer = next(n for n in graph.node if name in n.output)
+            assert producer.op_type == "DequantizeLinear"
+            assert initializers[producer.input[0]].data_type == onnx.TensorProto.INT8
+    fp32 = make_session(tmp_path / "model.onnx").run(None, {"input": inputs[:8].numpy()})[0]
+    int8 = make_session(result.path).run(None, {"input": inputs[:8].numpy()})[0]
+    assert np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max()
+    assert result.report["weight_size_ratio"] > 2.0  # tiny model: biases, scales and the logit layer weigh in
