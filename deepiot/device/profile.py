@@ -45,7 +45,7 @@ class ProfileConfig:
     per_model: int = 12  # slicings per reference model (the first keeps everything)
     per_reference_layer: int = 4  # each reference-model layer timed alone at this many random widths
     warmup: int = 20
-    repeats: int = 100
+    repeats: int = 300
     rounds: int = 10
     heldout_fraction: float = 0.25
     statistic: str = "median"  # fitted and validated per configuration: "median", or "p10" on a busy host
