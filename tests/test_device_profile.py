@@ -248,3 +248,22 @@ def test_torch_runtime_profile_times_every_entry_in_process(tmp_path):
     assert not (tmp_path / "suite").exists()  # eager PyTorch needs no ONNX files
     assert all(row["repeats"] == 3 and row["predicted_ms"] > 0 for row in profile["measurements"])
     assert (tmp_path / PROFILE_NAME).is_file()
+
+
+def test_suite_then_device_timing_then_fit_is_the_same_pipeline(tmp_path):
+    tiny = ["per_kind=8", "per_model=5", "per_reference_layer=1", "warmup=1", "repeats=3", "rounds=1"]
+    cli = [sys.executable, "-m", "deepiot.cli.profile", f"out_dir={tmp_path}", *tiny]
+    done = subprocess.run([*cli, "stage=fit"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "stage=fit needs" in done.stderr  # nothing timed yet
+    done = subprocess.run([*cli, "stage=suite"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / PROFILE_NAME).exists()
+    assert (
+        ort_profile_module.main([str(tmp_path / "suite"), "--warmup", "1", "--repeats", "3", "--rounds", "1"])
+        == 0
+    )
+    done = subprocess.run([*cli, "stage=fit"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    profile = load_profile(tmp_path)
+    suite = json.loads((tmp_path / "suite" / "suite.json").read_text())
+    assert {row["id"] for row in profile["measurements"]} == {entry["id"] for entry in suite["entries"]}
