@@ -85,11 +85,15 @@ def quantize_int8(
         except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantise the plain file instead
             prepared = fp32_path
         quantize_static(
-            str(prepared), str(int8_path), WindowReader(input_name, calibration),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(prepared),
+            str(int8_path),
+            WindowReader(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-        )  # fmt: skip
+        )
     if recurrent_weights:
         quantize_recurrent_weights(int8_path)
     return int8_path
@@ -140,10 +144,21 @@ def quantize_recurrent_weights(path: Path) -> int:
                 axis_attributes = {"axis": 1}
             initializers[name].CopyFrom(numpy_helper.from_array(quantized, f"{name}_int8"))
             zero = np.zeros(scale.shape, dtype=np.int8)
-            model.graph.initializer.extend([numpy_helper.from_array(scale, f"{name}_scale"),
-                                            numpy_helper.from_array(zero, f"{name}_zero_point")])  # fmt: skip
-            dequantizers.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale",
-                                f"{name}_zero_point"], [name], name=f"{name}_dequantize", **axis_attributes))  # fmt: skip
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(scale, f"{name}_scale"),
+                    numpy_helper.from_array(zero, f"{name}_zero_point"),
+                ]
+            )
+            dequantizers.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                    [name],
+                    name=f"{name}_dequantize",
+                    **axis_attributes,
+                )
+            )
             converted += 1
     if converted:
         nodes = [*dequantizers, *model.graph.node]
@@ -170,9 +185,13 @@ def compare_int8(
     report: dict[str, Any] = {}
     for key, path in (("fp32", fp32_path), ("int8", int8_path)):
         stats = timings[key]
-        report[key] = {"bytes": path.stat().st_size, "weight_bytes": initializer_bytes(path),
-                       "latency_ms": stats["median_ms"],
-                       "latency_p10_ms": stats["p10_ms"], "latency_p90_ms": stats["p90_ms"]}  # fmt: skip
+        report[key] = {
+            "bytes": path.stat().st_size,
+            "weight_bytes": initializer_bytes(path),
+            "latency_ms": stats["median_ms"],
+            "latency_p10_ms": stats["p10_ms"],
+            "latency_p90_ms": stats["p90_ms"],
+        }
         if test is not None:
             report[key]["test_accuracy"] = onnx_accuracy(path, test)
     report["size_ratio"] = report["fp32"]["bytes"] / report["int8"]["bytes"]
@@ -220,11 +239,17 @@ def export_int8(
         recurrent_weights,
     )
     report = compare_int8(fp32_path, int8_path, test, threads)
-    report["calibration"] = {"windows": min(windows, len(calibration)), "split": "train", "seed": seed,
-                             "method": "minmax", "format": "QDQ", "recurrent_weights": "int8 weight-only" if recurrent_weights else "fp32",
-                             "weights": "int8 per-channel" if per_channel
-                             else "int8 per-tensor", "activations": "uint8",
-                             "onnxruntime": onnxruntime.__version__}  # fmt: skip
+    report["calibration"] = {
+        "windows": min(windows, len(calibration)),
+        "split": "train",
+        "seed": seed,
+        "method": "minmax",
+        "format": "QDQ",
+        "recurrent_weights": "int8 weight-only" if recurrent_weights else "fp32",
+        "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+        "activations": "uint8",
+        "onnxruntime": onnxruntime.__version__,
+    }
     _record_in_manifest(manifest_path, int8_path, report)
     return Int8Result(int8_path, report)
 

@@ -107,8 +107,15 @@ def test_tensor_features_give_the_same_prediction_and_a_gradient():
     macs = torch.tensor([2e3, 5e5, 8e6], dtype=torch.float64, requires_grad=True)
     features = {"macs": macs, "params": macs / 7, "traffic": macs**0.5, "unfolded": 0.0, "steps": 0.0}
     predicted = model.predict(features)
-    expected = [model.predict({key: float(value[i].detach()) if torch.is_tensor(value) else value
-                               for key, value in features.items()}) for i in range(3)]  # fmt: skip
+    expected = [
+        model.predict(
+            {
+                key: float(value[i].detach()) if torch.is_tensor(value) else value
+                for key, value in features.items()
+            }
+        )
+        for i in range(3)
+    ]
     np.testing.assert_allclose(predicted.detach().numpy(), expected, rtol=1e-12)
     predicted.sum().backward()
     assert bool((macs.grad > 0).all())
@@ -203,8 +210,18 @@ def test_profile_config_rejects_bad_settings(settings, message):
 
 
 def test_profile_cli_writes_a_loadable_profile(tmp_path):
-    command = [sys.executable, "-m", "deepiot.cli.profile", f"out_dir={tmp_path}", "per_kind=8", "per_model=5",
-               "per_reference_layer=1", "warmup=1", "repeats=3", "rounds=1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "deepiot.cli.profile",
+        f"out_dir={tmp_path}",
+        "per_kind=8",
+        "per_model=5",
+        "per_reference_layer=1",
+        "warmup=1",
+        "repeats=3",
+        "rounds=1",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "[deepiot-profile] wrote" in done.stdout
@@ -241,8 +258,9 @@ def test_load_profile_names_what_is_missing(tmp_path):
 def test_torch_runtime_profile_times_every_entry_in_process(tmp_path):
     from deepiot.device import profile_device
 
-    config = ProfileConfig(runtime="torch", per_kind=8, per_model=5, per_reference_layer=1, warmup=1, repeats=3,
-                           rounds=1)  # fmt: skip
+    config = ProfileConfig(
+        runtime="torch", per_kind=8, per_model=5, per_reference_layer=1, warmup=1, repeats=3, rounds=1
+    )
     profile = profile_device(config, tmp_path)
     assert profile["environment"]["runtime"] == "torch"
     assert not (tmp_path / "suite").exists()  # eager PyTorch needs no ONNX files

@@ -19,8 +19,14 @@ from deepiot.quantize import WindowReader, checkpoint_datasets, export_int8, sam
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, trained_model):
     folder = tmp_path_factory.mktemp("export")
-    export_model(trained_model, torch.randn(1, 1, 28, 28), folder, manifest_extra={}, formats=["onnx"],
-                 onnx_exporter="torchscript")  # fmt: skip
+    export_model(
+        trained_model,
+        torch.randn(1, 1, 28, 28),
+        folder,
+        manifest_extra={},
+        formats=["onnx"],
+        onnx_exporter="torchscript",
+    )
     return folder
 
 
@@ -36,8 +42,10 @@ def test_int8_model_is_smaller_and_agrees_with_fp32(exported, int8, data):
     assert report["int8"]["bytes"] < report["fp32"]["bytes"]
     assert report["accuracy_drop_points"] <= 2.0
     inputs = data[2].tensors[0][:64].numpy()
-    logits = {name: make_session(exported / name).run(None, {"input": inputs})[0]
-              for name in ("model.onnx", INT8_NAME)}  # fmt: skip
+    logits = {
+        name: make_session(exported / name).run(None, {"input": inputs})[0]
+        for name in ("model.onnx", INT8_NAME)
+    }
     agreement = (logits["model.onnx"].argmax(1) == logits[INT8_NAME].argmax(1)).mean()
     assert agreement >= 0.9
 
@@ -66,20 +74,41 @@ def test_calibration_reader_feeds_training_windows_in_batches(data):
 
 
 def test_reexport_removes_a_stale_int8_file(tmp_path, trained_model, data):
-    export_model(trained_model, torch.randn(1, 1, 28, 28), tmp_path, manifest_extra={}, formats=["onnx"],
-                 onnx_exporter="torchscript")  # fmt: skip
+    export_model(
+        trained_model,
+        torch.randn(1, 1, 28, 28),
+        tmp_path,
+        manifest_extra={},
+        formats=["onnx"],
+        onnx_exporter="torchscript",
+    )
     (tmp_path / INT8_NAME).write_bytes(b"stale")
-    export_model(trained_model, torch.randn(1, 1, 28, 28), tmp_path, manifest_extra={}, formats=["onnx"],
-                 onnx_exporter="torchscript")  # fmt: skip
+    export_model(
+        trained_model,
+        torch.randn(1, 1, 28, 28),
+        tmp_path,
+        manifest_extra={},
+        formats=["onnx"],
+        onnx_exporter="torchscript",
+    )
     assert not (tmp_path / INT8_NAME).exists()
 
 
 def test_int8_needs_an_onnx_export(tmp_path, data):
     with pytest.raises(ExportError, match="export the model to ONNX first"):
         export_int8(tmp_path, data[0])
-    config = OmegaConf.create({"checkpoint": str(tmp_path / "model.pt"), "plan": None, "out_dir": None,
-                               "formats": ["torchscript"], "check": True, "onnx_exporter": "auto",
-                               "int8": True, "int8_windows": 8})  # fmt: skip
+    config = OmegaConf.create(
+        {
+            "checkpoint": str(tmp_path / "model.pt"),
+            "plan": None,
+            "out_dir": None,
+            "formats": ["torchscript"],
+            "check": True,
+            "onnx_exporter": "auto",
+            "int8": True,
+            "int8_windows": 8,
+        }
+    )
     with pytest.raises(ExportError, match="add onnx to formats"):
         run_export(config)
 
@@ -88,8 +117,14 @@ def test_checkpoint_without_a_dataset_says_how_to_calibrate(tmp_path, trained_mo
     from deepiot.checkpoint import save_checkpoint
 
     path = tmp_path / "model.pt"
-    save_checkpoint({"kind": "trained_model", "model_config": {"_target_": "deepiot.models.LeNet300",
-                     "hidden1": 60, "hidden2": 30}, "state_dict": trained_model.state_dict()}, path)  # fmt: skip
+    save_checkpoint(
+        {
+            "kind": "trained_model",
+            "model_config": {"_target_": "deepiot.models.LeNet300", "hidden1": 60, "hidden2": 30},
+            "state_dict": trained_model.state_dict(),
+        },
+        path,
+    )
     with pytest.raises(ExportError, match="does not record its dataset"):
         checkpoint_datasets(path)
 

@@ -47,8 +47,10 @@ def run_profile(cfg: DictConfig) -> dict[str, Any]:
         return {"suite": str(write_onnx_suite(entries, suite_dir, asdict(config)))}
     for name in (SUITE_NAME, TIMINGS_NAME):
         if not (suite_dir / name).is_file():
-            raise ProfileError(f"stage=fit needs {suite_dir / name}; write the suite with stage=suite and time it "
-                               f"with python deepiot/device/ort_profile.py {suite_dir}.")  # fmt: skip
+            raise ProfileError(
+                f"stage=fit needs {suite_dir / name}; write the suite with stage=suite and time it "
+                f"with python deepiot/device/ort_profile.py {suite_dir}."
+            )
     suite = json.loads((suite_dir / SUITE_NAME).read_text())
     timings = json.loads((suite_dir / TIMINGS_NAME).read_text())
     return write_profile(fit_profile(suite["entries"], timings, config), out_dir)
@@ -62,8 +64,10 @@ def describe(result: dict[str, Any], out_dir: str) -> str:
     lines = [f"[deepiot-profile] wrote {Path(out_dir) / PROFILE_NAME} and fit.png"]
     for name in ("heldout_layers", "sliced_models"):
         q = quality[name]
-        lines.append(f"  {name}: median |rel. error| {q['median_abs_rel_error']:.1%}, Spearman {q['spearman']:.3f} "
-                     f"(n={q['count']})")  # fmt: skip
+        lines.append(
+            f"  {name}: median |rel. error| {q['median_abs_rel_error']:.1%}, Spearman {q['spearman']:.3f} "
+            f"(n={q['count']})"
+        )
     lines.append(f"  goals (≤ 10%, ≥ 0.9 per model): {'met' if quality['meets_goals'] else 'NOT met'}")
     return "\n".join(lines)
 

@@ -38,8 +38,10 @@ class LatencyPredictor:
 
     def rows(self, counts: Mapping[str, Number]) -> list[dict[str, Any]]:
         """One {"name", "kind", "features"} row per layer at these kept counts."""
-        return [{"name": spec.name, "kind": spec.kind, "features": features_at(spec, counts)}
-                for spec in self.inventory]  # fmt: skip
+        return [
+            {"name": spec.name, "kind": spec.kind, "features": features_at(spec, counts)}
+            for spec in self.inventory
+        ]
 
     def predict(self, counts: Mapping[str, Number]) -> Number:
         """Latency in ms; a float for int counts, a Tensor [N] (differentiable) for Tensor counts [N]."""

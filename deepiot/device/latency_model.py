@@ -85,8 +85,11 @@ class KindModel:
 
     def to_dict(self) -> dict[str, Any]:
         names = [*TERM_NAMES, *(f"max(0, macs - {k:.4g})" for k in self.knots)]
-        return {"terms": dict(zip(names, self.coefficients, strict=True)), "knots": list(self.knots),
-                "floor_ms": self.floor_ms}  # fmt: skip
+        return {
+            "terms": dict(zip(names, self.coefficients, strict=True)),
+            "knots": list(self.knots),
+            "floor_ms": self.floor_ms,
+        }
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> KindModel:
@@ -119,8 +122,10 @@ class LatencyModel:
 
     def layer_ms(self, kind: str, features: Mapping[str, Number]) -> Number:
         if kind not in self.kinds:
-            raise ValueError(f"the device profile has no latency model for {kind} layers; it covers "
-                             f"{sorted(self.kinds)}. Profile again with this layer kind.")  # fmt: skip
+            raise ValueError(
+                f"the device profile has no latency model for {kind} layers; it covers "
+                f"{sorted(self.kinds)}. Profile again with this layer kind."
+            )
         return self.kinds[kind].predict(features)
 
     def layers_sum_ms(self, rows: Sequence[Mapping[str, Any]]) -> Number:
@@ -145,9 +150,11 @@ class LatencyModel:
         return LatencyModel(self.kinds, (float(solution[0]), float(solution[1])))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"form": __doc__.splitlines()[0] if __doc__ else "",
-                "kinds": {kind: model.to_dict() for kind, model in self.kinds.items()},
-                "overhead": {"intercept_ms": self.overhead[0], "per_layer_ms": self.overhead[1]}}  # fmt: skip
+        return {
+            "form": __doc__.splitlines()[0] if __doc__ else "",
+            "kinds": {kind: model.to_dict() for kind, model in self.kinds.items()},
+            "overhead": {"intercept_ms": self.overhead[0], "per_layer_ms": self.overhead[1]},
+        }
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> LatencyModel:
@@ -174,10 +181,14 @@ def spearman(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def fit_quality(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> dict[str, float]:
-    """Median absolute relative error, its 90th percentile, and the Spearman rank correlation (NaN: no points)."""
+    """Median absolute relative error, its 90th percentile and the Spearman rank correlation (NaN: no points)."""
     if len(measured_ms) == 0:
         nan = float("nan")
         return {"median_abs_rel_error": nan, "p90_abs_rel_error": nan, "spearman": nan, "count": 0}
     relative = np.abs(predicted_ms - measured_ms) / measured_ms
-    return {"median_abs_rel_error": float(np.median(relative)), "p90_abs_rel_error": float(np.quantile(relative, 0.9)),
-            "spearman": spearman(predicted_ms, measured_ms), "count": int(len(measured_ms))}  # fmt: skip
+    return {
+        "median_abs_rel_error": float(np.median(relative)),
+        "p90_abs_rel_error": float(np.quantile(relative, 0.9)),
+        "spearman": spearman(predicted_ms, measured_ms),
+        "count": int(len(measured_ms)),
+    }

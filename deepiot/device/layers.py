@@ -59,8 +59,13 @@ def layer_features(spec: LayerSpec, in_width: Number, out_width: Number) -> dict
     weights = spec.kernel * in_width * out_width
     traffic = spec.in_positions * in_width + spec.positions * out_width
     unfolded = spec.positions * spec.kernel * in_width
-    return {"macs": spec.positions * weights, "params": weights + out_width, "traffic": traffic,
-            "unfolded": unfolded, "steps": 0}  # fmt: skip
+    return {
+        "macs": spec.positions * weights,
+        "params": weights + out_width,
+        "traffic": traffic,
+        "unfolded": unfolded,
+        "steps": 0,
+    }
 
 
 def features_at(spec: LayerSpec, counts: Mapping[str, Number]) -> dict[str, Number]:
@@ -91,10 +96,18 @@ def layer_inventory(model: nn.Module, structure: Structure) -> tuple[LayerSpec, 
         batchnorm = _layout_key(use.outputs[0]) in normalised
         specs.append(
             LayerSpec(
-                name, kind, in_form, out_form, prod(out_shape[2:]), prod(in_shape[2:]),
-                prod(module.kernel_size), 1, batchnorm, tuple(in_shape[2:]),
+                name,
+                kind,
+                in_form,
+                out_form,
+                prod(out_shape[2:]),
+                prod(in_shape[2:]),
+                prod(module.kernel_size),
+                1,
+                batchnorm,
+                tuple(in_shape[2:]),
             )
-        )  # fmt: skip
+        )
     return tuple(specs)
 
 

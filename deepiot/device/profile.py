@@ -59,8 +59,10 @@ class ProfileConfig:
                 f"warmup={self.warmup}, rounds={self.rounds}, repeats={self.repeats}."
             )
         if self.per_kind < 8 or self.per_model < max(CALIBRATION_SLICINGS) + 2:
-            raise ProfileError(f"need per_kind >= 8 and per_model >= {max(CALIBRATION_SLICINGS) + 2} to fit "
-                               f"and validate, got {self.per_kind} and {self.per_model}.")  # fmt: skip
+            raise ProfileError(
+                f"need per_kind >= 8 and per_model >= {max(CALIBRATION_SLICINGS) + 2} to fit "
+                f"and validate, got {self.per_kind} and {self.per_model}."
+            )
         if self.statistic not in STATISTICS:
             raise ProfileError(f"statistic must be one of {STATISTICS}, got {self.statistic!r}.")
         if not 0.0 < self.heldout_fraction < 0.5:
@@ -77,8 +79,9 @@ def profile_device(config: ProfileConfig, out_dir: str | Path) -> dict[str, Any]
     if config.runtime == "onnxruntime":
         suite_dir = out_dir / "suite"
         write_onnx_suite(entries, suite_dir, asdict(config))
-        timings = ort_profile.profile_folder(suite_dir, config.threads, config.warmup, config.repeats,
-                                             config.rounds)  # fmt: skip
+        timings = ort_profile.profile_folder(
+            suite_dir, config.threads, config.warmup, config.repeats, config.rounds
+        )
         (suite_dir / ort_profile.TIMINGS_NAME).write_text(json.dumps(timings, indent=1))
     else:
         timings = time_torch_suite(entries, config)
@@ -99,10 +102,23 @@ def time_torch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str,
         calls[entry.id] = lambda module=module, inputs=inputs: module(*inputs)
     with torch_threads(config.threads), torch.inference_mode():
         stats = time_interleaved(calls, config.warmup, config.repeats, config.rounds)
-    timings = {key: {"median_ms": s.median_ms, "p10_ms": s.p10_ms, "p90_ms": s.p90_ms, "repeats": s.repeats,
-                     "warmup": config.warmup} for key, s in stats.items()}  # fmt: skip
-    environment = {"runtime": "torch", "runtime_version": torch.__version__, "threads": config.threads,
-                   "machine": platform.machine(), "system": platform.platform()}  # fmt: skip
+    timings = {
+        key: {
+            "median_ms": s.median_ms,
+            "p10_ms": s.p10_ms,
+            "p90_ms": s.p90_ms,
+            "repeats": s.repeats,
+            "warmup": config.warmup,
+        }
+        for key, s in stats.items()
+    }
+    environment = {
+        "runtime": "torch",
+        "runtime_version": torch.__version__,
+        "threads": config.threads,
+        "machine": platform.machine(),
+        "system": platform.platform(),
+    }
     settings = {"warmup": config.warmup, "repeats": config.repeats, "rounds": config.rounds}
     return {"environment": environment, "settings": settings, "timings": timings}
 
@@ -114,8 +130,10 @@ def fit_profile(
     measured = timings["timings"]
     missing = [entry["id"] for entry in descriptions if entry["id"] not in measured]
     if missing:
-        raise ProfileError(f"the timings lack {len(missing)} suite entries (e.g. {missing[:3]}); time the "
-                           "same suite folder the profile is fitted from.")  # fmt: skip
+        raise ProfileError(
+            f"the timings lack {len(missing)} suite entries (e.g. {missing[:3]}); time the "
+            "same suite folder the profile is fitted from."
+        )
     layers = [entry for entry in descriptions if entry["kind"] != "model"]
     models = [entry for entry in descriptions if entry["kind"] == "model"]
     heldout = _heldout_mask(len(layers), config)
@@ -140,8 +158,10 @@ def fit_profile(
         _measurement(entry, measured, p, out)
         for entry, p, out in zip(layers, layer_pred, heldout, strict=True)
     ]
-    rows += [_measurement(entry, measured, p, not cal) for entry, p, cal in zip(models, model_pred, calibration,
-                                                                                   strict=True)]  # fmt: skip
+    rows += [
+        _measurement(entry, measured, p, not cal)
+        for entry, p, cal in zip(models, model_pred, calibration, strict=True)
+    ]
     return {
         "format": PROFILE_FORMAT,
         "environment": timings["environment"],
@@ -163,31 +183,55 @@ def _measurement(
     entry: Mapping[str, Any], measured: Mapping[str, Any], predicted: float, validation: bool
 ) -> dict:
     keep = ("kind", "architecture", "geometry", "kept_counts")
-    return {"id": entry["id"], **{key: entry[key] for key in keep if key in entry},
-            "validation": bool(validation), "predicted_ms": float(predicted), **measured[entry["id"]]}  # fmt: skip
+    return {
+        "id": entry["id"],
+        **{key: entry[key] for key in keep if key in entry},
+        "validation": bool(validation),
+        "predicted_ms": float(predicted),
+        **measured[entry["id"]],
+    }
 
 
 def _quality(
-    layers: Sequence[Mapping[str, Any]], layer_pred: np.ndarray, layer_times: np.ndarray, heldout: np.ndarray,
-    models: Sequence[Mapping[str, Any]], model_pred: np.ndarray, model_times: np.ndarray, validation: np.ndarray,
-) -> dict[str, Any]:  # fmt: skip
+    layers: Sequence[Mapping[str, Any]],
+    layer_pred: np.ndarray,
+    layer_times: np.ndarray,
+    heldout: np.ndarray,
+    models: Sequence[Mapping[str, Any]],
+    model_pred: np.ndarray,
+    model_times: np.ndarray,
+    validation: np.ndarray,
+) -> dict[str, Any]:
     kinds = np.array([entry["kind"] for entry in layers])
     architectures = np.array([entry["architecture"] for entry in models])
-    per_kind = {kind: fit_quality(layer_pred[heldout & (kinds == kind)], layer_times[heldout & (kinds == kind)])
-                for kind in sorted(set(kinds))}  # fmt: skip
-    per_model = {arch: fit_quality(model_pred[validation & (architectures == arch)],
-                                   model_times[validation & (architectures == arch)])
-                 for arch in sorted(set(architectures))}  # fmt: skip
+    per_kind = {
+        kind: fit_quality(layer_pred[heldout & (kinds == kind)], layer_times[heldout & (kinds == kind)])
+        for kind in sorted(set(kinds))
+    }
+    per_model = {
+        arch: fit_quality(
+            model_pred[validation & (architectures == arch)],
+            model_times[validation & (architectures == arch)],
+        )
+        for arch in sorted(set(architectures))
+    }
     summary = {
         "heldout_layers": fit_quality(layer_pred[heldout], layer_times[heldout]),
         "sliced_models": fit_quality(model_pred[validation], model_times[validation]),
     }
     worst_spearman = min(quality["spearman"] for quality in per_model.values())
-    meets = (summary["heldout_layers"]["median_abs_rel_error"] <= GOALS["median_abs_rel_error"]
-             and summary["sliced_models"]["median_abs_rel_error"] <= GOALS["median_abs_rel_error"]
-             and worst_spearman >= GOALS["spearman"])  # fmt: skip
-    return {**summary, "heldout_layers_by_kind": per_kind, "sliced_models_by_architecture": per_model,
-            "goals": GOALS, "meets_goals": bool(meets)}  # fmt: skip
+    meets = (
+        summary["heldout_layers"]["median_abs_rel_error"] <= GOALS["median_abs_rel_error"]
+        and summary["sliced_models"]["median_abs_rel_error"] <= GOALS["median_abs_rel_error"]
+        and worst_spearman >= GOALS["spearman"]
+    )
+    return {
+        **summary,
+        "heldout_layers_by_kind": per_kind,
+        "sliced_models_by_architecture": per_model,
+        "goals": GOALS,
+        "meets_goals": bool(meets),
+    }
 
 
 def write_profile(profile: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
@@ -211,6 +255,10 @@ def load_profile(path: str | Path) -> dict[str, Any]:
     return profile
 
 
+def _plot_label(row: Mapping[str, Any]) -> str:
+    return f"sliced {row['architecture']}" if "architecture" in row else f"{row['kind']} layer"
+
+
 def plot_fit(profile: Mapping[str, Any], path: Path) -> None:
     """Predicted vs measured latency (log-log) for the validation points, with the ±10% band."""
     import matplotlib
@@ -222,12 +270,16 @@ def plot_fit(profile: Mapping[str, Any], path: Path) -> None:
     statistic = profile["settings"].get("statistic", "median")
     key = f"{statistic}_ms"
     figure, axis = plt.subplots(figsize=(6.4, 5.6))
-    label = lambda row: f"sliced {row['architecture']}" if "architecture" in row else f"{row['kind']} layer"  # noqa: E731
-    for group in sorted({label(row) for row in rows}):
-        chosen = [row for row in rows if label(row) == group]
+    for group in sorted({_plot_label(row) for row in rows}):
+        chosen = [row for row in rows if _plot_label(row) == group]
         is_model = group.startswith("sliced")
-        axis.scatter([r[key] for r in chosen], [r["predicted_ms"] for r in chosen],
-                     s=36 if is_model else 10, marker="o" if is_model else ".", label=group)  # fmt: skip
+        axis.scatter(
+            [r[key] for r in chosen],
+            [r["predicted_ms"] for r in chosen],
+            s=36 if is_model else 10,
+            marker="o" if is_model else ".",
+            label=group,
+        )
     values = [value for row in rows for value in (row[key], row["predicted_ms"])]
     line = np.geomspace(min(values) * 0.8, max(values) * 1.25, 50)
     axis.plot(line, line, color="black", linewidth=0.8)

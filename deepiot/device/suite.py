@@ -40,8 +40,14 @@ class SuiteEntry:
 
     def describe(self) -> dict[str, Any]:
         shapes = [list(value.shape) for value in self.inputs]
-        return {"id": self.id, "kind": self.kind, "file": f"{self.id}.onnx", "input_shapes": shapes,
-                "layers": self.layers, **self.info}  # fmt: skip
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "file": f"{self.id}.onnx",
+            "input_shapes": shapes,
+            "layers": self.layers,
+            **self.info,
+        }
 
 
 class RecurrentLayer(nn.Module):
@@ -82,8 +88,9 @@ def layer_entries(rng: np.random.Generator, per_kind: int) -> Iterator[SuiteEntr
         conv = nn.Conv1d(width_in, width_out, kernel, stride=stride, padding=kernel // 2)
         module = nn.Sequential(conv, nn.BatchNorm1d(width_out), nn.ReLU())
         out_length = (length + 2 * (kernel // 2) - kernel) // stride + 1
-        spec = LayerSpec("conv", "conv1d", _fixed(width_in), _fixed(width_out), out_length, length, kernel,
-                         batchnorm=True)  # fmt: skip
+        spec = LayerSpec(
+            "conv", "conv1d", _fixed(width_in), _fixed(width_out), out_length, length, kernel, batchnorm=True
+        )
         yield _layer_entry(index, spec, module, (torch.randn(1, width_in, length),))
     for index in range(per_kind):
         width_in, width_out, side = _log_int(rng, 1, 32), _log_int(rng, 1, 64), _log_int(rng, 8, 30)
@@ -111,8 +118,9 @@ def isolated_layer(
         return nn.Linear(in_width, out_width), torch.randn(*shape)
     if spec.kind in ("lstm", "gru"):
         return RecurrentLayer(spec.kind, in_width, out_width), torch.randn(1, spec.positions, in_width)
-    conv = type(original)(in_width, out_width, original.kernel_size, stride=original.stride,
-                          padding=original.padding)  # fmt: skip
+    conv = type(original)(
+        in_width, out_width, original.kernel_size, stride=original.stride, padding=original.padding
+    )
     norm = (nn.BatchNorm1d if spec.kind == "conv1d" else nn.BatchNorm2d)(out_width)
     module = nn.Sequential(conv, norm, nn.ReLU()) if spec.batchnorm else nn.Sequential(conv, nn.ReLU())
     return module, torch.randn(1, in_width, *spec.in_spatial)
@@ -134,8 +142,18 @@ def reference_layer_entries(rng: np.random.Generator, per_model: int) -> Iterato
                 in_width, out_width = int(spec.in_width.value(counts)), int(spec.out_width.value(counts))
                 original = model.get_submodule(spec.name) if spec.kind.startswith("conv") else None
                 module, example_input = isolated_layer(spec, original, in_width, out_width)
-                fixed = LayerSpec(spec.name, spec.kind, _fixed(in_width), _fixed(out_width), spec.positions,
-                                  spec.in_positions, spec.kernel, spec.directions, spec.batchnorm, spec.in_spatial)  # fmt: skip
+                fixed = LayerSpec(
+                    spec.name,
+                    spec.kind,
+                    _fixed(in_width),
+                    _fixed(out_width),
+                    spec.positions,
+                    spec.in_positions,
+                    spec.kernel,
+                    spec.directions,
+                    spec.batchnorm,
+                    spec.in_spatial,
+                )
                 entry = _layer_entry(index, fixed, module, (example_input,))
                 entry.id = f"ref_{entry.id}"
                 index += 1
@@ -174,8 +192,10 @@ def model_entries(rng: np.random.Generator, per_model: int) -> Iterator[SuiteEnt
             kept = random_kept(rng, structure, full=index == 0)
             counts = {name: len(indices) for name, indices in kept.items()}
             sliced = slice_model(model, structure, kept, verify=False).eval()
-            rows = [{"name": spec.name, "kind": spec.kind, "features": features_at(spec, counts)}
-                    for spec in inventory]  # fmt: skip
+            rows = [
+                {"name": spec.name, "kind": spec.kind, "features": features_at(spec, counts)}
+                for spec in inventory
+            ]
             info = {"architecture": architecture, "kept_counts": counts}
             yield SuiteEntry(f"model_{architecture}_{index:03d}", "model", sliced, (example[:1],), rows, info)
 
