@@ -219,7 +219,7 @@ def check_target_types(cfg: DictConfig, key: str) -> None:
     except Exception as err:  # Hydra raises ImportError, ValueError or others for an unknown name
         raise ConfigError(
             f"config value {key}._target_={target!r} cannot be imported: expected the dotted name of a "
-            f"function or class, e.g. deepiot.data.load_mnist or deepiot.models.LeNet5 ({err})."
+            f"function or class, e.g. deepiot.data.load_mnist or deepiot.models.LeNet5 ({str(err).splitlines()[0]})."
         ) from None
     check_call_types(function, OmegaConf.to_container(node, resolve=True), key)
 
@@ -348,7 +348,8 @@ def load_bundle(cfg: DictConfig) -> DatasetBundle:
     for split in ("train", "val", "test"):
         if len(getattr(bundle, split)) == 0:
             raise ConfigError(
-                f"the {split} split of dataset {bundle.name!r} is empty; raise data.dataset.limit."
+                f"the {split} split of dataset {bundle.name!r} is empty: expected at least one sample. Use more "
+                "data, raise data.dataset.limit, or give the split a larger fraction."
             )
     return bundle
 

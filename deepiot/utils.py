@@ -160,10 +160,15 @@ def check_types(values: Mapping[str, Any], hints: Mapping[str, Any], prefix: str
                 f"config key {prefix}.{key} is unknown: expected one of {', '.join(sorted(hints))}. "
                 "Check its spelling in configs/ or on the command line."
             )
-        if not matches_type(value, hints[key]):
+        hint = hints[key]
+        if isinstance(value, Mapping) and typing.get_origin(hint) in (dict, collections.abc.Mapping):
+            value_type = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+            check_types(value, {name: value_type for name in value}, f"{prefix}.{key}")
+            continue
+        if not matches_type(value, hint):
             raise ConfigError(
                 f"config value {prefix}.{key}={value!r} has the wrong type: expected "
-                f"{describe_type(hints[key])}. Fix it in configs/ or override it on the command line "
+                f"{describe_type(hint)}. Fix it in configs/ or override it on the command line "
                 f"({prefix}.{key}=...)."
             )
 

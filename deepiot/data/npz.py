@@ -55,7 +55,7 @@ def check_label_gaps(splits: dict[str, Split], num_classes: int, file: Path) -> 
     """
     present = np.unique(np.concatenate([y for _, y in splits.values()]))
     missing = sorted(set(range(num_classes)) - {int(label) for label in present})
-    if not missing:
+    if not missing or present.size == 0:  # no labels at all: make_bundle reports the empty split
         return
     shown = ", ".join(map(str, missing[:20])) + (f" ... ({len(missing)} in all)" if len(missing) > 20 else "")
     message = (
