@@ -75,6 +75,9 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("finetune_iterations", "seed"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"compress.{name} must be an integer, got {getattr(self, name)!r}.")
         for name in (
             "max_iterations",
             "batch_size",
@@ -83,7 +86,8 @@ class LoopConfig:
             "eval_batch_size",
             "log_every",
         ):
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"compress.{name} must be a positive integer, got {getattr(self, name)}.")
         if self.finetune_iterations < 0 or self.seed < 0:
             raise ValueError(

@@ -164,3 +164,9 @@ def test_runs_are_named_after_their_model_and_data(overrides, name):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     assert cfg.name == name
     assert cfg.hydra.run.dir == f"outputs/train/{name}"
+
+
+@pytest.mark.parametrize("field", ["max_iterations", "batch_size", "finetune_iterations", "seed"])
+def test_python_api_integer_settings_must_be_integers(field):
+    with pytest.raises(ValueError, match=rf"compress.{field} must be .*integer, got 2.5"):
+        LoopConfig(**{field: 2.5})
