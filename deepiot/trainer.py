@@ -688,7 +688,10 @@ def last_saved_state(state: LoopState) -> str:
         return "The state of the last fine-tuning checkpoint is on disk if a run_dir was given."
     if not state.history:
         return "No state was saved yet (the first one is written at the first evaluation)."
-    return f"The state of the last evaluation (iteration {state.history[-1]['iteration']}) is on disk if a run_dir was given."
+    last = state.history[-1]["iteration"]
+    return (
+        f"The last good state (iteration {last}) was written at the last evaluation, if a run_dir was given."
+    )
 
 
 def global_step(state: LoopState) -> int:

@@ -83,7 +83,10 @@ def test_label_gap_gives_a_warning_naming_the_missing_class(tmp_path, caplog):
 
 @pytest.mark.parametrize(
     ("history", "message"),
-    [([], "No state was saved yet"), ([{"iteration": 200}], r"last evaluation \(iteration 200\) is on disk")],
+    [
+        ([], "No state was saved yet"),
+        ([{"iteration": 200}], r"last good state \(iteration 200\) was written at the last evaluation"),
+    ],
 )
 def test_nan_message_says_what_was_saved(history, message):
     state = LoopState(keep_logits={}, iteration=250, history=history)
