@@ -50,20 +50,8 @@ def compression_config(cfg: DictConfig) -> CompressionConfig:
     groups = OmegaConf.to_container(cfg, resolve=True)
     loop = {key: value for key, value in groups["compress"].items() if key not in REPORT_KEYS}
     loop.setdefault("seed", groups["seed"])  # compress.seed defaults to ${seed} in configs/compress/*.yaml
-    check_dataclass_types(LoopConfig, loop, "compress")
-    check_dataclass_types(CompressorConfig, groups["compressor"], "compressor")
-    check_dataclass_types(CriticConfig, groups["critic"], "critic")
-    check_dataclass_types(ScheduleConfig, groups["schedule"], "schedule")
-    latency_threads = groups["compress"].get("latency_threads")
-    if latency_threads is not None and (type(latency_threads) is not int or latency_threads < 1):
-        raise ConfigError(
-            f"config value compress.latency_threads={latency_threads!r} is invalid: expected null (skip the "
-            "latency measurement) or an integer >= 1."
-        )
-    if not isinstance(groups["cost"].get("name"), str):
-        raise ConfigError(
-            f"config value cost.name={groups['cost'].get('name')!r} is invalid: expected a string."
-        )
+    check_group_types({**groups, "compress": loop})
+    check_report_settings(groups)
     try:
         return CompressionConfig(
             loop=LoopConfig(**loop),
@@ -77,6 +65,32 @@ def compression_config(cfg: DictConfig) -> CompressionConfig:
         raise ConfigError(
             f"invalid compression config: {err} Fix it in configs/ or override it on the command line."
         ) from err
+
+
+def check_group_types(groups: dict[str, Any]) -> None:
+    """Every value of the compress/compressor/critic/schedule groups must fit its settings dataclass's field type."""
+    schemas = {
+        "compress": LoopConfig,
+        "compressor": CompressorConfig,
+        "critic": CriticConfig,
+        "schedule": ScheduleConfig,
+    }
+    for group, schema in schemas.items():
+        check_dataclass_types(schema, groups[group], group)
+
+
+def check_report_settings(groups: dict[str, Any]) -> None:
+    """compress.latency_threads and cost.name, the two settings outside the dataclasses."""
+    latency_threads = groups["compress"].get("latency_threads")
+    if latency_threads is not None and (type(latency_threads) is not int or latency_threads < 1):
+        raise ConfigError(
+            f"config value compress.latency_threads={latency_threads!r} is invalid: expected null (skip the "
+            "latency measurement) or an integer >= 1."
+        )
+    if not isinstance(groups["cost"].get("name"), str):
+        raise ConfigError(
+            f"config value cost.name={groups['cost'].get('name')!r} is invalid: expected a string."
+        )
 
 
 def run_compress(cfg: DictConfig) -> dict[str, Any]:
