@@ -132,9 +132,18 @@ class Reward:
         """cost(E[z]) / cost(original) for keep probabilities {group: [size]}, differentiable in them: [1].
 
         Cost models need not be differentiable (the structure's is not), so the gradient comes from the
-        slope of the cost per kept element of each group, measured in one vectorised call by adding (or, for
-        a full group, removing) one element per group — exact for costs linear in each group's count
-        (params, MACs, model bytes).
+        slope of the cost per kept element of each group (`cost_slopes`) — exact for costs linear in each
+        group's count (params, MACs, model bytes).
+        """
+        ratio, slopes = self.cost_slopes(keep_probs)
+        counts = torch.stack([prob.sum() for prob in keep_probs.values()])  # [G], carries the gradient
+        return ratio + (slopes * (counts - counts.detach())).sum()
+
+    def cost_slopes(self, keep_probs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(cost(E[z]) / cost(original) [1], its slope per kept element of each group [G]), not differentiable.
+
+        The slopes are measured in one vectorised call by adding (or, for a full group, removing) one element
+        per group.
         """
         names = list(keep_probs)
         probs = {name: prob.detach() for name, prob in keep_probs.items()}
@@ -145,9 +154,7 @@ class Reward:
         for row, name in enumerate(names, start=1):
             rows[name][row] += steps[row - 1] / probs[name].numel()
         ratios = self.cost_ratio(rows)  # [G + 1]: E[z], then E[z] with group g changed
-        slopes = (ratios[1:] - ratios[0]) / steps  # [G]: cost ratio per kept element
-        counts = torch.stack([keep_probs[name].sum() for name in names])  # [G], carries the gradient
-        return ratios[:1] + (slopes * (counts - counts.detach())).sum()
+        return ratios[:1], (ratios[1:] - ratios[0]) / steps  # [1], [G]: cost ratio per kept element
 
     def __call__(self, losses: Tensor, masks: Mapping[str, Tensor]) -> RewardBatch:
         cost_ratio = self.cost_ratio(masks)

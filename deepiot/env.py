@@ -30,8 +30,8 @@ from deepiot.critic import COST_FUNCTIONS, Reward
 from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, input_layout
 from deepiot.models import build_model
+from deepiot.runtime import dataset_tensors, evaluate
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
-from deepiot.trainer import dataset_tensors, evaluate
 
 MODEL_TARGETS = {
     "lenet300": "deepiot.models.LeNet300",

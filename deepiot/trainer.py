@@ -5,12 +5,13 @@
      probabilities); every `eval_every` iterations the current pruned structure (p ≥ τ kept, p < τ removed:
      hard 0/1 masks, exactly what is exported) is validated and the stop rules are checked: target met,
      kept set unchanged for `patience` evaluations once τ is at its limit ("converged"), or max iterations;
-  2. fine-tuning: the kept set is frozen (p = 1 kept, p = 0 removed), the compressor stops, only the critic
-     trains — so the exported model computes exactly the network that was evaluated;
-  3. `slice_model` builds the physically smaller model; its test accuracy is measured and its outputs are
-     checked against the masked network's.
-With a `run_dir`, the whole loop state is written atomically to `<run_dir>/compress_state.pt` at every
-evaluation and rerunning the same call resumes from it (same seed → same result as an uninterrupted run).
+  2. slicing: the kept set is final (fitted to the budgets, see `deepiot.budget`); `slice_model` builds the
+     physically smaller model, checked to compute exactly what the masked critic computes;
+  3. fine-tuning: the sliced model trains with the shared recipe (`deepiot.finetune`: cosine learning rate,
+     distillation from the original, best-validation weights); its test accuracy is measured.
+With a `run_dir`, the loop state is written atomically to `<run_dir>/compress_state.pt` at every evaluation
+and the fine-tuning state to `<run_dir>/finetune_state.pt`; rerunning the same call resumes from them (same
+seed → same result as an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from deepiot.budget import BUDGET_PRESSURES, BudgetController, budgets_of, cost_ratios, fit_to_budget
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
 from deepiot.critic import Baseline, CriticConfig, Reward, build_baselines, structure_features
+from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
+from deepiot.runtime import BatchStream, CompressionError, accuracy, dataset_tensors
 from deepiot.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
 from deepiot.utils import ConfigError, describe_differences
@@ -42,13 +46,10 @@ from deepiot.utils import ConfigError, describe_differences
 log = logging.getLogger(__name__)
 
 STATE_FILE = "compress_state.pt"
+FINETUNE_STATE_FILE = "finetune_state.pt"
 SLICED_TOLERANCE = 1e-4  # max |sliced − masked| logit difference accepted (float32 reassociation only)
 # A critic cross-entropy above this only comes from a diverged run (chance level is ln K: 2.3 for 10 classes).
 DIVERGED_LOSS = 1000.0
-
-
-class CompressionError(RuntimeError):
-    """The loop cannot continue (e.g. a loss became NaN); the message says what happened and what to do."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class LoopConfig:
     Stop rule (checked every `eval_every` iterations): every set size target met and validation accuracy ≥ the
     floor, where the floor is the higher of `min_val_accuracy` and original − `max_accuracy_drop` (unset parts
     are ignored); or the kept set unchanged for `patience` evaluations once τ is at its limit; or
-    `max_iterations`. Then `finetune_iterations` critic steps with the kept set fixed.
+    `max_iterations`. Then the sliced model is fine-tuned (`CompressionConfig.finetune`).
     """
 
     max_iterations: int = 2000
@@ -69,13 +70,16 @@ class LoopConfig:
     min_val_accuracy: float | None = None
     max_accuracy_drop: float | None = None
     patience: int = 5
-    finetune_iterations: int = 1000
+    warmup_iterations: int = 0  # Algorithm 1, phase 1: compressor-only iterations, critic frozen, τ = 0
+    budget_lr: float = 0.05  # dual-ascent step of the budget prices λ (0: fixed λ = 0, targets only stop)
+    budget_pressure: str = "elasticity"  # "elasticity" | "marginal" (see deepiot.budget.BudgetController)
+    fit_to_budget: bool = True  # after the search, fit the kept set to the targets by keep probability
     eval_batch_size: int = 512
     log_every: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("finetune_iterations", "seed"):
+        for name in ("warmup_iterations", "seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"compress.{name} must be an integer, got {getattr(self, name)!r}.")
         for name in (
@@ -89,10 +93,17 @@ class LoopConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"compress.{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.finetune_iterations < 0 or self.seed < 0:
+        if self.warmup_iterations < 0 or not self.budget_lr >= 0:
             raise ValueError(
-                f"compress.finetune_iterations and seed must be >= 0, got {self.finetune_iterations} and {self.seed}."
+                f"compress.warmup_iterations and compress.budget_lr must be >= 0, got {self.warmup_iterations} "
+                f"and {self.budget_lr}."
             )
+        if self.budget_pressure not in BUDGET_PRESSURES:
+            raise ValueError(
+                f"compress.budget_pressure must be one of {BUDGET_PRESSURES}, got {self.budget_pressure!r}."
+            )
+        if self.seed < 0:
+            raise ValueError(f"compress.seed must be >= 0, got {self.seed}.")
         for name in ("target_params", "target_macs"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
@@ -113,6 +124,7 @@ class CompressionConfig:
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (tuples as lists), as stored in the checkpoint."""
@@ -138,34 +150,8 @@ class StepStats(NamedTuple):
     advantage_var: float
     entropy: float
     grad_var: dict[str, float]
-
-
-class BatchStream:
-    """Endless shuffled mini-batches of a tensor dataset (epochs without replacement, last partial batch dropped).
-
-    Its whole state (permutation, position, generator) is saved, so a resumed run sees the same batches.
-    """
-
-    def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, seed: int) -> None:
-        self.inputs, self.labels, self.batch_size = inputs, labels, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(len(labels), generator=self.generator)
-        self.position = 0
-
-    def next(self) -> tuple[Tensor, Tensor]:
-        if self.position + self.batch_size > len(self.order):
-            self.order = torch.randperm(len(self.labels), generator=self.generator)
-            self.position = 0
-        indices = self.order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return self.inputs[indices], self.labels[indices]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.order, self.position = state["order"], int(state["position"])
+    expected_cost: dict[str, float]  # E[cost ratio] under the sampling probabilities, per budget
+    prices: dict[str, float]  # the budgets' λ after this iteration
 
 
 @dataclass
@@ -181,6 +167,7 @@ class LoopParts:
     compressor_optimizer: torch.optim.Optimizer
     baselines: dict[str, Baseline]
     reward: Reward
+    budget: BudgetController
     schedule: ThresholdSchedule
     batches: BatchStream
     mask_generator: torch.Generator
@@ -192,8 +179,7 @@ class LoopState:
 
     keep_logits: dict[str, Tensor]  # step 3's stored probabilities (as logits) for the next critic step
     iteration: int = 0
-    phase: str = "compress"  # "compress" → "finetune" → "done"
-    finetune_iteration: int = 0
+    phase: str = "compress"  # "compress" → "finetune" (the kept set is final)
     unchanged_evaluations: int = 0
     kept: dict[str, list[int]] = field(default_factory=dict)  # kept set at the last evaluation
     stop_reason: str = ""
@@ -206,25 +192,33 @@ class LoopState:
 
 
 def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance: bool = False) -> StepStats:
-    """One DeepIoT iteration (DESIGN §2, steps 1–3), at threshold τ of the current iteration."""
-    tau = parts.schedule(state.iteration)
+    """One DeepIoT iteration (DESIGN §2, steps 1–3), at threshold τ of the current iteration.
+
+    During the warm-up (Algorithm 1, phase 1: the first `warmup_iterations`) step 1 is skipped: the critic is
+    frozen, τ stays 0 and the budget prices stay where they are; only the compressor learns.
+    """
+    warming_up = state.iteration < parts.config.loop.warmup_iterations
+    tau = threshold(parts, state.iteration)
     decay = parts.config.schedule.decay
     batch_size = parts.config.loop.batch_size
 
     # 1. Critic step: masks from the stored, threshold-decayed keep probabilities (p < τ → γ·p); one optimizer
     #    step of the critic (the model, through its masks) on the task loss.
-    inputs, labels = parts.batches.next()
-    masks = MaskDistribution(state.keep_logits, tau, decay).sample(batch_size, parts.mask_generator)
-    parts.network.train()
-    critic_loss = F.cross_entropy(parts.network(inputs, masks), labels)
-    check_finite("critic loss", critic_loss, state, tau)
-    parts.critic_optimizer.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    parts.critic_optimizer.step()
+    critic_loss = torch.tensor(math.nan)
+    if not warming_up:
+        inputs, labels = parts.batches.next()
+        masks = MaskDistribution(state.keep_logits, tau, decay).sample(batch_size, parts.mask_generator)
+        parts.network.train()
+        critic_loss = F.cross_entropy(parts.network(inputs, masks), labels)
+        check_finite("critic loss", critic_loss, state, tau)
+        parts.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        parts.critic_optimizer.step()
 
     # 2. Compressor step: the compressor re-reads the critic's (just updated) weights; on a fresh batch with
     #    fresh masks z_i ~ Bernoulli(p'), the critic judges each structure (reward r_i = −ℓ_i − λ·cost ratio)
-    #    and REINFORCE follows mean_i[adv_i · Σ_groups Σ_j log P(z_ij | p'_j)], adv_i = (r_i − b)/max(1, s).
+    #    and REINFORCE follows mean_i[adv_i · Σ_groups Σ_j log P(z_ij | p'_j)], adv_i = (r_i − b)/max(1, s);
+    #    the budgets add Σ_k λ_k · E[cost_k ratio](p'), whose gradient is exact (no sampling noise).
     inputs, labels = parts.batches.next()
     distribution = MaskDistribution(parts.compressor(weight_matrices(parts)), tau, decay)
     masks = distribution.sample(batch_size, parts.mask_generator)
@@ -241,11 +235,14 @@ def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance:
     advantage = advantages[parts.config.critic.baseline]  # [N]
     # the learned critic depends on z, so its correction term keeps the estimate unbiased (0 for the EMA)
     control_variate = baseline.control_variate(distribution.keep_probs, parts.reward)
-    compressor_loss = -(advantage * distribution.log_prob(masks)).mean() - control_variate
+    budget_penalty, expected_cost = parts.budget.penalty(distribution.keep_probs)
+    compressor_loss = -(advantage * distribution.log_prob(masks)).mean() - control_variate + budget_penalty
     check_finite("compressor loss", compressor_loss, state, tau)
     parts.compressor_optimizer.zero_grad(set_to_none=True)
     compressor_loss.backward()
     parts.compressor_optimizer.step()
+    if not warming_up:
+        parts.budget.update(expected_cost)  # dual ascent: a budget still exceeded raises its price
 
     # 3. Store the new probabilities (from the updated compressor) for the next iteration's sampling.
     with torch.no_grad():
@@ -266,19 +263,19 @@ def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance:
         advantage_var=float(advantage.var()),
         entropy=float(distribution.entropy().detach()),
         grad_var=grad_var,
+        expected_cost=expected_cost,
+        prices=dict(parts.budget.prices),
     )
 
 
-def finetune_step(parts: LoopParts, state: LoopState, kept_masks: Mapping[str, Tensor]) -> float:
-    """One critic step with the kept set fixed (p = 1 kept, p = 0 removed) and the compressor frozen."""
-    inputs, labels = parts.batches.next()
-    parts.network.train()
-    loss = F.cross_entropy(parts.network(inputs, kept_masks), labels)
-    check_finite("fine-tuning loss", loss, state, tau=math.nan)
-    parts.critic_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    parts.critic_optimizer.step()
-    return float(loss.detach())
+def threshold(parts: LoopParts, iteration: int) -> float:
+    """τ at `iteration`: 0 during the warm-up, then the schedule's, counted from the end of the warm-up."""
+    return parts.schedule(schedule_iteration(parts, iteration))
+
+
+def schedule_iteration(parts: LoopParts, iteration: int) -> int:
+    """Iterations of joint compression so far (the schedule's clock; the warm-up does not count)."""
+    return max(0, iteration - parts.config.loop.warmup_iterations)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -341,18 +338,31 @@ def compress_model(
             "val_accuracy": accuracy(model, val_inputs, val_labels, config.loop.eval_batch_size),
             "test_accuracy": accuracy(model, test_inputs, test_labels, config.loop.eval_batch_size),
         }
-    writer = SummaryWriter(Path(run_dir) / "tensorboard", purge_step=global_step(state)) if run_dir else None
+    writer = SummaryWriter(Path(run_dir) / "tensorboard", purge_step=state.iteration) if run_dir else None
     if writer is not None and saved is None:
         writer.add_text("hyperparameters", hyperparameter_table(config.to_dict()))
     validation = (val_inputs, val_labels)
     if state.phase == "compress":
         run_compression(parts, state, validation, writer, state_path, progress)
-    if state.phase == "finetune":
-        run_finetuning(parts, state, writer, state_path, progress)
-    result = slice_and_test(parts, state, validation, (test_inputs, test_labels), model_config or {})
+    sliced, difference = slice_checked(parts, state, test_inputs[: config.loop.eval_batch_size])
+    started = time.perf_counter()
+    tuned = finetune(
+        sliced,
+        (train_inputs, train_labels),
+        validation,
+        config.finetune,
+        teacher=model if config.finetune.distill_weight > 0 else None,
+        state_path=Path(run_dir) / FINETUNE_STATE_FILE if run_dir is not None else None,
+        progress=progress,
+    )
+    state.wall_time_s["finetune"] = state.wall_time_s.get("finetune", 0.0) + time.perf_counter() - started
+    result = compression_result(
+        parts, state, tuned, difference, (test_inputs, test_labels), model_config or {}
+    )
     if writer is not None:
+        log_finetuning(writer, tuned.history, state.iteration)
         writer.add_scalar(
-            "charts/test_accuracy", result.report["accuracy"]["compressed_test"], global_step(state)
+            "charts/test_accuracy", result.report["accuracy"]["compressed_test"], state.iteration
         )
         writer.close()
     return result
@@ -424,7 +434,7 @@ def evaluate_and_decide(
     val_accuracy = accuracy(
         parts.network, *validation, loop.eval_batch_size, parts.structure.masks_from_kept(kept)
     )
-    ratios = cost_ratios(parts.structure, kept)
+    ratios = ratio_record(parts.structure, kept)
     record = {
         "iteration": state.iteration,
         "tau": tau,
@@ -436,14 +446,34 @@ def evaluate_and_decide(
         **{f"grad_var_{name}": value for name, value in stats.grad_var.items()},
     }
     state.history.append(record)
-    parts.schedule.observe(state.iteration, val_accuracy, state.original["val_accuracy"])
+    parts.schedule.observe(
+        schedule_iteration(parts, state.iteration), val_accuracy, state.original["val_accuracy"]
+    )
     state.unchanged_evaluations = state.unchanged_evaluations + 1 if kept == state.kept else 0
     state.kept = kept
     reason = stop_reason(parts, state, record)
     if reason:
         state.stop_reason, state.phase = reason, "finetune"
         log.info("compression stops at iteration %d: %s", state.iteration, reason)
+        state.kept = final_kept_set(parts, state)
     return record
+
+
+def final_kept_set(parts: LoopParts, state: LoopState) -> dict[str, list[int]]:
+    """The search's kept set, fitted to the budgets by keep probability when there are budgets to fit."""
+    budgets = parts.budget.budgets
+    if not budgets or not parts.config.loop.fit_to_budget:
+        return state.kept
+    probs = {name: torch.sigmoid(logits) for name, logits in state.keep_logits.items()}
+    fitted = fit_to_budget(parts.structure, state.kept, probs, budgets)
+    before, after = cost_ratios(parts.structure, state.kept), cost_ratios(parts.structure, fitted)
+    log.info(
+        "kept set fitted to the budget: %s",
+        ", ".join(
+            f"{name} {before[name]:.2%} → {after[name]:.2%} (budget {budgets[name]:.2%})" for name in budgets
+        ),
+    )
+    return fitted
 
 
 def stop_reason(parts: LoopParts, state: LoopState, record: Mapping[str, float]) -> str:
@@ -456,7 +486,9 @@ def stop_reason(parts: LoopParts, state: LoopState, record: Mapping[str, float])
         return "target met: " + ", ".join(
             f"{key} {record[key]:.4f} <= {value}" for key, value in size_targets.items()
         )
-    if state.unchanged_evaluations >= loop.patience and parts.schedule.at_limit(state.iteration):
+    if state.unchanged_evaluations >= loop.patience and parts.schedule.at_limit(
+        schedule_iteration(parts, state.iteration)
+    ):
         return f"converged: kept set unchanged for {state.unchanged_evaluations} evaluations"
     if state.iteration >= loop.max_iterations:
         return f"max iterations ({loop.max_iterations}) reached"
@@ -473,50 +505,12 @@ def accuracy_floor(loop: LoopConfig, original_val_accuracy: float) -> float:
     return max(floors)
 
 
-def run_finetuning(
-    parts: LoopParts, state: LoopState, writer: SummaryWriter | None, state_path: Path | None, progress: bool
-) -> None:
-    """Critic-only training with the kept set fixed; checkpoints every `eval_every` steps."""
-    loop = parts.config.loop
-    kept_masks = parts.structure.masks_from_kept(state.kept)
-    bar = tqdm(
-        total=loop.finetune_iterations,
-        initial=state.finetune_iteration,
-        desc="fine-tune",
-        disable=not progress,
-    )
-    started = time.perf_counter()
-    while state.finetune_iteration < loop.finetune_iterations:
-        loss = finetune_step(parts, state, kept_masks)
-        state.finetune_iteration += 1
-        check_not_diverged("fine-tuning loss", loss, state, math.nan)
-        bar.update(1)
-        if writer is not None and state.finetune_iteration % loop.log_every == 0:
-            writer.add_scalar("losses/finetune", loss, global_step(state))
-        if state.finetune_iteration % loop.eval_every == 0 and state_path is not None:
-            state.wall_time_s["finetune"] += time.perf_counter() - started
-            started = time.perf_counter()
-            save_checkpoint(state_payload(parts, state), state_path)
-    bar.close()
-    state.wall_time_s["finetune"] += time.perf_counter() - started
-    state.phase = "done"
-    if state_path is not None:
-        save_checkpoint(state_payload(parts, state), state_path)
-
-
-def slice_and_test(
-    parts: LoopParts,
-    state: LoopState,
-    validation: tuple[Tensor, Tensor],
-    test: tuple[Tensor, Tensor],
-    model_config: Mapping[str, Any],
-) -> CompressionResult:
-    """Slice the fine-tuned critic to its kept set, check it equals the masked network, and test it."""
-    loop = parts.config.loop
+def slice_checked(parts: LoopParts, state: LoopState, check_inputs: Tensor) -> tuple[nn.Module, float]:
+    """The critic sliced to the final kept set, checked to compute what the masked critic computes
+    (returns the model and the largest logit difference seen)."""
     masks = parts.structure.masks_from_kept(state.kept)
     parts.critic.eval()
     sliced = slice_model(parts.critic, parts.structure, state.kept).eval()
-    check_inputs = test[0][: loop.eval_batch_size]
     with torch.no_grad():
         masked_logits = parts.network(check_inputs, masks)
         sliced_logits = sliced(check_inputs)
@@ -526,6 +520,18 @@ def slice_and_test(
             f"the sliced model's outputs differ from the masked network's by up to {difference:.3g} (tolerance "
             f"{SLICED_TOLERANCE}); the slicing of {type(parts.critic).__name__} is wrong — please report it."
         )
+    return sliced, difference
+
+
+def compression_result(
+    parts: LoopParts,
+    state: LoopState,
+    tuned: FinetuneResult,
+    difference: float,
+    test: tuple[Tensor, Tensor],
+    model_config: Mapping[str, Any],
+) -> CompressionResult:
+    """The fine-tuned sliced model, its slicing plan and the report of the whole run."""
     plan = SlicingPlan(
         model_config=dict(model_config),
         kept={name: list(indices) for name, indices in state.kept.items()},
@@ -534,22 +540,23 @@ def slice_and_test(
     report = {
         "stop_reason": state.stop_reason,
         "iterations": state.iteration,
-        "finetune_iterations": state.finetune_iteration,
+        "finetune_iterations": parts.config.finetune.steps,
         "group_sizes": plan.group_sizes,
         "kept_counts": {name: len(indices) for name, indices in state.kept.items()},
         "kept": plan.kept,
-        **{"modelled_" + key: value for key, value in cost_ratios(parts.structure, state.kept).items()},
+        **{"modelled_" + key: value for key, value in ratio_record(parts.structure, state.kept).items()},
         "accuracy": {
             "original_val": state.original["val_accuracy"],
             "original_test": state.original["test_accuracy"],
-            "compressed_val": accuracy(parts.network, *validation, loop.eval_batch_size, masks),
-            "compressed_test": accuracy(sliced, *test, loop.eval_batch_size),
+            "compressed_val": tuned.best_val_accuracy,
+            "compressed_test": accuracy(tuned.model, *test, parts.config.loop.eval_batch_size),
         },
         "sliced_vs_masked_max_abs_diff": difference,
         "wall_time_s": dict(state.wall_time_s),
         "history": state.history,
+        "finetune_history": tuned.history,
     }
-    return CompressionResult(sliced, plan, report)
+    return CompressionResult(tuned.model, plan, report)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -577,6 +584,9 @@ def build_parts(
         compressor_optimizer=torch.optim.RMSprop(compressor.parameters(), lr=config.compressor.lr),
         baselines=build_baselines(critic_config, len(structure.groups)),
         reward=Reward(structure, critic_config.cost, critic_config.lam),
+        budget=BudgetController(
+            structure, budgets_of(asdict(config.loop)), config.loop.budget_lr, config.loop.budget_pressure
+        ),
         schedule=build_schedule(config.schedule),
         batches=BatchStream(*train, config.loop.batch_size, seed=config.loop.seed),
         mask_generator=torch.Generator().manual_seed(config.loop.seed + 1),
@@ -609,57 +619,10 @@ def kept_indices(keep_logits: Mapping[str, Tensor], tau: float) -> dict[str, lis
     return kept
 
 
-def cost_ratios(structure: Structure, kept: Mapping[str, list[int]]) -> dict[str, float]:
-    """Parameters and MACs left, as fractions of the original, from the structure's real shapes."""
-    original = structure.cost()
-    pruned = structure.cost({name: len(indices) for name, indices in kept.items()})
-    return {"params_ratio": pruned.params / original.params, "macs_ratio": pruned.macs / original.macs}
-
-
-@torch.no_grad()
-def evaluate(
-    network: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
-    batch_size: int,
-    masks: Mapping[str, Tensor] | None = None,
-) -> tuple[Tensor, float]:
-    """(per-sample cross-entropy [N], top-1 accuracy) in eval mode; `masks` go to a MaskedNetwork."""
-    network.eval()
-    losses, correct = [], 0
-    for start in range(0, len(labels), batch_size):
-        batch, targets = inputs[start : start + batch_size], labels[start : start + batch_size]
-        logits = network(batch) if masks is None else network(batch, masks)  # [B, classes]
-        losses.append(F.cross_entropy(logits, targets, reduction="none"))
-        correct += int((logits.argmax(dim=1) == targets).sum())
-    return torch.cat(losses), correct / len(labels)
-
-
-def accuracy(
-    network: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
-    batch_size: int,
-    masks: Mapping[str, Tensor] | None = None,
-) -> float:
-    """Top-1 accuracy in eval mode (see `evaluate`)."""
-    return evaluate(network, inputs, labels, batch_size, masks)[1]
-
-
-def dataset_tensors(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
-    """(inputs, labels) of a TensorDataset, or of any (input, label) dataset by stacking its items."""
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None and len(tensors) == 2:
-        inputs, labels = tensors
-    else:
-        items = [dataset[index] for index in range(len(dataset))]  # type: ignore[arg-type]
-        if not items:
-            raise ValueError(f"the {split} dataset is empty; compression needs train, val and test samples.")
-        inputs = torch.stack([torch.as_tensor(item[0]) for item in items])
-        labels = torch.as_tensor([int(item[1]) for item in items])
-    if len(labels) == 0:
-        raise ValueError(f"the {split} dataset is empty; compression needs train, val and test samples.")
-    return inputs.float(), labels.long()
+def ratio_record(structure: Structure, kept: Mapping[str, list[int]]) -> dict[str, float]:
+    """Parameters and MACs left, as fractions of the original ({'params_ratio': …, 'macs_ratio': …})."""
+    ratios = cost_ratios(structure, kept)
+    return {f"{name}_ratio": ratios[name] for name in ("params", "macs")}
 
 
 def check_finite(what: str, value: Tensor, state: LoopState, tau: float) -> None:
@@ -684,19 +647,12 @@ def check_not_diverged(what: str, loss: float, state: LoopState, tau: float) -> 
 
 def last_saved_state(state: LoopState) -> str:
     """Where a stopped run can be picked up: the last evaluation's state, written only when a run_dir was given."""
-    if state.phase == "finetune":
-        return "The state of the last fine-tuning checkpoint is on disk if a run_dir was given."
     if not state.history:
         return "No state was saved yet (the first one is written at the first evaluation)."
     last = state.history[-1]["iteration"]
     return (
         f"The last good state (iteration {last}) was written at the last evaluation, if a run_dir was given."
     )
-
-
-def global_step(state: LoopState) -> int:
-    """One TensorBoard step axis over both phases."""
-    return state.iteration + state.finetune_iteration
 
 
 def hyperparameter_table(config: Mapping[str, Any]) -> str:
@@ -715,8 +671,20 @@ def log_step(writer: SummaryWriter, stats: StepStats, step: int) -> None:
     writer.add_scalar("compressor/advantage_var", stats.advantage_var, step)
     writer.add_scalar("compressor/entropy", stats.entropy, step)
     writer.add_scalar("schedule/tau", stats.tau, step)
+    for name, price in stats.prices.items():
+        writer.add_scalar(f"budget/lambda_{name}", price, step)
+        writer.add_scalar(f"budget/expected_{name}_ratio", stats.expected_cost[name], step)
     for name, value in stats.grad_var.items():
         writer.add_scalar(f"compressor/grad_var_{name}", value, step)
+
+
+def log_finetuning(writer: SummaryWriter, history: list[dict[str, float]], offset: int) -> None:
+    """The fine-tuning evaluations, on the step axis after the search's last iteration."""
+    for record in history:
+        step = offset + int(record["step"])
+        writer.add_scalar("charts/finetune_val_accuracy", record["val_accuracy"], step)
+        if "train_loss" in record:
+            writer.add_scalar("losses/finetune", record["train_loss"], step)
 
 
 def log_evaluation(
@@ -747,6 +715,7 @@ def state_payload(parts: LoopParts, state: LoopState) -> dict[str, Any]:
         "critic_optimizer": parts.critic_optimizer.state_dict(),
         "compressor_optimizer": parts.compressor_optimizer.state_dict(),
         "baselines": {name: baseline.state_dict() for name, baseline in parts.baselines.items()},
+        "budget": parts.budget.state_dict(),
         "schedule": parts.schedule.state_dict(),
         "batches": parts.batches.state_dict(),
         "mask_generator": parts.mask_generator.get_state(),
@@ -777,6 +746,7 @@ def restore(parts: LoopParts, saved: Mapping[str, Any]) -> LoopState:
     parts.compressor_optimizer.load_state_dict(saved["compressor_optimizer"])
     for name, baseline in parts.baselines.items():
         baseline.load_state_dict(saved["baselines"][name])
+    parts.budget.load_state_dict(saved["budget"])
     parts.schedule.load_state_dict(saved["schedule"])
     parts.batches.load_state_dict(saved["batches"])
     parts.mask_generator.set_state(saved["mask_generator"])

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 import deepiot
 from deepiot.data import load_hapt_activity
+from deepiot.finetune import FinetuneConfig
 from deepiot.schedules import ScheduleConfig
 from deepiot.trainer import CompressionConfig, LoopConfig
 
@@ -75,9 +76,9 @@ def main() -> None:
         loop=LoopConfig(
             max_iterations=60 if args.quick else 1500,
             eval_every=20 if args.quick else 100,
-            finetune_iterations=20 if args.quick else 300,
         ),
         schedule=ScheduleConfig(every=2 if args.quick else 40),  # τ climbs 10× faster than the paper's
+        finetune=FinetuneConfig(steps=20 if args.quick else 600, eval_every=10 if args.quick else 200),
     )
     result = deepiot.compress(
         model,

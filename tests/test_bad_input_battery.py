@@ -38,7 +38,8 @@ QUICK = ["trainer.epochs=1", "trainer.progress_bar=false"]
 COMPRESS_QUICK = [
     "compress.max_iterations=20",
     "compress.eval_every=10",
-    "compress.finetune_iterations=10",
+    "finetune.steps=10",
+    "finetune.eval_every=10",
     "compress.batch_size=16",
     "compress.latency_threads=null",
 ]
@@ -254,7 +255,7 @@ TYPE_CASES = [
     wrong_type("compress.target_macs", "abc", "a number or null", "compress"),
     wrong_type("compress.min_val_accuracy", "abc", "a number or null", "compress"),
     wrong_type("compress.patience", "1.5", "an integer", "compress"),
-    wrong_type("compress.finetune_iterations", "abc", "an integer", "compress"),
+    wrong_type("finetune.steps", "abc", "an integer", "compress"),
     wrong_type("compress.seed", "abc", "an integer", "compress"),
     wrong_type("compress.latency_threads", "0", "null .*or an integer >= 1", "compress"),
     wrong_type("critic.lr", "abc", "a number", "compress"),

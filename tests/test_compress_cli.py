@@ -23,7 +23,7 @@ TINY = [
     "trainer.num_threads=1",
     "compress.max_iterations=20",
     "compress.eval_every=10",
-    "compress.finetune_iterations=10",
+    "finetune.steps=10",
     "compress.batch_size=32",
     "compress.latency_threads=null",
 ]
@@ -127,8 +127,9 @@ def test_run_compress_trains_compresses_exports_and_resumes(tmp_path):
     assert (
         load_checkpoint(out_dir / "compress_state.pt")["loop"]["phase"]
         == state_before["loop"]["phase"]
-        == "done"
+        == "finetune"
     )
+    assert load_checkpoint(out_dir / "finetune_state.pt")["loop"]["step"] == 10  # finetune.steps, all done
 
 
 def test_smoke_cli_subprocess_with_tiny_overrides(tmp_path):

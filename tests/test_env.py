@@ -18,7 +18,7 @@ import deepiot
 from deepiot.checkpoint import save_checkpoint
 from deepiot.data import DatasetBundle
 from deepiot.env import EVAL_BATCH_SIZE, OBSERVATION_FIELDS, CompressEnv
-from deepiot.trainer import evaluate
+from deepiot.runtime import evaluate
 
 SMALL = {"data_limit": 256, "finetune_steps": 2, "eval_samples": 200}
 

@@ -18,6 +18,7 @@ from deepiot.checkpoint import load_checkpoint
 from deepiot.cli import CONFIG_DIR, compose_config
 from deepiot.cli.compress import compression_config
 from deepiot.data import load_npz
+from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON, write_report
 from deepiot.train import TrainingError, ensure_trained, train
 from deepiot.trainer import (
@@ -125,7 +126,7 @@ def test_compression_without_a_bar_prints_a_line_per_evaluation(caplog):
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
     data = TensorDataset(torch.randn(64, 12), torch.arange(64) % 3)
     config = CompressionConfig(
-        loop=LoopConfig(max_iterations=20, eval_every=10, finetune_iterations=0, batch_size=16)
+        loop=LoopConfig(max_iterations=20, eval_every=10, batch_size=16), finetune=FinetuneConfig(steps=0)
     )
     with caplog.at_level(logging.INFO, logger="deepiot.trainer"):
         compress_model(model, data, data, data, config, progress=False)
@@ -169,7 +170,7 @@ def test_runs_are_named_after_their_model_and_data(overrides, name):
     assert cfg.hydra.run.dir == f"outputs/train/{name}"
 
 
-@pytest.mark.parametrize("field", ["max_iterations", "batch_size", "finetune_iterations", "seed"])
+@pytest.mark.parametrize("field", ["max_iterations", "batch_size", "warmup_iterations", "seed"])
 def test_python_api_integer_settings_must_be_integers(field):
     with pytest.raises(ValueError, match=rf"compress.{field} must be .*integer, got 2.5"):
         LoopConfig(**{field: 2.5})

@@ -15,6 +15,7 @@ import deepiot.trainer as trainer
 from deepiot.api import compress
 from deepiot.checkpoint import load_checkpoint
 from deepiot.critic import CriticConfig
+from deepiot.finetune import FinetuneConfig
 from deepiot.models import LeNet300
 from deepiot.schedules import ScheduleConfig
 from deepiot.structure import SlicingPlan, Structure, build_sliced_model
@@ -58,11 +59,12 @@ def trained_model(data) -> nn.Module:
     return model.eval()
 
 
-def small_config(**loop: object) -> CompressionConfig:
-    settings = {"max_iterations": 40, "batch_size": 32, "eval_every": 10, "finetune_iterations": 20, **loop}
+def small_config(finetune_steps: int = 20, **loop: object) -> CompressionConfig:
+    settings = {"max_iterations": 40, "batch_size": 32, "eval_every": 10, **loop}
     return CompressionConfig(
         loop=LoopConfig(**settings),
         schedule=ScheduleConfig(final_tau=0.6, steps=6, every=5),
+        finetune=FinetuneConfig(steps=finetune_steps, batch_size=32, eval_every=10, distill_weight=0.5),
     )
 
 
@@ -119,13 +121,11 @@ def test_compress_writes_report_plan_and_export_that_agree(tmp_path, data, train
     assert expected <= set(events.Tags()["scalars"])
     assert {"keep_prob/fc1", "keep_prob/fc2"} <= set(events.Tags()["histograms"])
     assert "hyperparameters/text_summary" in events.Tags()["tensors"]
-    # the saved plan rebuilds the same small model from the fine-tuned full-size weights
+    # the saved plan rebuilds the same small model from the fine-tuned sliced weights
     plan = SlicingPlan.load(tmp_path / "slicing_plan.json")
     assert plan.kept == result.plan.kept
-    finetuned = LeNet300(hidden1=60, hidden2=30)
-    finetuned.load_state_dict(load_checkpoint(tmp_path / STATE_FILE, kind="compression_state")["state_dict"])
     example = data[2].tensors[0][:8]
-    rebuilt = build_sliced_model(plan, finetuned.state_dict(), example[:1]).eval()
+    rebuilt = build_sliced_model(plan, result.sliced_model.state_dict(), example[:1]).eval()
     torch.testing.assert_close(rebuilt(example), result.sliced_model(example), atol=1e-5, rtol=1e-5)
 
 
@@ -152,6 +152,8 @@ def test_same_seed_same_result_and_killed_run_resumes_identically(tmp_path, data
     assert resumed.report["history"] == uninterrupted.report["history"]
     assert resumed.report["kept"] == uninterrupted.report["kept"]
     assert resumed.report["accuracy"] == uninterrupted.report["accuracy"]
+    for name, tensor in uninterrupted.sliced_model.state_dict().items():
+        assert torch.equal(tensor, resumed.sliced_model.state_dict()[name])
     final_a = load_checkpoint(tmp_path / "a" / STATE_FILE)
     final_b = load_checkpoint(tmp_path / "b" / STATE_FILE)
     for name, logits in final_a["loop"]["keep_logits"].items():
@@ -161,12 +163,10 @@ def test_same_seed_same_result_and_killed_run_resumes_identically(tmp_path, data
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, data, trained_model):
-    compress_model(
-        trained_model, *data, small_config(max_iterations=10, finetune_iterations=0), run_dir=tmp_path
-    )
+    compress_model(trained_model, *data, small_config(max_iterations=10, finetune_steps=0), run_dir=tmp_path)
     with pytest.raises(ValueError, match=r"cannot resume .*loop.max_iterations: 10 → 20"):
         compress_model(
-            trained_model, *data, small_config(max_iterations=20, finetune_iterations=0), run_dir=tmp_path
+            trained_model, *data, small_config(max_iterations=20, finetune_steps=0), run_dir=tmp_path
         )
 
 
@@ -192,21 +192,21 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(
 
 
 def test_a_met_target_stops_at_the_first_evaluation(data, trained_model):
-    result = compress_model(trained_model, *data, small_config(target_params=1.0, finetune_iterations=0))
+    result = compress_model(trained_model, *data, small_config(target_params=1.0, finetune_steps=0))
     assert result.report["iterations"] == 10
     assert result.report["stop_reason"].startswith("target met")
 
 
 def test_an_accuracy_floor_above_reach_keeps_the_loop_going(data, trained_model):
     result = compress_model(
-        trained_model, *data, small_config(target_params=1.0, min_val_accuracy=1.0, finetune_iterations=0)
+        trained_model, *data, small_config(target_params=1.0, min_val_accuracy=1.0, finetune_steps=0)
     )
     assert result.report["stop_reason"] == "max iterations (40) reached"
 
 
 def test_an_unchanging_kept_set_at_the_final_threshold_converges(data, trained_model):
     config = dataclasses.replace(
-        small_config(patience=2, finetune_iterations=0),
+        small_config(patience=2, finetune_steps=0),
         schedule=ScheduleConfig(final_tau=0.01, steps=1, every=1),
     )
     result = compress_model(trained_model, *data, config)
@@ -257,7 +257,7 @@ def test_bad_config_is_rejected_before_any_work(make, message):
 
 
 def test_learned_baseline_drives_the_loop_and_both_gradient_variances_are_logged(data, trained_model):
-    config = dataclasses.replace(small_config(finetune_iterations=0), critic=CriticConfig(baseline="learned"))
+    config = dataclasses.replace(small_config(finetune_steps=0), critic=CriticConfig(baseline="learned"))
     result = compress_model(trained_model, *data, config)
     for record in result.report["history"]:
         assert record["grad_var_ema"] > 0 and record["grad_var_learned"] > 0
@@ -266,7 +266,7 @@ def test_learned_baseline_drives_the_loop_and_both_gradient_variances_are_logged
 
 def test_guarded_schedule_raises_tau_at_evaluations_while_accuracy_holds(data, trained_model):
     config = dataclasses.replace(
-        small_config(finetune_iterations=0),
+        small_config(finetune_steps=0),
         schedule=ScheduleConfig(name="guarded", final_tau=0.6, steps=6, every=10, tolerance=0.99),
     )
     result = compress_model(trained_model, *data, config)

@@ -8,6 +8,7 @@ from torch.utils.data import TensorDataset
 
 from deepiot.api import compress
 from deepiot.cost.counter import measure_cost
+from deepiot.finetune import FinetuneConfig
 from deepiot.schedules import ScheduleConfig
 from deepiot.trainer import CompressionConfig, LoopConfig
 
@@ -32,7 +33,8 @@ def test_compress_a_custom_sensor_model_with_keyword_shortcuts():
     inputs, labels = torch.randn(128, 32, 6), torch.randint(0, 4, (128,))
     data = TensorDataset(inputs, labels)
     config = CompressionConfig(
-        loop=LoopConfig(batch_size=32, eval_every=10, finetune_iterations=5),
+        loop=LoopConfig(batch_size=32, eval_every=10),
+        finetune=FinetuneConfig(steps=5, batch_size=32, eval_every=5),
         schedule=ScheduleConfig(final_tau=0.6, steps=3, every=3),
     )
     result = compress(

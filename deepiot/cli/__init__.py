@@ -57,9 +57,9 @@ def reported_errors(program: str) -> Iterator[None]:
     from deepiot.checkpoint import CheckpointError
     from deepiot.data.errors import DataError
     from deepiot.export import ExportError
+    from deepiot.runtime import CompressionError
     from deepiot.structure.errors import StructureError
     from deepiot.train import TrainingError
-    from deepiot.trainer import CompressionError
     from deepiot.utils import ConfigError
 
     errors = (

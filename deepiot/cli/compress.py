@@ -22,15 +22,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from deepiot.api import OutputOptions, compress
-from deepiot.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
+from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, reported_errors
 from deepiot.compressor import CompressorConfig
 from deepiot.critic import CriticConfig
 from deepiot.export import input_layout
+from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON
 from deepiot.schedules import ScheduleConfig
 from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
-from deepiot.trainer import STATE_FILE, CompressionConfig, LoopConfig, read_saved_state
+from deepiot.trainer import STATE_FILE, CompressionConfig, CompressionResult, LoopConfig, read_saved_state
 from deepiot.utils import (
     ConfigError,
     atomic_write,
@@ -60,6 +61,7 @@ def compression_config(cfg: DictConfig) -> CompressionConfig:
                 **{**groups["critic"], "betas": tuple(groups["critic"]["betas"])}, cost=groups["cost"]["name"]
             ),
             schedule=ScheduleConfig(**groups["schedule"]),
+            finetune=FinetuneConfig(**{**groups["finetune"], "betas": tuple(groups["finetune"]["betas"])}),
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(
@@ -68,12 +70,13 @@ def compression_config(cfg: DictConfig) -> CompressionConfig:
 
 
 def check_group_types(groups: dict[str, Any]) -> None:
-    """Every value of the compress/compressor/critic/schedule groups must fit its settings dataclass's field type."""
+    """Every value of the compress/compressor/critic/schedule/finetune groups must fit its dataclass's field types."""
     schemas = {
         "compress": LoopConfig,
         "compressor": CompressorConfig,
         "critic": CriticConfig,
         "schedule": ScheduleConfig,
+        "finetune": FinetuneConfig,
     }
     for group, schema in schemas.items():
         check_dataclass_types(schema, groups[group], group)
@@ -136,7 +139,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
         ),
         progress=show_progress(cfg.trainer),
     )
-    save_finetuned_model(out_dir, checkpoint, result.report)
+    save_finetuned_model(out_dir, checkpoint, result)
     publish_report_last(out_dir, result.report)
     return result.report
 
@@ -157,19 +160,18 @@ def publish_report_last(out_dir: Path, report: dict[str, Any]) -> None:
     atomic_write(out_dir / REPORT_JSON, lambda file: file.write(json.dumps(report, indent=2) + "\n"))
 
 
-def save_finetuned_model(out_dir: Path, original: dict[str, Any], report: dict[str, Any]) -> None:
-    """Write the fine-tuned full-size weights as a "trained_model" checkpoint, so that
+def save_finetuned_model(out_dir: Path, original: dict[str, Any], result: CompressionResult) -> None:
+    """Write the fine-tuned sliced model's weights as a "trained_model" checkpoint, so that
     `deepiot-export checkpoint=<it> plan=<slicing_plan.json>` rebuilds exactly the exported model."""
-    state = load_checkpoint(out_dir / STATE_FILE, kind="compression_state")
-    metrics = {
-        "test_accuracy": report["accuracy"]["compressed_test"],
-        "val_accuracy": report["accuracy"]["compressed_val"],
-    }
+    report = result.report
     payload = {
         "kind": "trained_model",
         "model_config": original["model_config"],
-        "state_dict": state["state_dict"],
-        "metrics": metrics,
+        "state_dict": result.sliced_model.state_dict(),
+        "metrics": {
+            "test_accuracy": report["accuracy"]["compressed_test"],
+            "val_accuracy": report["accuracy"]["compressed_val"],
+        },
         "config": original["config"],
         "data": original["data"],
     }
