@@ -37,6 +37,7 @@ from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
 from deepiot.utils import (
+    DIVERGED_LOSS,
     ConfigError,
     atomic_write,
     check_call_types,
@@ -48,9 +49,6 @@ from deepiot.utils import (
 )
 
 log = logging.getLogger(__name__)
-
-# A mean cross-entropy above this only comes from a diverged run (chance level is ln K: 2.3 for 10 classes).
-DIVERGED_LOSS = 1000.0
 
 
 class TrainingError(RuntimeError):

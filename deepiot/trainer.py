@@ -41,15 +41,13 @@ from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.runtime import BatchStream, CompressionError, accuracy, dataset_tensors
 from deepiot.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
-from deepiot.utils import ConfigError, describe_differences
+from deepiot.utils import DIVERGED_LOSS, ConfigError, describe_differences
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "compress_state.pt"
 FINETUNE_STATE_FILE = "finetune_state.pt"
 SLICED_TOLERANCE = 1e-4  # max |sliced − masked| logit difference accepted (float32 reassociation only)
-# A critic cross-entropy above this only comes from a diverged run (chance level is ln K: 2.3 for 10 classes).
-DIVERGED_LOSS = 1000.0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+# A mean cross-entropy above this only comes from a diverged run (chance level is ln K: 2.3 for 10 classes);
+# training and compression stop there instead of finishing on a broken model.
+DIVERGED_LOSS = 1000.0
+
 
 class ConfigError(ValueError):
     """A config value is missing or out of range; raised before any long work starts."""
