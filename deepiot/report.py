@@ -142,7 +142,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     reference = report.get("magnitude_at_same_counts")
     if reference:
         lines.append(
-            f"| test accuracy of L1 magnitude at the same counts, same fine-tuning | {accuracy['original_test']:.4f} | "
+            f"| test accuracy of L1 magnitude at the same counts, same recipe for {reference['finetune_steps']} steps "
+            f"(the critic's search + fine-tuning steps) | {accuracy['original_test']:.4f} | "
             f"{reference['test_accuracy']:.4f} | DeepIoT − magnitude: "
             f"{100 * (accuracy['compressed_test'] - reference['test_accuracy']):+.2f} points |"
         )

@@ -17,6 +17,7 @@ seed → same result as an uninterrupted run).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -373,7 +374,7 @@ def compress_model(
     if config.loop.compare_magnitude:
         splits = ((train_inputs, train_labels), validation, (test_inputs, test_labels))
         result.report["magnitude_at_same_counts"] = magnitude_reference(
-            model, structure, state.kept, splits, config, run_dir
+            model, structure, state.kept, splits, config, run_dir, search_steps=state.iteration
         )
     if writer is not None:
         log_finetuning(writer, tuned.history, state.iteration)
@@ -546,24 +547,28 @@ def magnitude_reference(
     splits: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
     config: CompressionConfig,
     run_dir: str | Path | None,
+    search_steps: int,
 ) -> dict[str, Any]:
     """The largest-L1 elements at the same per-group counts, sliced from the original and fine-tuned with the
-    same recipe: {"kept_counts", "val_accuracy", "test_accuracy", "wall_time_s"}."""
+    same recipe for as many steps as the critic trained in all (`search_steps` + fine-tuning):
+    {"kept_counts", "finetune_steps", "val_accuracy", "test_accuracy", "wall_time_s"}."""
     started = time.perf_counter()
     counts = {name: len(indices) for name, indices in kept.items()}
     chosen = {name: structure.largest_l1_elements(model, name, count) for name, count in counts.items()}
     sliced = slice_model(copy.deepcopy(model).eval(), structure, chosen).eval()
     train, validation, test = splits
+    recipe = dataclasses.replace(config.finetune, steps=config.finetune.steps + search_steps)
     tuned = finetune(
         sliced,
         train,
         validation,
-        config.finetune,
+        recipe,
         teacher=model if config.finetune.distill_weight > 0 else None,
         state_path=Path(run_dir) / MAGNITUDE_STATE_FILE if run_dir is not None else None,
     )
     return {
         "kept_counts": counts,
+        "finetune_steps": recipe.steps,
         "val_accuracy": tuned.best_val_accuracy,
         "test_accuracy": accuracy(tuned.model, *test, config.loop.eval_batch_size),
         "wall_time_s": time.perf_counter() - started,
