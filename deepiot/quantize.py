@@ -268,7 +268,7 @@ def checkpoint_datasets(checkpoint_path: str | Path) -> tuple[TensorDataset, Ten
 
     from deepiot.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(checkpoint_path, kind="trained_model")
+    checkpoint = load_checkpoint(checkpoint_path)  # a trained model or a fine-tuned sliced model
     dataset_config = (checkpoint.get("config") or {}).get("data", {}).get("dataset")
     if not dataset_config:
         raise ExportError(

@@ -67,6 +67,8 @@ def build_report(
         "sliced_vs_masked_max_abs_diff": loop_report["sliced_vs_masked_max_abs_diff"],
         "history": list(loop_report["history"]),
     }
+    if "magnitude_at_same_counts" in loop_report:
+        report["magnitude_at_same_counts"] = dict(loop_report["magnitude_at_same_counts"])
     if latency_threads is not None:
         before = measure_latency(original, example_inputs, threads=latency_threads).median_ms
         after = measure_latency(sliced, example_inputs, threads=latency_threads).median_ms
@@ -92,7 +94,7 @@ def gradient_variance_summary(history: Sequence[Mapping[str, float]]) -> dict[st
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write report.json, report.md and the two plots into `out_dir`; returns their paths."""
+    """Write the two plots, report.md and, last, report.json into `out_dir` (each atomically); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -101,10 +103,11 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
         "kept_plot": out_dir / KEPT_PLOT,
         "progress_plot": out_dir / PROGRESS_PLOT,
     }
-    atomic_write(paths["json"], lambda file: file.write(json.dumps(report, indent=2) + "\n"))
-    atomic_write(paths["markdown"], lambda file: file.write(markdown(report)))
+    # report.json last: a folder holding it is complete
     plot_kept_elements(report["groups"], paths["kept_plot"])
     plot_progress(report["history"], paths["progress_plot"])
+    atomic_write(paths["markdown"], lambda file: file.write(markdown(report)))
+    atomic_write(paths["json"], lambda file: file.write(json.dumps(report, indent=2) + "\n"))
     return paths
 
 
@@ -136,6 +139,14 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"| val accuracy | {accuracy['original_val']:.4f} | {accuracy['compressed_val']:.4f} | "
         f"Δ {accuracy['compressed_val'] - accuracy['original_val']:+.4f} |"
     )
+    reference = report.get("magnitude_at_same_counts")
+    if reference:
+        lines.append(
+            f"| test accuracy of L1 magnitude at the same counts, same recipe for {reference['finetune_steps']} steps "
+            f"(the critic's search + fine-tuning steps) | {accuracy['original_test']:.4f} | "
+            f"{reference['test_accuracy']:.4f} | DeepIoT − magnitude: "
+            f"{100 * (accuracy['compressed_test'] - reference['test_accuracy']):+.2f} points |"
+        )
     lines += ["", "| group | original elements | kept | kept % |", "|-|-|-|-|"]
     for group in report["groups"]:
         lines.append(
@@ -181,7 +192,7 @@ def plot_kept_elements(groups: Sequence[Mapping[str, Any]], path: Path) -> None:
     axes.set_title("Hidden elements per layer")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda file: figure.savefig(file, dpi=120, format="png"), binary=True)
     plt.close(figure)
 
 
@@ -199,5 +210,5 @@ def plot_progress(history: Sequence[Mapping[str, float]], path: Path) -> None:
     size_axes.set_xlabel("iteration")
     size_axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda file: figure.savefig(file, dpi=120, format="png"), binary=True)
     plt.close(figure)
