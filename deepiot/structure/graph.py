@@ -167,12 +167,14 @@ class Structure:
             indices[name] = _checked_indices(name, value, self._by_name[name].size)
         return indices
 
-    def masks_from_kept(self, kept: KeptIndices) -> dict[str, Tensor]:
-        """Hard 0/1 masks [size] equivalent to keeping `kept` (every group present)."""
+    def masks_from_kept(
+        self, kept: KeptIndices, device: torch.device | str | None = None
+    ) -> dict[str, Tensor]:
+        """Hard 0/1 masks [size] equivalent to keeping `kept` (every group present), on `device` (default CPU)."""
         masks = {}
         for name, indices in self.kept_indices(kept).items():
-            masks[name] = torch.zeros(self._by_name[name].size)
-            masks[name][indices] = 1.0
+            masks[name] = torch.zeros(self._by_name[name].size, device=device)
+            masks[name][indices.to(masks[name].device)] = 1.0
         return masks
 
     def trace_matching(self, model: nn.Module) -> fx.GraphModule:

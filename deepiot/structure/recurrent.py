@@ -500,6 +500,8 @@ def _sliced_layer_state(
     for direction in range(spec.directions):
         suffix = "_l0" + ("_reverse" if direction == 1 else "")
         weights = _direction_weights(module, layer, direction)
+        device = weights.weight_hh.device  # index on the weights' device (the indices are built on the CPU)
+        rows, columns, kept = rows.to(device), columns.to(device), kept.to(device)
         state["weight_ih" + suffix] = weights.weight_ih.detach()[rows][:, columns]  # [G*h, in_kept]
         state["weight_hh" + suffix] = weights.weight_hh.detach()[rows][:, kept]  # [G*h, h]
         if spec.bias:
