@@ -35,6 +35,7 @@ from tqdm import tqdm
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
+from deepiot.runtime import resolve_device
 from deepiot.utils import (
     ConfigError,
     atomic_write,
@@ -54,6 +55,7 @@ NON_RESULT_KEYS = (
     "trainer.progress_bar",
     "trainer.log_every",
     "trainer.num_threads",
+    "trainer.device",  # an original trained on a GPU serves compression on any device
     "data.num_workers",
 )
 
@@ -124,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
     bundle = load_bundle(cfg)
     model_config = describe_model(cfg, bundle)
-    device = torch.device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device)
     model = build_model(model_config).to(device)
     loaders = make_loaders(bundle, cfg)
     steps_per_epoch = count_batches(loaders.train, cfg.trainer.limit_batches)
@@ -196,17 +198,13 @@ def check_train_config(cfg: DictConfig) -> None:
 
 
 def check_device(name: Any) -> None:
-    """The device must parse and exist on this machine."""
+    """The device must parse and exist on this machine (`auto` always does)."""
     try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
+        resolve_device(name)
+    except ValueError as err:
         raise ConfigError(
-            f"config value trainer.device={name!r} is not a torch device: expected e.g. cpu."
+            f"config value trainer.device={name!r} is not a torch device available here: {err}"
         ) from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"config value trainer.device={name!r} asks for CUDA, but CUDA is not available here."
-        )
 
 
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +333,7 @@ def run_epoch(
     seed_everything(derive_seed(cfg.seed, epoch))
     loaders.shuffle_generator.manual_seed(derive_seed(cfg.seed, epoch, 1))
     train_loss = train_one_epoch(model, loaders.train, optimizer, scheduler, cfg.trainer, epoch, writer)
-    device = torch.device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device)
     val_accuracy, val_loss = evaluate(model, loaders.val, device, cfg.trainer.limit_batches)
     seconds = time.perf_counter() - started
     record = {
@@ -368,7 +366,7 @@ def train_one_epoch(
 ) -> float:
     """One pass over the training batches; logs `losses/train` every `log_every` steps; returns the mean loss."""
     model.train()
-    device = torch.device(trainer.device)
+    device = resolve_device(trainer.device)
     steps = count_batches(loader, trainer.limit_batches)
     epoch_loss, window_loss = 0.0, 0.0
     bar = tqdm(

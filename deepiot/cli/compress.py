@@ -27,6 +27,7 @@ from deepiot.compressor import CompressorConfig
 from deepiot.critic import CriticConfig
 from deepiot.export import input_layout
 from deepiot.finetune import FinetuneConfig
+from deepiot.runtime import resolve_device
 from deepiot.schedules import ScheduleConfig
 from deepiot.train import ensure_trained, load_bundle, show_progress
 from deepiot.trainer import CompressionConfig, CompressionResult, LoopConfig
@@ -59,13 +60,22 @@ def compression_config(cfg: DictConfig) -> CompressionConfig:
         ) from err
 
 
+def config_device(cfg: DictConfig) -> torch.device:
+    """The root `device` setting resolved once (auto → CUDA, then MPS, then CPU); ConfigError if absent here."""
+    try:
+        return resolve_device(cfg.device)
+    except ValueError as err:
+        raise ConfigError(f"config value device={cfg.device!r} cannot be used: {err}") from err
+
+
 def run_compress(cfg: DictConfig) -> dict[str, Any]:
     """Compress the experiment's trained original into `cfg.paths.output_dir`; returns the report."""
     config = compression_config(cfg)
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
+    device = config_device(cfg)
     original_path = ensure_trained(cfg)
-    model, checkpoint = load_trained_model(original_path)
+    model, checkpoint = load_trained_model(original_path, device)
     bundle = load_bundle(cfg)
     out_dir = Path(cfg.paths.output_dir)
     data = checkpoint["data"]
@@ -94,6 +104,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
             latency_threads=cfg.compress.latency_threads,
         ),
         progress=show_progress(cfg.trainer),
+        device=device,
     )
     save_finetuned_model(out_dir, checkpoint, result)
     return result.report
