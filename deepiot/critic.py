@@ -50,9 +50,14 @@ def _kept_counts(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {name: mask.sum(dim=-1) for name, mask in masks.items()}  # [N, size] → [N]
 
 
+def _device_of(tensors: Mapping[str, Tensor]) -> torch.device:
+    return next(iter(tensors.values())).device
+
+
 def _structure_cost_field(field_name: str) -> CostFunction:
     def cost(structure: Structure, masks: Mapping[str, Tensor]) -> Tensor:
-        return torch.as_tensor(getattr(structure.cost(_kept_counts(masks)), field_name), dtype=torch.float32)
+        value, device = getattr(structure.cost(_kept_counts(masks)), field_name), _device_of(masks)
+        return torch.as_tensor(value, dtype=torch.float32, device=device)
 
     cost.__doc__ = f"`{field_name}` of each sampled structure, from the structure's real module shapes."
     return cost
@@ -157,10 +162,8 @@ class Reward:
         names = list(keep_probs)
         probs = {name: prob.detach() for name, prob in keep_probs.items()}
         # [G]: +1 element per group, or −1 for a group that is (nearly) full
-        device = next(iter(probs.values())).device
-        steps = torch.tensor(
-            [1.0 if float(p.sum()) + 1 <= p.numel() else -1.0 for p in probs.values()], device=device
-        )
+        signs = [1.0 if float(p.sum()) + 1 <= p.numel() else -1.0 for p in probs.values()]
+        steps = torch.tensor(signs, device=_device_of(probs))
         # row 0: E[z]; row g: E[z] with one element more (or fewer) in group g — each [G + 1, size]
         rows = {name: prob.expand(len(names) + 1, prob.numel()).clone() for name, prob in probs.items()}
         for row, name in enumerate(names, start=1):

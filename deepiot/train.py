@@ -120,6 +120,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     output_dir = Path(cfg.paths.output_dir)
+    finished = finished_metrics(output_dir / "model.pt", config) if cfg.trainer.resume else None
+    if finished is not None:  # a rerun (e.g. of a sweep) skips a finished job
+        log.info("%s holds a model trained with this config: skipped", output_dir)
+        return finished
     saved_state = read_resume_state(output_dir / "last.pt", config) if cfg.trainer.resume else None
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -220,6 +224,14 @@ def resolve_groups(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, Any]:
         group: OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
         for group, node in nodes.items()
     }
+
+
+def finished_metrics(model_path: Path, config: dict[str, Any]) -> dict[str, float] | None:
+    """The metrics of the finished run whose model.pt is `model_path`, if it was trained with this config."""
+    if not model_path.is_file():
+        return None
+    checkpoint = load_checkpoint(model_path, kind="trained_model")
+    return checkpoint["metrics"] if result_config(checkpoint["config"]) == result_config(config) else None
 
 
 def read_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:

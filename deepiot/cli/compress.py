@@ -12,6 +12,7 @@ weights the plan refers to) and export/ (TorchScript, ONNX, manifest).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from deepiot.compressor import CompressorConfig
 from deepiot.critic import CriticConfig
 from deepiot.export import input_layout
 from deepiot.finetune import FinetuneConfig
+from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
 from deepiot.schedules import ScheduleConfig
 from deepiot.train import ensure_trained, load_bundle, show_progress
@@ -69,8 +71,16 @@ def config_device(cfg: DictConfig) -> torch.device:
 
 
 def run_compress(cfg: DictConfig) -> dict[str, Any]:
-    """Compress the experiment's trained original into `cfg.paths.output_dir`; returns the report."""
+    """Compress the experiment's trained original into `cfg.paths.output_dir`; returns the report.
+
+    A run folder that already holds a finished run with the same compression config (report.json and
+    finetuned_model.pt, written last) is skipped: its report is returned, so a rerun sweep redoes no job.
+    """
     config = compression_config(cfg)
+    finished = finished_report(Path(cfg.paths.output_dir), config)
+    if finished is not None:
+        log.info("%s holds a finished run with this config: skipped", cfg.paths.output_dir)
+        return finished
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = config_device(cfg)
@@ -108,6 +118,15 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
     )
     save_finetuned_model(out_dir, checkpoint, result)
     return result.report
+
+
+def finished_report(out_dir: Path, config: CompressionConfig) -> dict[str, Any] | None:
+    """The report of a finished run in `out_dir` with the same compression config, else None."""
+    report_path, model_path = out_dir / REPORT_JSON, out_dir / FINETUNED_MODEL
+    if not (report_path.is_file() and model_path.is_file()):
+        return None
+    report = json.loads(report_path.read_text())
+    return report if report.get("config") == config.to_dict() else None
 
 
 def save_finetuned_model(out_dir: Path, original: dict[str, Any], result: CompressionResult) -> None:
