@@ -747,4 +747,6 @@ def restore(parts: LoopParts, saved: Mapping[str, Any]) -> LoopState:
     parts.schedule.load_state_dict(saved["schedule"])
     parts.batches.load_state_dict(saved["batches"])
     parts.mask_generator.set_state(saved["mask_generator"])
-    return LoopState(**saved["loop"])
+    state = LoopState(**saved["loop"])
+    state.keep_logits = {name: logits.to(parts.device) for name, logits in state.keep_logits.items()}
+    return state
