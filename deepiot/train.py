@@ -41,6 +41,7 @@ from deepiot.utils import (
     atomic_write,
     derive_seed,
     describe_differences,
+    exclusive_lock,
     flatten,
     seed_everything,
 )
@@ -160,8 +161,15 @@ def ensure_trained(cfg: DictConfig) -> Path:
 
     The original lives in deepiot-train's run folder `cfg.paths.original_dir` (default outputs/train/<name>)
     as model.pt. A missing one is trained there (resuming a partial run); an existing one trained with a
-    different data/model/trainer/seed config raises ConfigError instead of being silently reused.
+    different data/model/trainer/seed config raises ConfigError instead of being silently reused. Parallel
+    jobs (a joblib sweep) that need the same original wait while one of them trains it.
     """
+    with exclusive_lock(Path(cfg.paths.original_dir) / ".lock"):
+        return _ensure_trained(cfg)
+
+
+def _ensure_trained(cfg: DictConfig) -> Path:
+    """`ensure_trained` under its lock."""
     run_dir = Path(cfg.paths.original_dir)
     model_path = run_dir / "model.pt"
     if model_path.is_file():

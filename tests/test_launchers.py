@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from deepiot import train as train_module
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
-from deepiot.cli import CONFIG_DIR
+from deepiot.cli import CONFIG_DIR, compose_config
 from deepiot.cli.compress import FINETUNED_MODEL, finished_report
 from deepiot.report import REPORT_JSON
 from deepiot.trainer import CompressionConfig, LoopConfig
@@ -78,43 +78,71 @@ def test_launcher_settings_override_on_the_command_line():
     assert (config["partition"], config["mem_gb"]) == ("gpu", 64)
 
 
-def run_sweep(sweep_dir: Path) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "deepiot.cli.train",
-        "-m",
-        "hydra/launcher=parallel",
-        "seed=0,1",
-        *TINY_TRAIN,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+TINY_COMPRESS = [
+    *TINY_TRAIN,
+    "compress.max_iterations=20",
+    "compress.eval_every=10",
+    "compress.batch_size=32",
+    "finetune.steps=10",
+    "compress.latency_threads=null",
+]
+
+
+def run_sweep(cwd: Path) -> str:
+    """`deepiot-compress -m hydra/launcher=parallel seed=0,1` (tiny) in `cwd`; returns its output."""
+    command = [sys.executable, "-m", "deepiot.cli.compress", "-m", "hydra/launcher=parallel", "seed=0,1"]
+    completed = subprocess.run(
+        [*command, *TINY_COMPRESS, "hydra.sweep.dir=sweep"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return completed
+    return completed.stdout + completed.stderr
 
 
 def test_joblib_sweep_runs_two_jobs_in_parallel_and_a_rerun_skips_them(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    sweep_dir = tmp_path / "sweep"
-    first = run_sweep(sweep_dir)
-    assert "Joblib.Parallel(n_jobs=2" in first.stdout + first.stderr
-    assert "is launching 2 jobs" in first.stdout + first.stderr
-    models = sorted(sweep_dir.glob("*/model.pt"))
-    folders = [
-        f"data.dataset.limit=256,device=cpu,experiment=lenet300_mnist,seed={seed},trainer.epochs=1"
-        for seed in (0, 1)
+    output = run_sweep(tmp_path)
+    assert "Joblib.Parallel(n_jobs=2" in output and "is launching 2 jobs" in output
+    reports = sorted((tmp_path / "sweep").glob("*/report.json"))  # one folder per job
+    assert len(reports) == 2
+    assert all(
+        path.parent.name.endswith(f"seed={seed},trainer.epochs=1")
+        for path, seed in zip(reports, (0, 1), strict=True)
+    )
+    assert [json.loads(path.read_text())["config"]["loop"]["seed"] for path in reports] == [0, 1]
+    # each seed trained its own original, beside the default one (paths.original_dir)
+    originals = [
+        tmp_path / "outputs" / "train" / name / "model.pt"
+        for name in ("lenet300_mnist", "lenet300_mnist_seed1")
     ]
-    assert [path.parent.name for path in models] == folders  # one folder per job
-    weights = [load_checkpoint(path)["state_dict"] for path in models]
-    assert not torch.equal(weights[0]["fc1.weight"], weights[1]["fc1.weight"])  # two seeds, two runs
-    written = {path: path.stat().st_mtime_ns for path in sweep_dir.rglob("*.pt")}
+    assert [load_checkpoint(path)["config"]["seed"] for path in originals] == [0, 1]
+    written = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
 
-    second = run_sweep(sweep_dir)
-    assert {path: path.stat().st_mtime_ns for path in sweep_dir.rglob("*.pt")} == written  # nothing redone
-    logs = "".join(path.read_text() for path in sweep_dir.glob("*/*.log"))
-    assert logs.count("holds a model trained with this config: skipped") == 2
-    assert "test_accuracy" in second.stdout
+    output = run_sweep(tmp_path)
+    rewritten = {path for path, stamp in written.items() if path.stat().st_mtime_ns != stamp}
+    assert not {path for path in rewritten if path.suffix in (".pt", ".json", ".onnx")}  # nothing redone
+    logs = "".join(path.read_text() for path in (tmp_path / "sweep").glob("*/*.log"))
+    assert logs.count("holds a finished run with this config: skipped") == 2
+    assert output.count("params left") == 2
+
+
+def test_a_finished_training_run_is_skipped(tmp_path, monkeypatch):
+    cfg = compose_config([*TINY_TRAIN, f"paths.output_dir={tmp_path}"])
+    metrics = train_module.train(cfg)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_module, "run_epoch", fail)
+    assert train_module.train(cfg) == metrics
+    with pytest.raises(AssertionError, match="trained again"):  # resume=false starts over
+        train_module.train(
+            compose_config([*TINY_TRAIN, f"paths.output_dir={tmp_path}", "trainer.resume=false"])
+        )
 
 
 def test_a_finished_compression_run_is_recognised_by_its_config(tmp_path):

@@ -9,11 +9,20 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # The repository's configs/ folder (../../configs from this file), absolute: Hydra would read a relative
 # config_path as a Python package when an entry point runs as an installed console script.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def seed_suffix(seed: int | str) -> str:
+    """ "" for seed 0, else "_seed<N>": run folders of other seeds sit beside the default one
+    (outputs/train/lenet5_mnist, outputs/train/lenet5_mnist_seed1), so a sweep over seeds finds one original each."""
+    return "" if int(seed) == 0 else f"_seed{int(seed)}"
+
+
+OmegaConf.register_new_resolver("deepiot.seed_suffix", seed_suffix, replace=True)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
