@@ -55,7 +55,10 @@ def _mps_available() -> bool:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of `model`'s first parameter or buffer (the CPU for a model with neither)."""
+    """The device of `model`'s first parameter or buffer (the CPU for a model with neither, or a non-module,
+    which the input checks then refuse with their own message)."""
+    if not isinstance(model, nn.Module):
+        return torch.device("cpu")
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")

@@ -15,6 +15,7 @@ from deepiot.cost.types import Cost
 from deepiot.structure.discovery import Discovery, ExampleInputs, StructureData, graph_signature, trace
 from deepiot.structure.errors import StructureError
 from deepiot.structure.recurrent import rnn_weight_matrix
+from deepiot.structure.rules import node_info
 
 KeptCounts = Mapping[str, int | Tensor]
 KeptIndices = Mapping[str, Sequence[int] | Tensor]
@@ -81,7 +82,7 @@ class Structure:
         """
         _check_from_model_arguments(model, declared, exclude)
         discovery = Discovery(model, example_inputs, exclude)
-        discovery.run()
+        discovery.run(node_info)
         return cls(discovery.resolve(declared or []), discovery.inputs)
 
     def __repr__(self) -> str:

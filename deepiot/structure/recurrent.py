@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+from deepiot.cost.types import RNN_GATES
+
+GATES = RNN_GATES  # gate blocks per hidden unit, by mode (the cost contract's table)
 _KINDS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}
 RECURRENT_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
 
