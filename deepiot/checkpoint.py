@@ -75,6 +75,7 @@ def load_checkpoint(
             f"{str(err).splitlines()[0]}). Re-create it (rerun the command that wrote it)."
         ) from err
     _check_is_deepiot_document(path, document)
+    _check_finite_weights(path, document)
     if kind is not None and document.get("kind") != kind:
         raise CheckpointError(
             f"checkpoint {path} is a {document.get('kind')!r} checkpoint, but a {kind!r} checkpoint was expected. "
@@ -143,4 +144,24 @@ def _check_is_deepiot_document(path: Path, document: Any) -> None:
         raise CheckpointError(
             f"checkpoint {path} has format version {document.get('version')!r}; this deepiot reads versions "
             f"up to {VERSION}. Upgrade deepiot to read it."
+        )
+
+
+def _check_finite_weights(path: Path, document: dict[str, Any]) -> None:
+    """Refuse weights holding NaN/inf (e.g. saved by a diverged run): nothing useful can be computed from them."""
+    state_dict = document.get("state_dict")
+    if not isinstance(state_dict, dict):
+        return
+    bad = [
+        name
+        for name, tensor in state_dict.items()
+        if isinstance(tensor, torch.Tensor)
+        and tensor.is_floating_point()
+        and not torch.isfinite(tensor).all()
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN or infinite weights in {shown}: it was saved by a run that diverged. "
+            "Expected finite weights. Retrain it with a lower learning rate (trainer.lr) and trainer.resume=false."
         )

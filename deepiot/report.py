@@ -92,7 +92,7 @@ def gradient_variance_summary(history: Sequence[Mapping[str, float]]) -> dict[st
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write report.json, report.md and the two plots into `out_dir`; returns their paths."""
+    """Write the two plots, report.md and, last, report.json into `out_dir` (each atomically); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -101,10 +101,11 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
         "kept_plot": out_dir / KEPT_PLOT,
         "progress_plot": out_dir / PROGRESS_PLOT,
     }
-    atomic_write(paths["json"], lambda file: file.write(json.dumps(report, indent=2) + "\n"))
-    atomic_write(paths["markdown"], lambda file: file.write(markdown(report)))
+    # report.json last: a folder holding it is complete
     plot_kept_elements(report["groups"], paths["kept_plot"])
     plot_progress(report["history"], paths["progress_plot"])
+    atomic_write(paths["markdown"], lambda file: file.write(markdown(report)))
+    atomic_write(paths["json"], lambda file: file.write(json.dumps(report, indent=2) + "\n"))
     return paths
 
 
@@ -181,7 +182,7 @@ def plot_kept_elements(groups: Sequence[Mapping[str, Any]], path: Path) -> None:
     axes.set_title("Hidden elements per layer")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda file: figure.savefig(file, dpi=120, format="png"), binary=True)
     plt.close(figure)
 
 
@@ -199,5 +200,5 @@ def plot_progress(history: Sequence[Mapping[str, float]], path: Path) -> None:
     size_axes.set_xlabel("iteration")
     size_axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda file: figure.savefig(file, dpi=120, format="png"), binary=True)
     plt.close(figure)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.nn import functional as F
@@ -37,16 +38,24 @@ from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
 from deepiot.runtime import resolve_device
 from deepiot.utils import (
+    DIVERGED_LOSS,
     ConfigError,
     atomic_write,
+    check_call_types,
     derive_seed,
     describe_differences,
     exclusive_lock,
     flatten,
+    remove_stale_temporaries,
     seed_everything,
 )
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss became NaN/inf or exploded); the message says what to change."""
+
 
 # Config groups that decide what a training run computes (compared before resuming or reusing a model).
 RESULT_GROUPS = ("seed", "data", "model", "trainer")
@@ -126,13 +135,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("%s holds a model trained with this config: skipped", output_dir)
         return finished
     saved_state = read_resume_state(output_dir / "last.pt", config) if cfg.trainer.resume else None
+    remove_stale_temporaries(output_dir)
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed)
     bundle = load_bundle(cfg)
     model_config = describe_model(cfg, bundle)
     device = resolve_device(cfg.trainer.device)
-    model = build_model(model_config).to(device)
+    model = build_fitting_model(model_config, bundle).to(device)
     loaders = make_loaders(bundle, cfg)
     steps_per_epoch = count_batches(loaders.train, cfg.trainer.limit_batches)
     optimizer = make_optimizer(model, cfg.trainer)
@@ -143,6 +153,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             writer.add_text("hyperparameters", hyperparameter_table(config))
         for epoch in range(progress.epoch, cfg.trainer.epochs):
             progress = run_epoch(model, loaders, optimizer, scheduler, cfg, epoch, progress, writer)
+            check_not_diverged(progress, cfg, output_dir / "last.pt")
             save_checkpoint(
                 train_state(model, optimizer, scheduler, progress, config), output_dir / "last.pt"
             )
@@ -207,6 +218,68 @@ def check_train_config(cfg: DictConfig) -> None:
                 f"it on the command line ({key}=...)."
             )
     check_device(cfg.trainer.device)
+    check_target_types(cfg, "data.dataset")
+    check_target_types(cfg, "model")
+
+
+def check_target_types(cfg: DictConfig, key: str) -> None:
+    """The settings under `key` must be parameters of its `_target_` (a loader or model class) of fitting types."""
+    node = OmegaConf.select(cfg, key)
+    target = OmegaConf.select(cfg, f"{key}._target_")
+    try:
+        function = get_object(target)
+    except Exception as err:  # Hydra raises ImportError, ValueError or others for an unknown name
+        raise ConfigError(
+            f"config value {key}._target_={target!r} cannot be imported: expected the dotted name of a "
+            f"function or class, e.g. deepiot.data.load_mnist or deepiot.models.LeNet5 ({str(err).splitlines()[0]})."
+        ) from None
+    check_call_types(function, OmegaConf.to_container(node, resolve=True), key)
+
+
+def build_fitting_model(model_config: dict[str, Any], bundle: DatasetBundle) -> nn.Module:
+    """Build the model and run one training sample through it; ConfigError when model and data do not fit."""
+    target = model_config.get("_target_")
+    sample = bundle.train[:1][0]  # [1, *input_shape]
+    try:
+        model = build_model(model_config)
+        model.eval()
+        with torch.no_grad():
+            logits = model(sample)
+    except (InstantiationException, ValueError, TypeError, RuntimeError, IndexError) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        raise ConfigError(
+            f"model {target} does not fit dataset {bundle.name!r} (one sample has shape "
+            f"{list(bundle.input_shape)}, {bundle.num_classes} classes): {type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else ''}. Expected a model for this input layout: images "
+            "[C, H, W] -> model=lenet5, lenet300 or vgg; sensor windows [T, C] -> model=lstm, or model=deepsense "
+            "(6 channels: acc xyz + gyro xyz)."
+        ) from None
+    if tuple(logits.shape) != (1, bundle.num_classes):
+        raise ConfigError(
+            f"model {target} returns outputs of shape {list(logits.shape)} for one sample of dataset "
+            f"{bundle.name!r}; expected logits of shape [1, {bundle.num_classes}] (one per class)."
+        )
+    return model
+
+
+def check_not_diverged(progress: Progress, cfg: DictConfig, last_path: Path) -> None:
+    """Stop, before this epoch is saved, when its losses exploded; the previous last.pt stays the good state."""
+    record = progress.history[-1]
+    losses = {"training loss": record["train_loss"], "validation loss": record["val_loss"]}
+    for what, loss in losses.items():
+        if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+            kept = (
+                f"{last_path} (epoch {record['epoch'] - 1}) keeps the last good state"
+                if record["epoch"] > 1
+                else "no epoch finished before it, so nothing was saved"
+            )
+            raise TrainingError(
+                f"training diverged in epoch {record['epoch']}: the mean {what} is {loss:.3g} (expected a finite "
+                f"cross-entropy below {DIVERGED_LOSS:g}; chance level is ln(classes)); validation accuracy "
+                f"{record['val_accuracy']:.4f}. This epoch was not saved; {kept}, and no model.pt was written. "
+                f"Lower trainer.lr (now {cfg.trainer.lr}) or set trainer.gradient_clip_norm, then rerun with "
+                "trainer.resume=false."
+            )
 
 
 def check_device(name: Any) -> None:
@@ -277,6 +350,11 @@ def load_bundle(cfg: DictConfig) -> DatasetBundle:
     except InstantiationException as err:
         if isinstance(err.__cause__, DataError):  # the loader's own message names the file and the fix
             raise err.__cause__ from None
+        if isinstance(err.__cause__, ValueError | TypeError):  # a setting the loader refused
+            raise ConfigError(
+                f"data.dataset ({cfg.data.dataset._target_}) refused its settings: {err.__cause__} Fix the "
+                "data.dataset.* values in configs/ or on the command line."
+            ) from None
         raise
     if not isinstance(bundle, DatasetBundle):
         raise ConfigError(
@@ -286,7 +364,8 @@ def load_bundle(cfg: DictConfig) -> DatasetBundle:
     for split in ("train", "val", "test"):
         if len(getattr(bundle, split)) == 0:
             raise ConfigError(
-                f"the {split} split of dataset {bundle.name!r} is empty; raise data.dataset.limit."
+                f"the {split} split of dataset {bundle.name!r} is empty: expected at least one sample. Use more "
+                "data, raise data.dataset.limit, or give the split a larger fraction."
             )
     return bundle
 
@@ -397,6 +476,13 @@ def train_one_epoch(
     )
     for step, (inputs, labels) in enumerate(islice(loader, steps), start=1):
         loss = F.cross_entropy(model(inputs.to(device)), labels.to(device))
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step} (expected a finite "
+                "cross-entropy). This epoch was not saved: last.pt keeps the last finished epoch, if any, and no "
+                f"model.pt was written. Lower trainer.lr (now {trainer.lr}), set trainer.gradient_clip_norm, or "
+                "check the data for NaN/inf values; then rerun with trainer.resume=false."
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if trainer.gradient_clip_norm is not None:

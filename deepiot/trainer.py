@@ -49,7 +49,7 @@ from deepiot.runtime import (
 )
 from deepiot.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
-from deepiot.utils import describe_differences
+from deepiot.utils import DIVERGED_LOSS, ConfigError, describe_differences
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("warmup_iterations", "seed"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"compress.{name} must be an integer, got {getattr(self, name)!r}.")
         for name in (
             "max_iterations",
             "batch_size",
@@ -93,7 +96,8 @@ class LoopConfig:
             "eval_batch_size",
             "log_every",
         ):
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"compress.{name} must be a positive integer, got {getattr(self, name)}.")
         if self.warmup_iterations < 0 or not self.budget_lr >= 0:
             raise ValueError(
@@ -329,7 +333,7 @@ def compress_model(
     val_inputs, val_labels = (t.to(device) for t in dataset_tensors(val_data, "val"))
     test_inputs, test_labels = (t.to(device) for t in dataset_tensors(test_data, "test"))
     if len(train_labels) < config.loop.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"the training set has {len(train_labels)} samples, fewer than one batch (compress.batch_size="
             f"{config.loop.batch_size}); use more data or a smaller batch size."
         )
@@ -397,11 +401,13 @@ def run_compression(
     loop = parts.config.loop
     bar = tqdm(total=loop.max_iterations, initial=state.iteration, desc="compress", disable=not progress)
     started = time.perf_counter()
+    session = (state.iteration, started)  # for the ETA of the progress lines
     while state.phase == "compress":
         next_iteration = state.iteration + 1
         evaluating = next_iteration % loop.eval_every == 0 or next_iteration == loop.max_iterations
         stats = compressor_critic_step(parts, state, measure_variance=evaluating)
         state.iteration = next_iteration
+        check_not_diverged("critic loss", stats.critic_loss, state, stats.tau)
         bar.update(1)
         if writer is not None and (state.iteration % loop.log_every == 0 or evaluating):
             log_step(writer, stats, state.iteration)
@@ -418,7 +424,25 @@ def run_compression(
                 log_evaluation(writer, parts, state, record)
             if state_path is not None:
                 save_checkpoint(state_payload(parts, state), state_path)
+            if not progress:  # no bar (a file, a pipe, CI): one line per evaluation instead
+                log.info(progress_line(loop, state, record, session))
     bar.close()
+
+
+def progress_line(
+    loop: LoopConfig, state: LoopState, record: Mapping[str, float], session: tuple[int, float]
+) -> str:
+    """ "iteration 300/2000  τ 0.049  val_accuracy 0.9812  params left 81.2%  MACs left 90.0%  elapsed 41 s  ETA ≤ 230 s"."""
+    first_iteration, session_start = session
+    seconds = time.perf_counter() - session_start
+    per_iteration = seconds / max(1, state.iteration - first_iteration)
+    eta = per_iteration * (loop.max_iterations - state.iteration)
+    return (
+        f"iteration {state.iteration}/{loop.max_iterations}  τ {record['tau']:.3f}  "
+        f"val_accuracy {record['val_accuracy']:.4f}  params left {100 * record['params_ratio']:.1f}%  "
+        f"MACs left {100 * record['macs_ratio']:.1f}%  elapsed {state.wall_time_s['compress']:.0f} s  "
+        f"ETA ≤ {eta:.0f} s (+ fine-tuning)"
+    )
 
 
 def evaluate_and_decide(
@@ -637,12 +661,31 @@ def ratio_record(structure: Structure, kept: Mapping[str, list[int]]) -> dict[st
 def check_finite(what: str, value: Tensor, state: LoopState, tau: float) -> None:
     """Stop with a clear message when a loss is NaN/inf (the last checkpoint on disk stays untouched)."""
     if not torch.isfinite(value):
-        last = state.history[-1]["iteration"] if state.history else 0
         raise CompressionError(
-            f"the {what} became {float(value.detach())} at iteration {state.iteration} (phase {state.phase}, τ={tau:.3f}). "
-            f"The last good state (iteration {last}) is still on disk if a run_dir was given. Lower critic.lr or "
-            "compressor.lr, or check the data for NaN/inf values."
+            f"the {what} became {float(value.detach())} at iteration {state.iteration} (phase {state.phase}, "
+            f"τ={tau:.3f}); expected a finite loss. {last_saved_state(state)} Lower critic.lr or compressor.lr, or "
+            "check the data for NaN/inf values."
         )
+
+
+def check_not_diverged(what: str, loss: float, state: LoopState, tau: float) -> None:
+    """Stop where a cross-entropy explodes without becoming NaN, instead of finishing on a broken model."""
+    if loss > DIVERGED_LOSS:
+        raise CompressionError(
+            f"compression diverged: the {what} is {loss:.3g} at iteration {state.iteration} (phase {state.phase}, "
+            f"τ={tau:.3f}); expected a cross-entropy below {DIVERGED_LOSS:g} (chance level is ln(classes)). "
+            f"{last_saved_state(state)} Lower critic.lr or compressor.lr and start over in a fresh output folder."
+        )
+
+
+def last_saved_state(state: LoopState) -> str:
+    """Where a stopped run can be picked up: the last evaluation's state, written only when a run_dir was given."""
+    if not state.history:
+        return "No state was saved yet (the first one is written at the first evaluation)."
+    last = state.history[-1]["iteration"]
+    return (
+        f"The last good state (iteration {last}) was written at the last evaluation, if a run_dir was given."
+    )
 
 
 def hyperparameter_table(config: Mapping[str, Any]) -> str:
@@ -716,14 +759,15 @@ def state_payload(parts: LoopParts, state: LoopState) -> dict[str, Any]:
 
 
 def read_saved_state(path: Path, config: CompressionConfig) -> dict[str, Any] | None:
-    """The saved loop state at `path`, if any; ValueError when it was written with another config."""
+    """The saved loop state at `path`, if any; ConfigError when it was written with another config."""
     if not path.is_file():
         return None
     saved = load_checkpoint(path, kind="compression_state")
     if saved["config"] != config.to_dict():
-        raise ValueError(
+        raise ConfigError(
             f"cannot resume from {path}: it was written with another compression config "
-            f"({describe_differences(saved['config'], config.to_dict())}). Use another output folder or delete it."
+            f"({describe_differences(saved['config'], config.to_dict())}). Expected the same settings as the run "
+            "that wrote it: use another output folder (name=... or hydra.run.dir=...) or delete that folder."
         )
     return saved
 

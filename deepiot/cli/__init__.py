@@ -15,6 +15,26 @@ from omegaconf import DictConfig, OmegaConf
 # config_path as a Python package when an entry point runs as an installed console script.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
+# Short model names for default run names (configs/model/<name>.yaml); other classes use their lowercased name.
+MODEL_NAMES = {
+    "LeNet5": "lenet5",
+    "LeNet300": "lenet300",
+    "VGG": "vgg",
+    "LSTMClassifier": "lstm",
+    "DeepSense": "deepsense",
+}
+
+
+def run_name(model_target: str, data_target: str) -> str:
+    """Default run name "<model>_<data>" from the two `_target_`s, e.g. ("deepiot.models.LSTMClassifier",
+    "deepiot.data.load_npz") → "lstm_npz"; the `name` key of config.yaml uses it unless an experiment sets one."""
+    model = str(model_target).rsplit(".", 1)[-1]
+    data = str(data_target).rsplit(".", 1)[-1].removeprefix("load_")
+    return f"{MODEL_NAMES.get(model, model.lower())}_{data}"
+
+
+OmegaConf.register_new_resolver("deepiot.run_name", run_name, replace=True)
+
 
 def seed_suffix(seed: int | str) -> str:
     """ "" for seed 0, else "_seed<N>": run folders of other seeds sit beside the default one
@@ -40,7 +60,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 def reported_errors(program: str) -> Iterator[None]:
     """Turn deepiot's own input errors into `<program>: error: <message>` on stderr and exit status 2.
 
-    These errors (bad config, data, checkpoint, structure, export, a NaN loss) already say what is wrong and
+    These errors (bad config, data, checkpoint, structure, export, a NaN or exploding loss) already say what is wrong and
     what was expected; a Python traceback would only bury that. Other exceptions propagate unchanged.
     """
     from deepiot.checkpoint import CheckpointError
@@ -48,10 +68,20 @@ def reported_errors(program: str) -> Iterator[None]:
     from deepiot.export import ExportError
     from deepiot.runtime import CompressionError
     from deepiot.structure.errors import StructureError
+    from deepiot.train import TrainingError
     from deepiot.utils import ConfigError
 
+    errors = (
+        CheckpointError,
+        CompressionError,
+        ConfigError,
+        DataError,
+        ExportError,
+        StructureError,
+        TrainingError,
+    )
     try:
         yield
-    except (CheckpointError, CompressionError, ConfigError, DataError, ExportError, StructureError) as err:
+    except errors as err:
         print(f"{program}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

@@ -31,9 +31,14 @@ from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
 from deepiot.schedules import ScheduleConfig
-from deepiot.train import ensure_trained, load_bundle, show_progress
-from deepiot.trainer import CompressionConfig, CompressionResult, LoopConfig
-from deepiot.utils import ConfigError
+from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
+from deepiot.trainer import STATE_FILE, CompressionConfig, CompressionResult, LoopConfig, read_saved_state
+from deepiot.utils import (
+    ConfigError,
+    atomic_write,
+    check_dataclass_types,
+    remove_stale_temporaries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +51,12 @@ def compression_config(cfg: DictConfig) -> CompressionConfig:
     """Build and validate the compression settings from the Hydra groups; ConfigError names a bad value."""
     groups = OmegaConf.to_container(cfg, resolve=True)
     loop = {key: value for key, value in groups["compress"].items() if key not in REPORT_KEYS}
+    loop.setdefault("seed", groups["seed"])  # compress.seed defaults to ${seed} in configs/compress/*.yaml
+    check_group_types({**groups, "compress": loop})
+    check_report_settings(groups)
     try:
         return CompressionConfig(
-            loop=LoopConfig(**loop, seed=groups["seed"]),
+            loop=LoopConfig(**loop),
             compressor=CompressorConfig(**groups["compressor"]),
             critic=CriticConfig(
                 **{**groups["critic"], "betas": tuple(groups["critic"]["betas"])}, cost=groups["cost"]["name"]
@@ -62,6 +70,33 @@ def compression_config(cfg: DictConfig) -> CompressionConfig:
         ) from err
 
 
+def check_group_types(groups: dict[str, Any]) -> None:
+    """Every value of the compress/compressor/critic/schedule/finetune groups must fit its dataclass's field types."""
+    schemas = {
+        "compress": LoopConfig,
+        "compressor": CompressorConfig,
+        "critic": CriticConfig,
+        "schedule": ScheduleConfig,
+        "finetune": FinetuneConfig,
+    }
+    for group, schema in schemas.items():
+        check_dataclass_types(schema, groups[group], group)
+
+
+def check_report_settings(groups: dict[str, Any]) -> None:
+    """compress.latency_threads and cost.name, the two settings outside the dataclasses."""
+    latency_threads = groups["compress"].get("latency_threads")
+    if latency_threads is not None and (type(latency_threads) is not int or latency_threads < 1):
+        raise ConfigError(
+            f"config value compress.latency_threads={latency_threads!r} is invalid: expected null (skip the "
+            "latency measurement) or an integer >= 1."
+        )
+    if not isinstance(groups["cost"].get("name"), str):
+        raise ConfigError(
+            f"config value cost.name={groups['cost'].get('name')!r} is invalid: expected a string."
+        )
+
+
 def config_device(cfg: DictConfig) -> torch.device:
     """The root `device` setting resolved once (auto → CUDA, then MPS, then CPU); ConfigError if absent here."""
     try:
@@ -73,21 +108,26 @@ def config_device(cfg: DictConfig) -> torch.device:
 def run_compress(cfg: DictConfig) -> dict[str, Any]:
     """Compress the experiment's trained original into `cfg.paths.output_dir`; returns the report.
 
-    A run folder that already holds a finished run with the same compression config (report.json and
-    finetuned_model.pt, written last) is skipped: its report is returned, so a rerun sweep redoes no job.
+    Every setting, the run folder's saved state and the data are checked before the original is trained. A run
+    folder that already holds a finished run with the same compression config (report.json, rewritten last,
+    and finetuned_model.pt) is skipped: its report is returned, so a rerun sweep redoes no finished job.
     """
+    check_train_config(cfg)
     config = compression_config(cfg)
-    finished = finished_report(Path(cfg.paths.output_dir), config)
+    device = config_device(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    finished = finished_report(out_dir, config)
     if finished is not None:
-        log.info("%s holds a finished run with this config: skipped", cfg.paths.output_dir)
+        log.info("%s holds a finished run with this config: skipped", out_dir)
         return finished
+    read_saved_state(out_dir / STATE_FILE, config)  # a finished/partial run with other settings: refuse now
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
-    device = config_device(cfg)
+    bundle = load_bundle(cfg)
+    check_enough_data(bundle, config)
+    remove_stale_temporaries(out_dir)
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path, device)
-    bundle = load_bundle(cfg)
-    out_dir = Path(cfg.paths.output_dir)
     data = checkpoint["data"]
     description = {
         "name": cfg.name,
@@ -117,7 +157,24 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
         device=device,
     )
     save_finetuned_model(out_dir, checkpoint, result)
+    publish_report_last(out_dir, result.report)
     return result.report
+
+
+def check_enough_data(bundle: Any, config: CompressionConfig) -> None:
+    """The training split must hold at least one compression batch (checked before the original is trained)."""
+    if len(bundle.train) < config.loop.batch_size:
+        raise ConfigError(
+            f"the training split of {bundle.name!r} has {len(bundle.train)} samples, fewer than one batch "
+            f"(compress.batch_size={config.loop.batch_size}): expected at least {config.loop.batch_size}. Raise "
+            "data.dataset.limit or lower compress.batch_size."
+        )
+
+
+def publish_report_last(out_dir: Path, report: dict[str, Any]) -> None:
+    """Rewrite report.json after every other file, so that its time stamp marks a finished folder."""
+    report.setdefault("files", {})["finetuned_model"] = str(out_dir / FINETUNED_MODEL)
+    atomic_write(out_dir / REPORT_JSON, lambda file: file.write(json.dumps(report, indent=2) + "\n"))
 
 
 def finished_report(out_dir: Path, config: CompressionConfig) -> dict[str, Any] | None:

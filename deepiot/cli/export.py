@@ -8,6 +8,8 @@ Examples:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +25,7 @@ def run_export(cfg: DictConfig) -> ExportResult:
             "deepiot-export checkpoint=outputs/train/lenet5_mnist/model.pt"
         )
     formats = list(cfg.formats) if OmegaConf.is_list(cfg.formats) else [cfg.formats]
+    check_export_settings(cfg)
     return export_compressed(
         cfg.checkpoint,
         cfg.plan,
@@ -31,6 +34,28 @@ def run_export(cfg: DictConfig) -> ExportResult:
         check=bool(cfg.check),
         onnx_exporter=cfg.onnx_exporter,
     )
+
+
+def check_export_settings(cfg: DictConfig) -> None:
+    """Types of the settings, the plan file and the destination folder, checked before the export runs."""
+    for key in ("checkpoint", "plan", "out_dir"):
+        value = cfg[key]
+        if value is not None and not isinstance(value, str):
+            raise ExportError(f"config value {key}={value!r} is invalid: expected a path (a string).")
+    if not isinstance(cfg.check, bool):
+        raise ExportError(f"config value check={cfg.check!r} is invalid: expected true or false.")
+    if cfg.plan is not None and not Path(cfg.plan).is_file():
+        raise ExportError(
+            f"slicing plan {cfg.plan} does not exist: expected the slicing_plan.json of a compression run "
+            "(with its finetuned_model.pt as checkpoint), or plan=null to export the model unchanged."
+        )
+    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else Path(cfg.checkpoint).parent / "export"
+    blocking = next((path for path in (out_dir, *out_dir.parents) if path.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ExportError(
+            f"out_dir {out_dir} cannot be created: {blocking} is an existing file, not a folder. Expected a "
+            "folder (existing or new) for model.ts, model.onnx and manifest.json; pass another out_dir=..."
+        )
 
 
 def describe(result: ExportResult) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from deepiot.data.errors import DataError
 from deepiot.data.prep import Split, make_bundle
 
 SPLIT_KEYS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
+log = logging.getLogger(__name__)
 NPZ_FORMAT = (
     "Expected a .npz (numpy.savez) file with X (float [N, T, C]: N windows of T time steps and C channels) and "
     "y (integer labels 0..K-1 [N]), or with explicit splits X_train, y_train, X_val, y_val, X_test, y_test."
@@ -42,7 +44,28 @@ def load_npz(
     if class_names is None:
         num_classes = 1 + max((int(y.max()) for _, y in splits.values() if y.size), default=0)
         class_names = [str(label) for label in range(max(num_classes, 1))]
+        check_label_gaps(splits, num_classes, file)
     return make_bundle(file.stem, splits, list(class_names), channel_axis=-1, source=str(file), seed=seed)
+
+
+def check_label_gaps(splits: dict[str, Split], num_classes: int, file: Path) -> None:
+    """Labels must use 0..K-1 without gaps: warn naming the missing classes, refuse when most are missing.
+
+    A stray label (e.g. 99 among 0..3) would otherwise silently train a 100-class model.
+    """
+    present = np.unique(np.concatenate([y for _, y in splits.values()]))
+    missing = sorted(set(range(num_classes)) - {int(label) for label in present})
+    if not missing or present.size == 0:  # no labels at all: make_bundle reports the empty split
+        return
+    shown = ", ".join(map(str, missing[:20])) + (f" ... ({len(missing)} in all)" if len(missing) > 20 else "")
+    message = (
+        f"npz file {file} has labels up to {num_classes - 1}, so the model gets {num_classes} classes, but "
+        f"{len(missing)} of them never occur: {shown}. Expected labels 0..K-1 with every class present: "
+        "renumber the labels, or pass data.dataset.class_names to name every class."
+    )
+    if len(missing) > num_classes / 2:
+        raise DataError(message)
+    log.warning(message)
 
 
 def read_npz(file: Path) -> dict[str, np.ndarray]:
@@ -82,7 +105,8 @@ def random_splits(split: Split, val_frac: float, test_frac: float, seed: int) ->
     """Train/val/test drawn at random with `seed`; each keeps the file's order."""
     if not (val_frac >= 0 and test_frac >= 0 and val_frac + test_frac < 1):
         raise ValueError(
-            f"need 0 <= val_frac, 0 <= test_frac, val_frac + test_frac < 1; got {val_frac}, {test_frac}"
+            f"data.dataset.val_frac={val_frac} and data.dataset.test_frac={test_frac} are invalid: expected "
+            "0 <= val_frac, 0 <= test_frac and val_frac + test_frac < 1 (the rest is the training split)."
         )
     x, y = split
     order = np.random.default_rng(seed).permutation(len(y))

@@ -42,7 +42,10 @@ def check_labels(y: np.ndarray, num_classes: int, what: str) -> None:
 def check_limit(limit: int | None) -> None:
     """Reject a `limit` that would leave no training samples."""
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be None or a positive number of samples, got {limit}")
+        raise ValueError(
+            f"data.dataset.limit={limit!r} is invalid: expected null (all samples) or a number of samples >= 1 "
+            "per split."
+        )
 
 
 def seeded_subset(split: Split, limit: int | None, rng: np.random.Generator) -> Split:
