@@ -36,7 +36,7 @@ from tqdm import tqdm
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
-from deepiot.runtime import resolve_device
+from deepiot.runtime import DEVICE_CHOICES, resolve_device
 from deepiot.utils import (
     DIVERGED_LOSS,
     ConfigError,
@@ -287,9 +287,20 @@ def check_device(name: Any) -> None:
     try:
         resolve_device(name)
     except ValueError as err:
-        raise ConfigError(
-            f"config value trainer.device={name!r} is not a torch device available here: {err}"
-        ) from err
+        reason = (
+            f"cannot be used here: {err}"
+            if _parses_as_device(name)
+            else f"is not a torch device: expected e.g. cpu ({DEVICE_CHOICES})."
+        )
+        raise ConfigError(f"config value trainer.device={name!r} {reason}") from err
+
+
+def _parses_as_device(name: Any) -> bool:
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        return False
+    return True
 
 
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
