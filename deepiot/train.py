@@ -175,12 +175,15 @@ def ensure_trained(cfg: DictConfig) -> Path:
     different data/model/trainer/seed config raises ConfigError instead of being silently reused. Parallel
     jobs (a joblib sweep) that need the same original wait while one of them trains it.
     """
-    with exclusive_lock(Path(cfg.paths.original_dir) / ".lock"):
+    model_path = Path(cfg.paths.original_dir) / "model.pt"
+    if model_path.is_file():
+        return _ensure_trained(cfg)
+    with exclusive_lock(model_path.parent / ".lock"):  # only a run that trains writes into the folder
         return _ensure_trained(cfg)
 
 
 def _ensure_trained(cfg: DictConfig) -> Path:
-    """`ensure_trained` under its lock."""
+    """`ensure_trained` (under its lock when it may train)."""
     run_dir = Path(cfg.paths.original_dir)
     model_path = run_dir / "model.pt"
     if model_path.is_file():
