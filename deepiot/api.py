@@ -76,7 +76,8 @@ def compress(
         train_data, val_data, test_data: (input, label) datasets, e.g. TensorDatasets; without test_data the
             validation set is also used as the test set.
         example_inputs: one input batch for structure tracing and export (default: the first training sample).
-        target: fraction of the parameters to keep, in (0, 1] (stops as soon as it is met).
+        target: the budget, a fraction of the parameters to keep in (0, 1]: the search is driven to it (a
+            dual-ascent price on the expected size), stops once it is met, and the result is fitted to it.
         cost: resource cost in the reward ("params", "macs", "activation_bytes", "model_bytes" or registered).
         lam: weight λ of the cost in the reward (0 = the paper).
         baseline: "ema" (the paper) or "learned" (value critic).

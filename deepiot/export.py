@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import deepiot
-from deepiot.checkpoint import load_trained_model
+from deepiot.checkpoint import load_checkpoint, load_trained_model
 from deepiot.cost.counter import ExampleInputs, as_batch_of_one, iter_tensors, measure_cost
 from deepiot.cost.latency import eval_mode, onnx_feed, onnx_session
 from deepiot.structure import SlicingPlan, Structure, build_sliced_model
@@ -108,6 +108,9 @@ def export_model(
     return ExportResult(paths=_result_paths(published), max_abs_diff=max_abs_diff)
 
 
+SLICED_MODEL_KIND = "sliced_model"  # a fine-tuned sliced model: its own weights + the plan that shapes it
+
+
 def export_compressed(
     checkpoint_path: str | os.PathLike[str],
     plan_path: str | os.PathLike[str] | None,
@@ -129,16 +132,24 @@ def export_compressed(
         ExportError: the plan was made for another model (different model_config).
         StructureError: the plan's groups or indices do not fit the model's structure.
     """
-    model, checkpoint = load_trained_model(checkpoint_path)
-    example = torch.randn(
-        1, *checkpoint["model_config"]["input_shape"], generator=torch.Generator().manual_seed(0)
-    )
     extra_files: dict[str, bytes] = {}
-    if plan_path is not None:
-        model = _sliced_model(model, checkpoint["model_config"], Path(plan_path), example)
-        extra_files[PLAN_NAME] = Path(plan_path).read_bytes()
+    if load_checkpoint(checkpoint_path).get("kind") == SLICED_MODEL_KIND:
+        model, checkpoint = load_sliced_model(checkpoint_path)
+        plan = SlicingPlan.from_dict(checkpoint["slicing_plan"])
+        if plan_path is not None:
+            _check_same_plan(plan, SlicingPlan.load(plan_path), Path(plan_path), Path(checkpoint_path))
+        extra_files[PLAN_NAME] = json.dumps(plan.to_dict(), indent=2).encode()
+        example = example_input(checkpoint["model_config"])
+    else:
+        model, checkpoint = load_trained_model(checkpoint_path)
+        example = example_input(checkpoint["model_config"])
+        if plan_path is not None:
+            model = _sliced_model(model, checkpoint["model_config"], Path(plan_path), example)
+            extra_files[PLAN_NAME] = Path(plan_path).read_bytes()
     out_dir = Path(checkpoint_path).parent / "export" if out_dir is None else Path(out_dir)
-    manifest_extra = _checkpoint_description(checkpoint, Path(checkpoint_path), sliced=plan_path is not None)
+    manifest_extra = _checkpoint_description(
+        checkpoint, Path(checkpoint_path), sliced=PLAN_NAME in extra_files
+    )
     return export_model(
         model,
         example,
@@ -149,6 +160,31 @@ def export_compressed(
         onnx_exporter=onnx_exporter,
         extra_files=extra_files,
     )
+
+
+def example_input(model_config: Mapping[str, Any]) -> Tensor:
+    """A fixed random input batch of one for the model `model_config` describes."""
+    return torch.randn(1, *model_config["input_shape"], generator=torch.Generator().manual_seed(0))
+
+
+def load_sliced_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a fine-tuned sliced model from its "sliced_model" checkpoint (model_config + slicing plan +
+    the sliced model's own weights); returns (model in eval mode, checkpoint)."""
+    checkpoint = load_checkpoint(path, kind=SLICED_MODEL_KIND)
+    plan = SlicingPlan.from_dict(checkpoint["slicing_plan"])
+    model = build_sliced_model(plan, checkpoint["state_dict"], example_input(checkpoint["model_config"]))
+    return model.eval(), checkpoint
+
+
+def _check_same_plan(
+    embedded: SlicingPlan, given: SlicingPlan, plan_path: Path, checkpoint_path: Path
+) -> None:
+    """A plan passed with a sliced checkpoint must be the plan the checkpoint was sliced with."""
+    if given.kept != embedded.kept or _plain(given.model_config) != _plain(embedded.model_config):
+        raise ExportError(
+            f"slicing plan {plan_path} is not the plan {checkpoint_path} was sliced with (the checkpoint holds "
+            "its own plan); pass the slicing_plan.json of the same compression run, or no plan at all."
+        )
 
 
 def _sliced_model(

@@ -67,6 +67,8 @@ def build_report(
         "sliced_vs_masked_max_abs_diff": loop_report["sliced_vs_masked_max_abs_diff"],
         "history": list(loop_report["history"]),
     }
+    if "magnitude_at_same_counts" in loop_report:
+        report["magnitude_at_same_counts"] = dict(loop_report["magnitude_at_same_counts"])
     if latency_threads is not None:
         before = measure_latency(original, example_inputs, threads=latency_threads).median_ms
         after = measure_latency(sliced, example_inputs, threads=latency_threads).median_ms
@@ -137,6 +139,14 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"| val accuracy | {accuracy['original_val']:.4f} | {accuracy['compressed_val']:.4f} | "
         f"Δ {accuracy['compressed_val'] - accuracy['original_val']:+.4f} |"
     )
+    reference = report.get("magnitude_at_same_counts")
+    if reference:
+        lines.append(
+            f"| test accuracy of L1 magnitude at the same counts, same recipe for {reference['finetune_steps']} steps "
+            f"(the critic's search + fine-tuning steps) | {accuracy['original_test']:.4f} | "
+            f"{reference['test_accuracy']:.4f} | DeepIoT − magnitude: "
+            f"{100 * (accuracy['compressed_test'] - reference['test_accuracy']):+.2f} points |"
+        )
     lines += ["", "| group | original elements | kept | kept % |", "|-|-|-|-|"]
     for group in report["groups"]:
         lines.append(

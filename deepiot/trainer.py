@@ -17,6 +17,7 @@ seed → same result as an uninterrupted run).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "compress_state.pt"
 FINETUNE_STATE_FILE = "finetune_state.pt"
+MAGNITUDE_STATE_FILE = "magnitude_finetune_state.pt"  # compare_magnitude's fine-tuning
 SLICED_TOLERANCE = 1e-4  # max |sliced − masked| logit difference accepted (float32 reassociation only)
 
 
@@ -79,7 +81,10 @@ class LoopConfig:
     warmup_iterations: int = 0  # Algorithm 1, phase 1: compressor-only iterations, critic frozen, τ = 0
     budget_lr: float = 0.05  # dual-ascent step of the budget prices λ (0: fixed λ = 0, targets only stop)
     budget_pressure: str = "elasticity"  # "elasticity" | "marginal" (see deepiot.budget.BudgetController)
-    fit_to_budget: bool = True  # after the search, fit the kept set to the targets by keep probability
+    fit_to_budget: bool = True
+    # after the run, also fine-tune the L1-magnitude choice at the same per-group counts (same recipe, same
+    # steps) and report both: how the search compares with the simplest baseline at the same size
+    compare_magnitude: bool = False  # after the search, fit the kept set to the targets by keep probability
     eval_batch_size: int = 512
     log_every: int = 10
     seed: int = 0
@@ -380,6 +385,11 @@ def compress_model(
     result = compression_result(
         parts, state, tuned, difference, (test_inputs, test_labels), model_config or {}
     )
+    if config.loop.compare_magnitude:
+        splits = ((train_inputs, train_labels), validation, (test_inputs, test_labels))
+        result.report["magnitude_at_same_counts"] = magnitude_reference(
+            original, structure, state.kept, splits, config, run_dir, search_steps=state.iteration
+        )
     if writer is not None:
         log_finetuning(writer, tuned.history, state.iteration)
         writer.add_scalar(
@@ -543,6 +553,41 @@ def slice_checked(parts: LoopParts, state: LoopState, check_inputs: Tensor) -> t
             f"{SLICED_TOLERANCE}); the slicing of {type(parts.critic).__name__} is wrong — please report it."
         )
     return sliced, difference
+
+
+def magnitude_reference(
+    model: nn.Module,
+    structure: Structure,
+    kept: Mapping[str, list[int]],
+    splits: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
+    config: CompressionConfig,
+    run_dir: str | Path | None,
+    search_steps: int,
+) -> dict[str, Any]:
+    """The largest-L1 elements at the same per-group counts, sliced from the original and fine-tuned with the
+    same recipe for as many steps as the critic trained in all (`search_steps` + fine-tuning):
+    {"kept_counts", "finetune_steps", "val_accuracy", "test_accuracy", "wall_time_s"}."""
+    started = time.perf_counter()
+    counts = {name: len(indices) for name, indices in kept.items()}
+    chosen = {name: structure.largest_l1_elements(model, name, count) for name, count in counts.items()}
+    sliced = slice_model(copy.deepcopy(model).eval(), structure, chosen).eval()
+    train, validation, test = splits
+    recipe = dataclasses.replace(config.finetune, steps=config.finetune.steps + search_steps)
+    tuned = finetune(
+        sliced,
+        train,
+        validation,
+        recipe,
+        teacher=model if config.finetune.distill_weight > 0 else None,
+        state_path=Path(run_dir) / MAGNITUDE_STATE_FILE if run_dir is not None else None,
+    )
+    return {
+        "kept_counts": counts,
+        "finetune_steps": recipe.steps,
+        "val_accuracy": tuned.best_val_accuracy,
+        "test_accuracy": accuracy(tuned.model, *test, config.loop.eval_batch_size),
+        "wall_time_s": time.perf_counter() - started,
+    }
 
 
 def compression_result(

@@ -35,6 +35,7 @@ from deepiot.export import ExportError, export_model
 from deepiot.finetune import FinetuneConfig
 from deepiot.structure import SlicingPlan, Structure, StructureError, build_sliced_model
 from deepiot.trainer import CompressionConfig, LoopConfig
+from deepiot.utils import ConfigError
 
 SAMPLES, STEPS, CHANNELS, CLASSES = 40, 2, 6, 3
 FEATURES = STEPS * CHANNELS
@@ -264,7 +265,7 @@ COMPRESS_CASES = [
     Case("val-shape-differs", lambda: (MLP(), {"val_data": _dataset(inputs=torch.randn(SAMPLES, 1, FEATURES))}), ModelCheckError, r"val inputs have per-sample shape \(1, 12\).*training inputs have \(2, 6\)"),
     Case("example-of-wrong-shape", lambda: (MLP(), {"example_inputs": torch.randn(1, 3)}), ModelCheckError, r"MLP fails on example_inputs of shape \(1, 3\)"),
     Case("empty-train-set", lambda: (MLP(), {"train_data": TensorDataset(torch.empty(0, STEPS, CHANNELS), torch.empty(0, dtype=torch.long))}), ValueError, r"train dataset is empty.*needs train, val and test samples"),
-    Case("fewer-samples-than-a-batch", lambda: (MLP(), {"train_data": _dataset(_inputs()[:5], _labels()[:5])}), ValueError, r"5 samples, fewer than one batch.*batch_size=8"),
+    Case("fewer-samples-than-a-batch", lambda: (MLP(), {"train_data": _dataset(_inputs()[:5], _labels()[:5])}), ConfigError, r"5 samples, fewer than one batch.*batch_size=8"),
     Case("no-compressible-layer", lambda: (NoHiddenLayer(), {}), ValueError, r"NoHiddenLayer has no compressible group.*nothing to compress"),
     Case("unsupported-layer", lambda: (BilinearMix(), {}), StructureError, r"node 'mix' \(module 'mix' of type Bilinear\).*exclude=\['fc1'\]"),
     Case("untraceable-control-flow", lambda: (DataDependent(), {}), StructureError, r"could not trace DataDependent\.forward.*control flow"),

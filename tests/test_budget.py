@@ -9,11 +9,11 @@ import torch
 from deepiot.budget import BudgetController, cost_ratios, fit_to_budget
 from deepiot.compressor import MaskDistribution
 from deepiot.critic import CriticConfig
-from deepiot.finetune import FinetuneConfig, distillation_loss
+from deepiot.finetune import FinetuneConfig, distillation_loss, finetune
 from deepiot.models import LeNet300
-from deepiot.runtime import BatchStream
+from deepiot.runtime import BatchStream, accuracy
 from deepiot.schedules import ScheduleConfig
-from deepiot.structure import MaskedNetwork, Structure
+from deepiot.structure import MaskedNetwork, Structure, slice_model
 from deepiot.trainer import (
     CompressionConfig,
     LoopConfig,
@@ -176,3 +176,26 @@ def test_critic_step_distils_from_the_original_when_asked(data, trained_model):
         logits = MaskedNetwork(student, parts.structure).train()(inputs[indices], masks)
         expected = distillation_loss(logits, trained_model(inputs[indices]), labels[indices], 0.7, 3.0)
     assert stats.critic_loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_magnitude_reference_is_l1_at_the_same_counts_with_the_same_fine_tuning(data, trained_model):
+    config = budget_config(max_iterations=20, target_params=0.5, compare_magnitude=True)
+    config = CompressionConfig(
+        loop=config.loop,
+        schedule=config.schedule,
+        finetune=FinetuneConfig(steps=10, batch_size=32, eval_every=5),
+    )
+    result = compress_model(trained_model, *data, config)
+    reference = result.report["magnitude_at_same_counts"]
+    counts = {name: len(indices) for name, indices in result.plan.kept.items()}
+    assert reference["kept_counts"] == counts
+    # the same choice and fine-tuning, done by hand
+    structure = Structure.from_model(trained_model, data[0].tensors[0][:1])
+    chosen = {
+        name: structure.largest_l1_elements(trained_model, name, count) for name, count in counts.items()
+    }
+    recipe = FinetuneConfig(steps=10 + result.report["iterations"], batch_size=32, eval_every=5)
+    assert reference["finetune_steps"] == recipe.steps  # as many steps as the critic got in all
+    tuned = finetune(slice_model(trained_model, structure, chosen), data[0].tensors, data[1].tensors, recipe)
+    assert reference["test_accuracy"] == accuracy(tuned.model, *data[2].tensors, 512)
+    assert reference["val_accuracy"] == tuned.best_val_accuracy

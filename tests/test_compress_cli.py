@@ -14,7 +14,8 @@ from deepiot.checkpoint import load_checkpoint
 from deepiot.cli import compose_config
 from deepiot.cli import compress as compress_cli
 from deepiot.cli.compress import FINETUNED_MODEL, compression_config, run_compress
-from deepiot.export import export_compressed
+from deepiot.export import ExportError, export_compressed
+from deepiot.structure import SlicingPlan
 from deepiot.utils import ConfigError
 
 TINY = [
@@ -120,6 +121,16 @@ def test_run_compress_trains_compresses_exports_and_resumes(tmp_path, monkeypatc
     again_ts = torch.jit.load(str(exported.paths["torchscript"]))
     example = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(original_ts(example), again_ts(example), atol=1e-5, rtol=1e-5)
+    # the checkpoint carries its plan: no plan needed, and another run's plan is refused
+    alone = export_compressed(out_dir / FINETUNED_MODEL, None, tmp_path / "alone", formats=("torchscript",))
+    alone_ts = torch.jit.load(str(alone.paths["torchscript"]))
+    torch.testing.assert_close(original_ts(example), alone_ts(example), atol=1e-5, rtol=1e-5)
+    other = SlicingPlan.load(out_dir / "slicing_plan.json")
+    other.kept = {name: indices[:1] for name, indices in other.kept.items()}
+    other.save(tmp_path / "other_plan.json")
+    with pytest.raises(ExportError, match="is not the plan .* was sliced with"):
+        export_compressed(out_dir / FINETUNED_MODEL, tmp_path / "other_plan.json", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
     # rerunning the same command finds the finished state and reproduces the result without training again
     # (report.json removed: the run counts as unfinished, so it resumes from its saved states)

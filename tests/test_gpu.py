@@ -12,6 +12,7 @@ from deepiot import trainer
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import compose_config
 from deepiot.cli.compress import FINETUNED_MODEL, run_compress
+from deepiot.export import load_sliced_model
 from deepiot.finetune import FinetuneConfig
 from deepiot.runtime import model_device
 from deepiot.trainer import STATE_FILE, CompressionConfig, LoopConfig, compress_model
@@ -61,9 +62,10 @@ def test_quick_pipeline_end_to_end_on_cuda(tmp_path):
     assert (tmp_path / "compress" / "export" / "model.onnx").is_file()
     # checkpoints written on the GPU load on the CPU (map_location) and on the GPU
     for device in ("cpu", "cuda"):
-        for path in (tmp_path / "train" / "model.pt", tmp_path / "compress" / FINETUNED_MODEL):
-            model, _ = load_trained_model(path, device)
-            assert model_device(model).type == device
+        model, _ = load_trained_model(tmp_path / "train" / "model.pt", device)
+        assert model_device(model).type == device
+    sliced, _ = load_sliced_model(tmp_path / "compress" / FINETUNED_MODEL)
+    assert model_device(sliced).type == "cpu"
 
 
 def test_compression_on_cuda_keeps_everything_on_the_gpu(trained_model, data):

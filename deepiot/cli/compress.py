@@ -6,7 +6,7 @@ Examples:
     deepiot-compress -m critic.lam=0,0.1 cost=macs       # a sweep: one run folder per override set
 
 The run folder receives compress_state.pt (resume state: rerunning the same command resumes), report.json,
-report.md, kept_elements.png, progress.png, slicing_plan.json, finetuned_model.pt (the fine-tuned full-size
+report.md, kept_elements.png, progress.png, slicing_plan.json, finetuned_model.pt (the fine-tuned sliced
 weights the plan refers to) and export/ (TorchScript, ONNX, manifest).
 """
 
@@ -26,7 +26,7 @@ from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, reported_errors
 from deepiot.compressor import CompressorConfig
 from deepiot.critic import CriticConfig
-from deepiot.export import input_layout
+from deepiot.export import SLICED_MODEL_KIND, input_layout
 from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
@@ -187,11 +187,12 @@ def finished_report(out_dir: Path, config: CompressionConfig) -> dict[str, Any] 
 
 
 def save_finetuned_model(out_dir: Path, original: dict[str, Any], result: CompressionResult) -> None:
-    """Write the fine-tuned sliced model's weights as a "trained_model" checkpoint, so that
-    `deepiot-export checkpoint=<it> plan=<slicing_plan.json>` rebuilds exactly the exported model."""
+    """Write the fine-tuned sliced model's weights with its slicing plan as a "sliced_model" checkpoint, so
+    that `deepiot-export checkpoint=<it>` rebuilds exactly the exported model."""
     report = result.report
     payload = {
-        "kind": "trained_model",
+        "kind": SLICED_MODEL_KIND,
+        "slicing_plan": result.plan.to_dict(),
         "model_config": original["model_config"],
         "state_dict": result.sliced_model.state_dict(),
         "metrics": {
