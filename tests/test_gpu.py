@@ -57,7 +57,7 @@ def test_quick_pipeline_end_to_end_on_cuda(tmp_path):
         ]
     )
     report = run_compress(cfg)
-    assert report["iterations"] == 40 and 0.0 <= report["accuracy"]["compressed_test"] <= 1.0
+    assert report["iterations"] <= 40 and 0.0 <= report["accuracy"]["compressed_test"] <= 1.0
     assert json.loads((tmp_path / "compress" / "report.json").read_text())["cost"] == report["cost"]
     assert (tmp_path / "compress" / "export" / "model.onnx").is_file()
     # checkpoints written on the GPU load on the CPU (map_location) and on the GPU
