@@ -70,7 +70,10 @@ class CompressorConfig:
 
 
 def _truncated_normal(shape: tuple[int, ...], std: float) -> Tensor:
-    """The paper's initialiser: truncated normal with std sqrt(2 / (fan_in + fan_out))."""
+    """The paper's initialiser: truncated normal with std sqrt(2 / (fan_in + fan_out)).
+
+    Drawn on the CPU on purpose (the same start on every device); the module is then moved to its device.
+    """
     return nn.init.trunc_normal_(torch.empty(shape), std=std, a=-2 * std, b=2 * std)
 
 

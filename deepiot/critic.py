@@ -133,7 +133,8 @@ class Reward:
         self.structure = structure
         self.cost_function = get_cost_function(cost)
         self.lam = lam
-        full = {group.name: torch.ones(1, group.size) for group in structure.groups}  # [1, size]: keep all
+        # [1, size]: keep all; on the CPU on purpose, the original's cost is kept as a Python float
+        full = {group.name: torch.ones(1, group.size) for group in structure.groups}
         self.original_cost = float(self.cost_function(structure, full)[0])
         if not self.original_cost > 0:
             raise ValueError(f"cost {cost!r} of the original model is {self.original_cost}; it must be > 0.")
