@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -20,7 +21,7 @@ from deepiot.cost.latency import eval_mode
 from deepiot.export import PLAN_NAME, export_model
 from deepiot.models import build_model
 from deepiot.report import build_report, write_report
-from deepiot.runtime import dataset_tensors
+from deepiot.runtime import dataset_tensors, model_device, resolve_device
 from deepiot.schedules import ScheduleConfig
 from deepiot.structure import Structure
 from deepiot.trainer import CompressionConfig, CompressionResult, compress_model
@@ -62,6 +63,7 @@ def compress(
     structure: Structure | None = None,
     outputs: OutputOptions | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> CompressionResult:
     """Compress a trained classifier with DeepIoT and return the physically smaller model.
 
@@ -86,6 +88,9 @@ def compress(
         structure: the model's groups, for models that need declared groups.
         outputs: model description, extra manifest/report entries, latency threads (see OutputOptions).
         progress: show progress bars.
+        device: where compression runs: "auto" | "cpu" | "cuda" | "cuda:N" | "mps"; None: the model's device.
+            The sliced model comes back on it; the checks, the report's host latency and the export use a
+            CPU copy.
 
     Returns:
         CompressionResult(sliced_model, plan, report).
@@ -123,11 +128,14 @@ def compress(
         seed=seed,
     )
     outputs = outputs or OutputOptions()
+    device = model_device(model) if device is None else resolve_device(device)
+    host_model = on_host(model)
     test_data = val_data if test_data is None else test_data
-    train_inputs = check_model_and_data(model, {"train": train_data, "val": val_data, "test": test_data})
+    train_inputs = check_model_and_data(host_model, {"train": train_data, "val": val_data, "test": test_data})
     if example_inputs is None:
         example_inputs = train_inputs[:1]
-    check_classifier(model, example_inputs, "example_inputs")
+    example_inputs = example_inputs.cpu()  # intended: checks, report and export run on the host
+    check_classifier(host_model, example_inputs, "example_inputs")
     result = compress_model(
         model,
         train_data,
@@ -136,12 +144,14 @@ def compress(
         config,
         run_dir=out_dir,
         structure=structure,
-        model_config=rebuild_config(model, example_inputs, outputs.model_config),
+        model_config=rebuild_config(host_model, example_inputs, outputs.model_config),
         progress=progress,
+        device=device,
     )
+    host_result = result._replace(sliced_model=on_host(result.sliced_model))
     report = build_report(
-        model,
-        result.sliced_model,
+        host_model,
+        host_result.sliced_model,
         result.report,
         example_inputs,
         latency_threads=outputs.latency_threads,
@@ -149,8 +159,13 @@ def compress(
     )
     report["config"] = config.to_dict()
     if out_dir is not None:
-        save_outputs(result, report, example_inputs, Path(out_dir), outputs.manifest_extra)
+        save_outputs(host_result, report, example_inputs, Path(out_dir), outputs.manifest_extra)
     return CompressionResult(result.sliced_model, result.plan, report)
+
+
+def on_host(model: nn.Module) -> nn.Module:
+    """`model` itself when it is on the CPU, else a CPU copy (intended: for checks, host latency, export)."""
+    return model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
 
 
 def check_model_and_data(model: nn.Module, splits: Mapping[str, Dataset]) -> Tensor:

@@ -52,7 +52,7 @@ class BudgetController:
         scale = torch.ones_like(counts)
         if self.pressure == "elasticity":
             scale = counts.detach() / counts.detach().mean()  # [G]
-        total, ratios = torch.zeros(()), {}
+        total, ratios = counts.new_zeros(()), {}
         for name, cost in self.costs.items():
             expected, slopes = cost.cost_slopes(keep_probs)  # [1], [G]
             ratios[name] = float(expected[0])

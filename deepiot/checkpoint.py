@@ -45,12 +45,15 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> No
     atomic_write(path, lambda file: torch.save(document, file), binary=True)
 
 
-def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str], kind: str | None = None, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Load a deepiot checkpoint with `torch.load(weights_only=True)` (no arbitrary code runs).
 
     Args:
         path: the `.pt` file.
         kind: if given, the checkpoint's "kind" must equal it.
+        map_location: where its tensors go (default the CPU, so a file written on any device loads anywhere).
 
     Raises:
         CheckpointError: the file is missing, truncated, not a deepiot checkpoint, newer than this
@@ -59,7 +62,7 @@ def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> di
     path = Path(path)
     _check_is_complete_torch_file(path)
     try:
-        document = torch.load(path, map_location="cpu", weights_only=True)
+        document = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"checkpoint {path} holds Python objects other than tensors and plain containers (for example a "
@@ -81,12 +84,15 @@ def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> di
     return document
 
 
-def load_trained_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from its "trained_model" checkpoint; returns (model in eval mode, checkpoint)."""
+def load_trained_model(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from its "trained_model" checkpoint (written on any device) on `device`;
+    returns (model in eval mode, checkpoint)."""
     from deepiot.models import build_model  # deferred: models import Hydra, checkpoints need only torch
 
-    checkpoint = load_checkpoint(path, kind="trained_model")
-    model = build_model(checkpoint["model_config"])
+    checkpoint = load_checkpoint(path, kind="trained_model", map_location=device)
+    model = build_model(checkpoint["model_config"]).to(device)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:

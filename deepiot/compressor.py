@@ -70,7 +70,10 @@ class CompressorConfig:
 
 
 def _truncated_normal(shape: tuple[int, ...], std: float) -> Tensor:
-    """The paper's initialiser: truncated normal with std sqrt(2 / (fan_in + fan_out))."""
+    """The paper's initialiser: truncated normal with std sqrt(2 / (fan_in + fan_out)).
+
+    Drawn on the CPU on purpose (the same start on every device); the module is then moved to its device.
+    """
     return nn.init.trunc_normal_(torch.empty(shape), std=std, a=-2 * std, b=2 * std)
 
 
@@ -129,7 +132,8 @@ class Compressor(nn.Module):
 
     def forward(self, weight_matrices: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Keep-probability logits {group: [size]} from the current weight matrices {group: [rows, size]}."""
-        hidden = torch.zeros(1, self.config.hidden_size)  # [1, d_h]: the paper's zero initial state
+        # [1, d_h]: the paper's zero initial state, on the compressor's device
+        hidden = torch.zeros(1, self.config.hidden_size, device=self.cell.weight_ih.device)
         state = (hidden, torch.zeros_like(hidden))
         logits: dict[str, Tensor] = {}
         for spec, head in zip(self.groups, self.heads, strict=True):
@@ -160,6 +164,10 @@ class MaskDistribution:
         self.tau = tau
         self.decay = decay
 
+    def _zero(self) -> Tensor:
+        """A scalar 0 on the logits' device, to sum per-group terms into."""
+        return next(iter(self.logits.values())).new_zeros(())
+
     def _below(self, name: str) -> Tensor:
         return torch.sigmoid(self.logits[name].detach()) < self.tau
 
@@ -179,7 +187,10 @@ class MaskDistribution:
         return {name: self._log_keep_and_drop(name)[0].exp() for name in self.logits}
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Masks {group: [N, size]} of float 0/1, z ~ Bernoulli(p') (same draws as torch.distributions.Bernoulli)."""
+        """Masks {group: [N, size]} of float 0/1, z ~ Bernoulli(p') (same draws as torch.distributions.Bernoulli).
+
+        `generator` must live on the logits' device (a torch.Generator(device=...)).
+        """
         masks = {}
         for name, prob in self.keep_probs.items():
             prob = prob.detach().expand(batch_size, prob.shape[-1])  # [size] → [N, size]
@@ -188,7 +199,7 @@ class MaskDistribution:
 
     def log_prob(self, masks: Mapping[str, Tensor]) -> Tensor:
         """Σ over groups and elements of log P(z | p'), one value per sampled structure: [N]."""
-        total = torch.zeros(())
+        total = self._zero()
         for name in self.logits:
             log_keep, log_drop = self._log_keep_and_drop(name)
             mask = masks[name]
@@ -197,7 +208,7 @@ class MaskDistribution:
 
     def entropy(self) -> Tensor:
         """Σ over groups and elements of the Bernoulli entropy of p' (shape: the logits' batch shape)."""
-        total = torch.zeros(())
+        total = self._zero()
         for name in self.logits:
             log_keep, log_drop = self._log_keep_and_drop(name)
             total = total - (log_keep.exp() * log_keep + log_drop.exp() * log_drop).sum(dim=-1)

@@ -53,9 +53,14 @@ def _kept_counts(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {name: mask.sum(dim=-1) for name, mask in masks.items()}  # [N, size] → [N]
 
 
+def _device_of(tensors: Mapping[str, Tensor]) -> torch.device:
+    return next(iter(tensors.values())).device
+
+
 def _structure_cost_field(field_name: str) -> CostFunction:
     def cost(structure: Structure, masks: Mapping[str, Tensor]) -> Tensor:
-        return torch.as_tensor(getattr(structure.cost(_kept_counts(masks)), field_name), dtype=torch.float32)
+        value, device = getattr(structure.cost(_kept_counts(masks)), field_name), _device_of(masks)
+        return torch.as_tensor(value, dtype=torch.float32, device=device)
 
     cost.__doc__ = f"`{field_name}` of each sampled structure, from the structure's real module shapes."
     return cost
@@ -135,7 +140,8 @@ class Reward:
         self.structure = structure
         self.cost_function = get_cost_function(cost)
         self.lam = lam
-        full = {group.name: torch.ones(1, group.size) for group in structure.groups}  # [1, size]: keep all
+        # [1, size]: keep all; on the CPU on purpose, the original's cost is kept as a Python float
+        full = {group.name: torch.ones(1, group.size) for group in structure.groups}
         self.original_cost = float(self.cost_function(structure, full)[0])
         if not self.original_cost > 0:
             raise ValueError(f"cost {cost!r} of the original model is {self.original_cost}; it must be > 0.")
@@ -164,7 +170,8 @@ class Reward:
         names = list(keep_probs)
         probs = {name: prob.detach() for name, prob in keep_probs.items()}
         # [G]: +1 element per group, or −1 for a group that is (nearly) full
-        steps = torch.tensor([1.0 if float(p.sum()) + 1 <= p.numel() else -1.0 for p in probs.values()])
+        signs = [1.0 if float(p.sum()) + 1 <= p.numel() else -1.0 for p in probs.values()]
+        steps = torch.tensor(signs, device=_device_of(probs))
         # row 0: E[z]; row g: E[z] with one element more (or fewer) in group g — each [G + 1, size]
         rows = {name: prob.expand(len(names) + 1, prob.numel()).clone() for name, prob in probs.items()}
         for row, name in enumerate(names, start=1):
@@ -242,7 +249,8 @@ class EMABaseline:
         return (rewards - baseline) / scale
 
     def control_variate(self, keep_probs: Mapping[str, Tensor], reward: Reward) -> Tensor:
-        return torch.zeros(())  # an action-independent baseline needs no correction
+        # an action-independent baseline needs no correction
+        return next(iter(keep_probs.values())).new_zeros(())
 
     @property
     def value(self) -> float:
@@ -264,8 +272,16 @@ class LearnedCritic:
     Q is evaluated before its MSE step on the batch, so a sample never judges itself.
     """
 
-    def __init__(self, num_features: int, hidden: int = 64, lr: float = 1e-3, ema_decay: float = 0.9) -> None:
-        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    def __init__(
+        self,
+        num_features: int,
+        hidden: int = 64,
+        lr: float = 1e-3,
+        ema_decay: float = 0.9,
+        device: torch.device | str | None = None,
+    ) -> None:
+        # initialised on the CPU (same weights on every device), then moved
+        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.Tanh(), nn.Linear(hidden, 1)).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.reward_mean = BiasCorrectedEMA(ema_decay)  # centres the targets: the MLP learns the shape only
         self.std = BiasCorrectedEMA(ema_decay)
@@ -319,10 +335,14 @@ class LearnedCritic:
         self.scale = float(state["scale"])
 
 
-def build_baselines(config: CriticConfig, num_groups: int) -> dict[str, Baseline]:
+def build_baselines(
+    config: CriticConfig, num_groups: int, device: torch.device | str | None = None
+) -> dict[str, Baseline]:
     """Both baselines, keyed by name: the configured one drives the compressor, the other is measured
-    on the same batches so the two gradient variances can be compared."""
+    on the same batches so the two gradient variances can be compared. The learned one lives on `device`."""
     return {
         "ema": EMABaseline(config.ema_decay),
-        "learned": LearnedCritic(num_groups + 1, config.value_hidden, config.value_lr, config.ema_decay),
+        "learned": LearnedCritic(
+            num_groups + 1, config.value_hidden, config.value_lr, config.ema_decay, device=device
+        ),
     }

@@ -31,7 +31,7 @@ from deepiot.critic import COST_FUNCTIONS, Reward
 from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, input_layout
 from deepiot.models import build_model
-from deepiot.runtime import dataset_tensors, evaluate
+from deepiot.runtime import dataset_tensors, evaluate, resolve_device
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
 
 MODEL_TARGETS = {
@@ -99,6 +99,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         checkpoint: a deepiot "trained_model" checkpoint (model.pt) to compress instead of a named model.
         data_root: where a named dataset's files are (None: the offline copy, where one exists).
         render_mode: None or "ansi" (a text table of the kept elements).
+        device: where the episode's model, data and fine-tuning live ("auto", "cpu", "cuda:1", ...; see
+            `deepiot.runtime.resolve_device`). Batches are drawn on the CPU, so every device sees the same ones;
+            the built-in pre-training of a named model runs on the CPU (once per process).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -116,6 +119,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         checkpoint: str | os.PathLike[str] | None = None,
         data_root: str | None = None,
         render_mode: str | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         check_arguments(
             model, data, cost, lam, data_limit, finetune_steps, eval_samples, min_keep, render_mode
@@ -123,11 +127,17 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_mode = render_mode
         self.finetune_steps = finetune_steps
         self.min_keep = float(min_keep)
+        self.device = resolve_device(device)
         self.model, self.model_config, self.bundle = build_episode_model(
             model, data, checkpoint, data_root, data_limit
         )
-        self.train_inputs, self.train_labels = dataset_tensors(self.bundle.train, "train")
-        val_inputs, val_labels = dataset_tensors(self.bundle.val, "val")
+        self.model = self.model.to(self.device)
+        self.train_inputs, self.train_labels = (
+            tensor.to(self.device) for tensor in dataset_tensors(self.bundle.train, "train")
+        )
+        val_inputs, val_labels = (
+            tensor.to(self.device) for tensor in dataset_tensors(self.bundle.val, "val")
+        )
         self.eval_inputs, self.eval_labels = val_inputs[:eval_samples], val_labels[:eval_samples]
         self.example_inputs = self.train_inputs[:1]  # [1, *input_shape]
         classes = check_classifier(self.model, self.train_inputs, f"the {self.bundle.name!r} training inputs")
@@ -230,9 +240,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         with tempfile.TemporaryDirectory() as folder:
             plan.save(Path(folder) / PLAN_NAME)
             plan_bytes = (Path(folder) / PLAN_NAME).read_bytes()
-        return export_model(
-            self.sliced_model(),
-            self.example_inputs,
+        return export_model(  # intended: export runs on the host
+            self.sliced_model().cpu(),
+            self.example_inputs.cpu(),
             out_dir,
             manifest_extra=self._manifest_entries(),
             extra_files={PLAN_NAME: plan_bytes},
@@ -259,7 +269,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         largest = max(group.size for group in groups)
         features = np.zeros((len(groups), len(KINDS) + 3), dtype=np.float32)
         for index, group in enumerate(groups):
-            emptied = self.reward_model.cost_ratio({group.name: torch.zeros(1, group.size)})  # [1]
+            emptied = self.reward_model.cost_ratio(
+                {group.name: torch.zeros(1, group.size, device=self.device)}
+            )  # [1]
             features[index, KINDS.index(group.kind)] = 1.0
             features[index, 3] = math.log1p(group.size) / math.log1p(largest)
             features[index, 4] = index / len(groups)
@@ -280,7 +292,8 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _cost_ratio_so_far(self) -> float:
         masks = {
-            name: mask[None, :] for name, mask in self.structure.masks_from_kept(self._full_kept()).items()
+            name: mask[None, :]
+            for name, mask in self.structure.masks_from_kept(self._full_kept(), self.device).items()
         }
         return float(self.reward_model.cost_ratio(masks)[0])  # masks [1, size] → ratio [1]
 
@@ -292,7 +305,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _judge_structure(self) -> tuple[float, dict[str, Any]]:
         """Fine-tune under the final hard masks, evaluate, and reward with the shared critic `Reward`."""
-        masks = self.structure.masks_from_kept(self._kept)  # {group: [size]}
+        masks = self.structure.masks_from_kept(self._kept, self.device)  # {group: [size]}
         self._finetune(masks)
         losses, accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE, masks)
         # each mask [size] → [N, size]: one (identical) structure per evaluated sample
@@ -321,6 +334,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         self.network.train()
         for _ in range(self.finetune_steps):
             batch = torch.randint(len(self.train_labels), (BATCH_SIZE,), generator=self._generator)
+            batch = batch.to(self.device)  # drawn on the CPU: the same batches on every device
             loss = F.cross_entropy(self.network(self.train_inputs[batch], masks), self.train_labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -427,7 +441,7 @@ def build_episode_model(
         return trained, dict(saved["model_config"]), bundle
     bundle = resolve_data(data if data is not None else "mnist", data_root, data_limit)
     if isinstance(model, nn.Module):
-        return copy.deepcopy(model).cpu().eval(), {}, bundle
+        return copy.deepcopy(model).eval(), {}, bundle  # the env moves it to its device
     model_config = {
         "_target_": MODEL_TARGETS[model or "lenet300"],
         "input_shape": [int(size) for size in bundle.input_shape],

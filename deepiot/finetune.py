@@ -134,6 +134,7 @@ def finetune(
     state_path: str | Path | None = None,
     weight_masks: Mapping[str, Tensor] | None = None,
     progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of `model` on `train` with the shared recipe; `model` itself is left untouched.
 
@@ -145,14 +146,18 @@ def finetune(
         state_path: checkpoint file for resuming (written atomically at every evaluation).
         weight_masks: {parameter name: 0/1 tensor}; masked-out weights are held at exactly 0.
         progress: show a tqdm progress bar.
+        device: where to fine-tune (see `runtime.resolve_device`); None: the model's device. The tensors
+            are moved there; the fine-tuned model comes back on it.
 
     Returns:
         FinetuneResult(model with the best-validation weights, best validation accuracy, history).
     """
     config = config or FinetuneConfig()
     check_inputs(train, config, teacher)
-    student = copy.deepcopy(model).cpu()
-    masks = dict(weight_masks or {})
+    device = runtime.model_device(model) if device is None else runtime.resolve_device(device)
+    student = copy.deepcopy(model).to(device)
+    train, val = on_device(train, device), on_device(val, device)
+    masks = {name: mask.to(device) for name, mask in (weight_masks or {}).items()}
     apply_weight_masks(student, masks)
     optimizer = torch.optim.Adam(
         student.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -161,7 +166,8 @@ def finetune(
     batches = runtime.BatchStream(*train, config.batch_size, seed=config.seed)
     soft_targets = None  # the teacher's logits of every training sample [N, classes], computed once
     if config.distill_weight > 0.0 and teacher is not None:
-        soft_targets = runtime.predict_logits(teacher, train[0], config.eval_batch_size)
+        teacher_inputs = train[0].to(runtime.model_device(teacher))
+        soft_targets = runtime.predict_logits(teacher, teacher_inputs, config.eval_batch_size).to(device)
     state = FinetuneState()
     best_weights = clone_state(student)
     path = Path(state_path) if state_path is not None else None
@@ -272,6 +278,11 @@ def check_inputs(train: tuple[Tensor, Tensor], config: FinetuneConfig, teacher: 
         )
 
 
+def on_device(tensors: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    inputs, labels = tensors
+    return inputs.to(device), labels.to(device)
+
+
 def clone_state(model: nn.Module) -> dict[str, Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
@@ -313,9 +324,16 @@ def state_payload(
         "optimizer": optimizer.state_dict(),
         "batches": batches.state_dict(),
         "rng_state": torch.get_rng_state(),
+        "cuda_rng_state": cuda_rng_state(student),  # dropout on a CUDA device draws from its own generator
         "loop": asdict(state),
         "metrics": {"best_val_accuracy": state.best_val_accuracy, "step": float(state.step)},
     }
+
+
+def cuda_rng_state(model: nn.Module) -> Tensor | None:
+    """The CUDA generator state of the model's device (None off CUDA)."""
+    device = runtime.model_device(model)
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def read_saved_state(path: Path, config: FinetuneConfig) -> dict[str, Any] | None:
@@ -349,6 +367,9 @@ def restore(
     optimizer.load_state_dict(saved["optimizer"])
     batches.load_state_dict(saved["batches"])
     torch.set_rng_state(saved["rng_state"])
+    device = runtime.model_device(student)
+    if device.type == "cuda" and saved.get("cuda_rng_state") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng_state"], device)
     for key, value in saved["loop"].items():
         setattr(state, key, value)
     return dict(saved["best_state_dict"])

@@ -1,5 +1,6 @@
-"""What training an original, compressing it and fine-tuning share: batches, evaluation, dataset tensors.
+"""What training an original, compressing it and fine-tuning share: device, batches, evaluation, dataset tensors.
 
+`resolve_device` turns the one `device` setting (auto | cpu | cuda | cuda:N | mps) into a torch.device once;
 `BatchStream` gives endless seeded mini-batches whose whole state is saved (so a resumed run sees the same
 batches); `evaluate`/`accuracy` validate a model (or a masked network) in eval mode; `dataset_tensors` turns
 any (input, label) dataset into two tensors; `CompressionError` is the error of a run that cannot go on.
@@ -15,6 +16,53 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+DEVICE_CHOICES = "auto | cpu | cuda | cuda:N | mps"
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The torch.device a `device` setting names: "auto" (or None) picks CUDA, then MPS, then the CPU.
+
+    "cuda" becomes "cuda:<current index>", so two settings naming the same device compare equal. ValueError
+    names the setting and what is available when the device does not parse or does not exist here.
+    """
+    if name is None or str(name) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={name!r} is not a torch device: expected {DEVICE_CHOICES}.") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = device.index if device.index is not None else (torch.cuda.current_device() if count else 0)
+        if index >= count:
+            raise ValueError(
+                f"device={name!r} asks for CUDA device {index}, but {count} CUDA device(s) are available "
+                "here; use device=auto or device=cpu."
+            )
+        return torch.device("cuda", index)
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"device={name!r} asks for Apple MPS, which is not available here; use device=auto.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={name!r} is not supported: expected {DEVICE_CHOICES}.")
+    return device
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of `model`'s first parameter or buffer (the CPU for a model with neither, or a non-module,
+    which the input checks then refuse with their own message)."""
+    if not isinstance(model, nn.Module):
+        return torch.device("cpu")
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
 
 class CompressionError(RuntimeError):
     """The loop cannot continue (e.g. a loss became NaN); the message says what happened and what to do."""
@@ -23,7 +71,9 @@ class CompressionError(RuntimeError):
 class BatchStream:
     """Endless shuffled mini-batches of a tensor dataset (epochs without replacement, last partial batch dropped).
 
-    Its whole state (permutation, position, generator) is saved, so a resumed run sees the same batches.
+    Its whole state (permutation, position, generator) is saved, so a resumed run sees the same batches. The
+    permutation is drawn on the CPU, so the batch order is the same on every device; the indices handed out
+    are on the inputs' device.
     """
 
     def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, seed: int) -> None:
@@ -43,7 +93,7 @@ class BatchStream:
             self.position = 0
         indices = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return indices
+        return indices.to(self.inputs.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
+from deepiot.runtime import DEVICE_CHOICES, resolve_device
 from deepiot.utils import (
     DIVERGED_LOSS,
     ConfigError,
@@ -43,6 +44,7 @@ from deepiot.utils import (
     check_call_types,
     derive_seed,
     describe_differences,
+    exclusive_lock,
     flatten,
     remove_stale_temporaries,
     seed_everything,
@@ -63,6 +65,7 @@ NON_RESULT_KEYS = (
     "trainer.progress_bar",
     "trainer.log_every",
     "trainer.num_threads",
+    "trainer.device",  # an original trained on a GPU serves compression on any device
     "data.num_workers",
 )
 
@@ -127,6 +130,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     output_dir = Path(cfg.paths.output_dir)
+    finished = finished_metrics(output_dir / "model.pt", config) if cfg.trainer.resume else None
+    if finished is not None:  # a rerun (e.g. of a sweep) skips a finished job
+        log.info("%s holds a model trained with this config: skipped", output_dir)
+        return finished
     saved_state = read_resume_state(output_dir / "last.pt", config) if cfg.trainer.resume else None
     remove_stale_temporaries(output_dir)
     if cfg.trainer.num_threads is not None:
@@ -134,7 +141,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
     bundle = load_bundle(cfg)
     model_config = describe_model(cfg, bundle)
-    device = torch.device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device)
     model = build_fitting_model(model_config, bundle).to(device)
     loaders = make_loaders(bundle, cfg)
     steps_per_epoch = count_batches(loaders.train, cfg.trainer.limit_batches)
@@ -165,8 +172,18 @@ def ensure_trained(cfg: DictConfig) -> Path:
 
     The original lives in deepiot-train's run folder `cfg.paths.original_dir` (default outputs/train/<name>)
     as model.pt. A missing one is trained there (resuming a partial run); an existing one trained with a
-    different data/model/trainer/seed config raises ConfigError instead of being silently reused.
+    different data/model/trainer/seed config raises ConfigError instead of being silently reused. Parallel
+    jobs (a joblib sweep) that need the same original wait while one of them trains it.
     """
+    model_path = Path(cfg.paths.original_dir) / "model.pt"
+    if model_path.is_file():
+        return _ensure_trained(cfg)
+    with exclusive_lock(model_path.parent / ".lock"):  # only a run that trains writes into the folder
+        return _ensure_trained(cfg)
+
+
+def _ensure_trained(cfg: DictConfig) -> Path:
+    """`ensure_trained` (under its lock when it may train)."""
     run_dir = Path(cfg.paths.original_dir)
     model_path = run_dir / "model.pt"
     if model_path.is_file():
@@ -269,17 +286,24 @@ def check_not_diverged(progress: Progress, cfg: DictConfig, last_path: Path) -> 
 
 
 def check_device(name: Any) -> None:
-    """The device must parse and exist on this machine."""
+    """The device must parse and exist on this machine (`auto` always does)."""
     try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(
-            f"config value trainer.device={name!r} is not a torch device: expected e.g. cpu."
-        ) from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"config value trainer.device={name!r} asks for CUDA, but CUDA is not available here."
+        resolve_device(name)
+    except ValueError as err:
+        reason = (
+            f"cannot be used here: {err}"
+            if _parses_as_device(name)
+            else f"is not a torch device: expected e.g. cpu ({DEVICE_CHOICES})."
         )
+        raise ConfigError(f"config value trainer.device={name!r} {reason}") from err
+
+
+def _parses_as_device(name: Any) -> bool:
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        return False
+    return True
 
 
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -295,6 +319,14 @@ def resolve_groups(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, Any]:
         group: OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
         for group, node in nodes.items()
     }
+
+
+def finished_metrics(model_path: Path, config: dict[str, Any]) -> dict[str, float] | None:
+    """The metrics of the finished run whose model.pt is `model_path`, if it was trained with this config."""
+    if not model_path.is_file():
+        return None
+    checkpoint = load_checkpoint(model_path, kind="trained_model")
+    return checkpoint["metrics"] if result_config(checkpoint["config"]) == result_config(config) else None
 
 
 def read_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -414,7 +446,7 @@ def run_epoch(
     seed_everything(derive_seed(cfg.seed, epoch))
     loaders.shuffle_generator.manual_seed(derive_seed(cfg.seed, epoch, 1))
     train_loss = train_one_epoch(model, loaders.train, optimizer, scheduler, cfg.trainer, epoch, writer)
-    device = torch.device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device)
     val_accuracy, val_loss = evaluate(model, loaders.val, device, cfg.trainer.limit_batches)
     seconds = time.perf_counter() - started
     record = {
@@ -447,7 +479,7 @@ def train_one_epoch(
 ) -> float:
     """One pass over the training batches; logs `losses/train` every `log_every` steps; returns the mean loss."""
     model.train()
-    device = torch.device(trainer.device)
+    device = resolve_device(trainer.device)
     steps = count_batches(loader, trainer.limit_batches)
     epoch_loss, window_loss = 0.0, 0.0
     bar = tqdm(

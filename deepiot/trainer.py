@@ -39,7 +39,15 @@ from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
 from deepiot.critic import Baseline, CriticConfig, Reward, build_baselines, structure_features
 from deepiot.finetune import FinetuneConfig, FinetuneResult, distillation_loss, finetune
-from deepiot.runtime import BatchStream, CompressionError, accuracy, dataset_tensors, predict_logits
+from deepiot.runtime import (
+    BatchStream,
+    CompressionError,
+    accuracy,
+    dataset_tensors,
+    model_device,
+    predict_logits,
+    resolve_device,
+)
 from deepiot.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
 from deepiot.utils import DIVERGED_LOSS, ConfigError, describe_differences
@@ -173,8 +181,9 @@ class LoopParts:
     budget: BudgetController
     schedule: ThresholdSchedule
     batches: BatchStream
-    mask_generator: torch.Generator
+    mask_generator: torch.Generator  # on `device`: the mask stream is reproducible per device
     soft_targets: Tensor | None = None  # the original's logits of every training sample, when distilling
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where every tensor lives
 
 
 @dataclass
@@ -209,7 +218,7 @@ def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance:
     # 1. Critic step: masks from the stored, threshold-decayed keep probabilities (p < τ → γ·p); one optimizer
     #    step of the critic (the model, through its masks) on the task loss (optionally distilled from the
     #    original's logits).
-    critic_loss = torch.tensor(math.nan)
+    critic_loss = torch.tensor(math.nan, device=parts.device)
     if not warming_up:
         indices = parts.batches.next_indices()
         inputs, labels = parts.batches.inputs[indices], parts.batches.labels[indices]
@@ -304,6 +313,7 @@ def compress_model(
     structure: Structure | None = None,
     model_config: Mapping[str, Any] | None = None,
     progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> CompressionResult:
     """Compress `model` (a trained classifier) with DeepIoT; `model` itself is left untouched.
 
@@ -315,21 +325,25 @@ def compress_model(
         structure: the model's groups, when `Structure.from_model` needs declared groups.
         model_config: how to rebuild the model (`_target_`, input_shape, ...), stored in the slicing plan.
         progress: show a tqdm progress bar.
+        device: where the loop runs ("auto", "cpu", "cuda:1", ...; see `runtime.resolve_device`); None: the
+            model's device. The sliced model comes back on it; a run resumes only on the device it started on.
 
     Returns:
         CompressionResult(sliced_model, plan, report) where report holds the loop's history, stop reason,
         kept elements, modelled cost ratios, accuracies (original and compressed) and wall times.
     """
     config = config or CompressionConfig()
-    train_inputs, train_labels = dataset_tensors(train_data, "train")
-    val_inputs, val_labels = dataset_tensors(val_data, "val")
-    test_inputs, test_labels = dataset_tensors(test_data, "test")
+    device = model_device(model) if device is None else resolve_device(device)
+    train_inputs, train_labels = (t.to(device) for t in dataset_tensors(train_data, "train"))
+    val_inputs, val_labels = (t.to(device) for t in dataset_tensors(val_data, "val"))
+    test_inputs, test_labels = (t.to(device) for t in dataset_tensors(test_data, "test"))
     if len(train_labels) < config.loop.batch_size:
         raise ConfigError(
             f"the training set has {len(train_labels)} samples, fewer than one batch (compress.batch_size="
             f"{config.loop.batch_size}); use more data or a smaller batch size."
         )
-    critic = copy.deepcopy(model).cpu()
+    critic = copy.deepcopy(model).to(device)
+    original = model if model_device(model) == device else copy.deepcopy(model).to(device)
     structure = structure or Structure.from_model(critic, train_inputs[:1])
     if not structure.groups:
         raise ValueError(
@@ -338,7 +352,7 @@ def compress_model(
         )
     state_path = Path(run_dir) / STATE_FILE if run_dir is not None else None
     saved = read_saved_state(state_path, config) if state_path is not None else None
-    parts = build_parts(critic, structure, (train_inputs, train_labels), config)
+    parts = build_parts(critic, structure, (train_inputs, train_labels), config, device)
     if saved is not None:
         state = restore(parts, saved)
         log.info(
@@ -347,8 +361,8 @@ def compress_model(
     else:
         state = fresh_state(parts)
         state.original = {
-            "val_accuracy": accuracy(model, val_inputs, val_labels, config.loop.eval_batch_size),
-            "test_accuracy": accuracy(model, test_inputs, test_labels, config.loop.eval_batch_size),
+            "val_accuracy": accuracy(original, val_inputs, val_labels, config.loop.eval_batch_size),
+            "test_accuracy": accuracy(original, test_inputs, test_labels, config.loop.eval_batch_size),
         }
     writer = SummaryWriter(Path(run_dir) / "tensorboard", purge_step=state.iteration) if run_dir else None
     if writer is not None and saved is None:
@@ -363,7 +377,7 @@ def compress_model(
         (train_inputs, train_labels),
         validation,
         config.finetune,
-        teacher=model if config.finetune.distill_weight > 0 else None,
+        teacher=original if config.finetune.distill_weight > 0 else None,
         state_path=Path(run_dir) / FINETUNE_STATE_FILE if run_dir is not None else None,
         progress=progress,
     )
@@ -374,7 +388,7 @@ def compress_model(
     if config.loop.compare_magnitude:
         splits = ((train_inputs, train_labels), validation, (test_inputs, test_labels))
         result.report["magnitude_at_same_counts"] = magnitude_reference(
-            model, structure, state.kept, splits, config, run_dir, search_steps=state.iteration
+            original, structure, state.kept, splits, config, run_dir, search_steps=state.iteration
         )
     if writer is not None:
         log_finetuning(writer, tuned.history, state.iteration)
@@ -449,7 +463,7 @@ def evaluate_and_decide(
     tau = stats.tau
     kept = kept_indices(state.keep_logits, tau)
     val_accuracy = accuracy(
-        parts.network, *validation, loop.eval_batch_size, parts.structure.masks_from_kept(kept)
+        parts.network, *validation, loop.eval_batch_size, parts.structure.masks_from_kept(kept, parts.device)
     )
     ratios = ratio_record(parts.structure, kept)
     record = {
@@ -481,7 +495,8 @@ def final_kept_set(parts: LoopParts, state: LoopState) -> dict[str, list[int]]:
     budgets = parts.budget.budgets
     if not budgets or not parts.config.loop.fit_to_budget:
         return state.kept
-    probs = {name: torch.sigmoid(logits) for name, logits in state.keep_logits.items()}
+    # ranked element by element on the host: one copy instead of a device sync per element
+    probs = {name: torch.sigmoid(logits).cpu() for name, logits in state.keep_logits.items()}
     fitted = fit_to_budget(parts.structure, state.kept, probs, budgets)
     before, after = cost_ratios(parts.structure, state.kept), cost_ratios(parts.structure, fitted)
     log.info(
@@ -525,7 +540,7 @@ def accuracy_floor(loop: LoopConfig, original_val_accuracy: float) -> float:
 def slice_checked(parts: LoopParts, state: LoopState, check_inputs: Tensor) -> tuple[nn.Module, float]:
     """The critic sliced to the final kept set, checked to compute what the masked critic computes
     (returns the model and the largest logit difference seen)."""
-    masks = parts.structure.masks_from_kept(state.kept)
+    masks = parts.structure.masks_from_kept(state.kept, parts.device)
     parts.critic.eval()
     sliced = slice_model(parts.critic, parts.structure, state.kept).eval()
     with torch.no_grad():
@@ -615,11 +630,17 @@ def compression_result(
 
 
 def build_parts(
-    critic: nn.Module, structure: Structure, train: tuple[Tensor, Tensor], config: CompressionConfig
+    critic: nn.Module,
+    structure: Structure,
+    train: tuple[Tensor, Tensor],
+    config: CompressionConfig,
+    device: torch.device | None = None,
 ) -> LoopParts:
-    """Create compressor, optimizers, baselines, reward, schedule and random streams for `critic`."""
+    """Create compressor, optimizers, baselines, reward, schedule and random streams for `critic`, on
+    `device` (default: the critic's); modules are initialised on the CPU, then moved (same start anywhere)."""
+    device = model_device(critic) if device is None else device
     torch.manual_seed(config.loop.seed)
-    compressor = Compressor.for_structure(structure, critic, config.compressor)
+    compressor = Compressor.for_structure(structure, critic, config.compressor).to(device)
     critic_config = config.critic
     soft_targets = None  # built before any training or restore, so from the original's weights
     if critic_config.distill_weight > 0:
@@ -637,15 +658,16 @@ def build_parts(
             weight_decay=critic_config.weight_decay,
         ),
         compressor_optimizer=torch.optim.RMSprop(compressor.parameters(), lr=config.compressor.lr),
-        baselines=build_baselines(critic_config, len(structure.groups)),
+        baselines=build_baselines(critic_config, len(structure.groups), device),
         reward=Reward(structure, critic_config.cost, critic_config.lam),
         budget=BudgetController(
             structure, budgets_of(asdict(config.loop)), config.loop.budget_lr, config.loop.budget_pressure
         ),
         schedule=build_schedule(config.schedule),
         batches=BatchStream(*train, config.loop.batch_size, seed=config.loop.seed),
-        mask_generator=torch.Generator().manual_seed(config.loop.seed + 1),
+        mask_generator=torch.Generator(device=device).manual_seed(config.loop.seed + 1),
         soft_targets=soft_targets,
+        device=device,
     )
 
 
@@ -775,6 +797,7 @@ def state_payload(parts: LoopParts, state: LoopState) -> dict[str, Any]:
         "schedule": parts.schedule.state_dict(),
         "batches": parts.batches.state_dict(),
         "mask_generator": parts.mask_generator.get_state(),
+        "device": parts.device.type,  # the mask stream's generator state fits only this device type
         "loop": asdict(state),
         "metrics": {key: float(value) for key, value in (state.history[-1] if state.history else {}).items()},
     }
@@ -796,6 +819,13 @@ def read_saved_state(path: Path, config: CompressionConfig) -> dict[str, Any] | 
 
 def restore(parts: LoopParts, saved: Mapping[str, Any]) -> LoopState:
     """Load every part's state from a checkpoint; returns the loop state it recorded."""
+    saved_device = saved.get("device", "cpu")
+    if saved_device != parts.device.type:
+        raise ValueError(
+            f"cannot resume on {parts.device}: this compression state was written on a {saved_device} device "
+            "(random streams differ per device). Resume it with device=" + saved_device + ", or use another "
+            "output folder."
+        )
     parts.critic.load_state_dict(saved["state_dict"])
     parts.compressor.load_state_dict(saved["compressor"])
     parts.critic_optimizer.load_state_dict(saved["critic_optimizer"])
@@ -806,4 +836,6 @@ def restore(parts: LoopParts, saved: Mapping[str, Any]) -> LoopState:
     parts.schedule.load_state_dict(saved["schedule"])
     parts.batches.load_state_dict(saved["batches"])
     parts.mask_generator.set_state(saved["mask_generator"])
-    return LoopState(**saved["loop"])
+    state = LoopState(**saved["loop"])
+    state.keep_logits = {name: logits.to(parts.device) for name, logits in state.keep_logits.items()}
+    return state

@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from deepiot.checkpoint import load_checkpoint
 from deepiot.cli import compose_config
+from deepiot.cli import compress as compress_cli
 from deepiot.cli.compress import FINETUNED_MODEL, compression_config, run_compress
 from deepiot.export import ExportError, export_compressed
 from deepiot.structure import SlicingPlan
@@ -96,7 +97,7 @@ def test_bad_config_fails_before_any_training(tmp_path, override, message):
     assert not (tmp_path / "train").exists()
 
 
-def test_run_compress_trains_compresses_exports_and_resumes(tmp_path):
+def test_run_compress_trains_compresses_exports_and_resumes(tmp_path, monkeypatch):
     report = run_compress(tiny_config(tmp_path))
     out_dir = tmp_path / "compress"
     assert (tmp_path / "train" / "model.pt").is_file()  # the original was trained first
@@ -132,7 +133,9 @@ def test_run_compress_trains_compresses_exports_and_resumes(tmp_path):
     assert not (tmp_path / "never").exists()
 
     # rerunning the same command finds the finished state and reproduces the result without training again
+    # (report.json removed: the run counts as unfinished, so it resumes from its saved states)
     state_before = load_checkpoint(out_dir / "compress_state.pt")
+    (out_dir / "report.json").unlink()
     again = run_compress(tiny_config(tmp_path))
     assert again["accuracy"] == report["accuracy"] and again["groups"] == report["groups"]
     assert (
@@ -141,6 +144,17 @@ def test_run_compress_trains_compresses_exports_and_resumes(tmp_path):
         == "finetune"
     )
     assert load_checkpoint(out_dir / "finetune_state.pt")["loop"]["step"] == 10  # finetune.steps, all done
+
+    # a finished run (report.json and finetuned_model.pt) is skipped: its report comes back, nothing runs
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was compressed again")
+
+    monkeypatch.setattr(compress_cli, "compress", fail)
+    skipped = run_compress(tiny_config(tmp_path))
+    assert skipped["accuracy"] == report["accuracy"] and skipped["cost"] == report["cost"]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="another compression config"):  # not skipped: another config
+        run_compress(tiny_config(tmp_path, "critic.lam=0.5"))
 
 
 def test_smoke_cli_subprocess_with_tiny_overrides(tmp_path):

@@ -36,6 +36,15 @@ def run_name(model_target: str, data_target: str) -> str:
 OmegaConf.register_new_resolver("deepiot.run_name", run_name, replace=True)
 
 
+def seed_suffix(seed: int | str) -> str:
+    """ "" for seed 0, else "_seed<N>": run folders of other seeds sit beside the default one
+    (outputs/train/lenet5_mnist, outputs/train/lenet5_mnist_seed1), so a sweep over seeds finds one original each."""
+    return "" if int(seed) == 0 else f"_seed{int(seed)}"
+
+
+OmegaConf.register_new_resolver("deepiot.seed_suffix", seed_suffix, replace=True)
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose the root config with command-line style overrides, without running anything.
 

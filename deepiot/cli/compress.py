@@ -29,6 +29,7 @@ from deepiot.critic import CriticConfig
 from deepiot.export import SLICED_MODEL_KIND, input_layout
 from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON
+from deepiot.runtime import resolve_device
 from deepiot.schedules import ScheduleConfig
 from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
 from deepiot.trainer import STATE_FILE, CompressionConfig, CompressionResult, LoopConfig, read_saved_state
@@ -96,14 +97,29 @@ def check_report_settings(groups: dict[str, Any]) -> None:
         )
 
 
+def config_device(cfg: DictConfig) -> torch.device:
+    """The root `device` setting resolved once (auto → CUDA, then MPS, then CPU); ConfigError if absent here."""
+    try:
+        return resolve_device(cfg.device)
+    except ValueError as err:
+        raise ConfigError(f"config value device={cfg.device!r} cannot be used: {err}") from err
+
+
 def run_compress(cfg: DictConfig) -> dict[str, Any]:
     """Compress the experiment's trained original into `cfg.paths.output_dir`; returns the report.
 
-    Every setting, the run folder's saved state and the data are checked before the original is trained.
+    Every setting, the run folder's saved state and the data are checked before the original is trained. A run
+    folder that already holds a finished run with the same compression config (report.json, rewritten last,
+    and finetuned_model.pt) is skipped: its report is returned, so a rerun sweep redoes no finished job.
     """
     check_train_config(cfg)
     config = compression_config(cfg)
+    device = config_device(cfg)
     out_dir = Path(cfg.paths.output_dir)
+    finished = finished_report(out_dir, config)
+    if finished is not None:
+        log.info("%s holds a finished run with this config: skipped", out_dir)
+        return finished
     read_saved_state(out_dir / STATE_FILE, config)  # a finished/partial run with other settings: refuse now
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -111,7 +127,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
     check_enough_data(bundle, config)
     remove_stale_temporaries(out_dir)
     original_path = ensure_trained(cfg)
-    model, checkpoint = load_trained_model(original_path)
+    model, checkpoint = load_trained_model(original_path, device)
     data = checkpoint["data"]
     description = {
         "name": cfg.name,
@@ -138,6 +154,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
             latency_threads=cfg.compress.latency_threads,
         ),
         progress=show_progress(cfg.trainer),
+        device=device,
     )
     save_finetuned_model(out_dir, checkpoint, result)
     publish_report_last(out_dir, result.report)
@@ -158,6 +175,15 @@ def publish_report_last(out_dir: Path, report: dict[str, Any]) -> None:
     """Rewrite report.json after every other file, so that its time stamp marks a finished folder."""
     report.setdefault("files", {})["finetuned_model"] = str(out_dir / FINETUNED_MODEL)
     atomic_write(out_dir / REPORT_JSON, lambda file: file.write(json.dumps(report, indent=2) + "\n"))
+
+
+def finished_report(out_dir: Path, config: CompressionConfig) -> dict[str, Any] | None:
+    """The report of a finished run in `out_dir` with the same compression config, else None."""
+    report_path, model_path = out_dir / REPORT_JSON, out_dir / FINETUNED_MODEL
+    if not (report_path.is_file() and model_path.is_file()):
+        return None
+    report = json.loads(report_path.read_text())
+    return report if report.get("config") == config.to_dict() else None
 
 
 def save_finetuned_model(out_dir: Path, original: dict[str, Any], result: CompressionResult) -> None:

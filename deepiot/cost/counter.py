@@ -17,20 +17,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from deepiot.cost.types import Cost
+from deepiot.cost.types import RNN_GATES, ZERO_MAC_MODULES, Cost
 
 ExampleInputs = Tensor | tuple[Any, ...]
 
-# Leaf modules with parameters whose MACs the contract sets to zero (normalisation, lookups, PReLU).
-_ZERO_MAC_PARAMETRISED = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.Embedding,
-    nn.PReLU,
-)
-# Gate blocks per hidden unit and step: an RNN module's `mode`, and the matching cell types.
-_GATES_BY_MODE = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+# Gate blocks per hidden unit and step of the cell types (modules: `RNN_GATES` by mode).
 _GATES_BY_CELL: tuple[tuple[type[nn.RNNCellBase], int], ...] = (
     (nn.LSTMCell, 4),
     (nn.GRUCell, 3),
@@ -94,7 +85,7 @@ def _sequence_steps(module: nn.RNNBase, sequence: Tensor | PackedSequence) -> in
 
 def rnn_macs(module: nn.RNNBase, inputs: tuple[Any, ...], output: Any) -> int:
     """gates · H · (layer_in + H_rec) (+ H · proj) per step per direction per layer, × steps."""
-    gates = _GATES_BY_MODE[module.mode]
+    gates = RNN_GATES[module.mode]
     directions = 2 if module.bidirectional else 1
     recurrent_size = module.proj_size or module.hidden_size
     per_step = 0
@@ -156,7 +147,7 @@ def module_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
         if isinstance(module, module_type):
             return rule(module, inputs, output)
     has_parameters = any(True for _ in module.parameters(recurse=False))
-    if has_parameters and not isinstance(module, _ZERO_MAC_PARAMETRISED):
+    if has_parameters and not isinstance(module, ZERO_MAC_MODULES):
         raise ValueError(
             f"measure_cost does not know the MACs of module type {type(module).__name__}, which owns "
             "parameters; supported: Linear, Conv1d/2d/3d (incl. transposed), LSTM/GRU/RNN and their cells, "

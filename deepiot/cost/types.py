@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from torch import Tensor
+from torch import Tensor, nn
 
 CostValue = int | Tensor
+
+# The contract's tables, used by the structure cost and the independent counter alike:
+# leaf modules with parameters whose MACs are zero (normalisation, lookups, PReLU) ...
+ZERO_MAC_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Embedding,
+    nn.PReLU,
+)
+# ... and gate blocks per hidden unit of a recurrent module, by its `mode`.
+RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 class Cost(NamedTuple):

@@ -107,7 +107,11 @@ class CostModel:
         batch = _batch_size(counts)
         if batch is None:
             return Cost(*(int(value) for value in values))
-        return Cost(*(torch.as_tensor(value, dtype=torch.float64).expand(batch).float() for value in values))
+        device = _device(counts)  # constant terms become tensors on the counts' device
+        dtype = cost_dtype(device)
+        return Cost(
+            *(torch.as_tensor(value, dtype=dtype, device=device).expand(batch).float() for value in values)
+        )
 
     @cached_property
     def forms(self) -> tuple[LinearForm, ...]:
@@ -126,9 +130,22 @@ def _maximum(values: list[CountValue]) -> CountValue:
         return 0
     if not any(isinstance(value, Tensor) for value in values):
         return max(values)
-    batch = _batch_size({str(i): v for i, v in enumerate(values)})
-    stacked = [torch.as_tensor(value, dtype=torch.float64).expand(batch) for value in values]
+    counts = {str(i): v for i, v in enumerate(values)}
+    batch, device = _batch_size(counts), _device(counts)
+    stacked = [
+        torch.as_tensor(value, dtype=cost_dtype(device), device=device).expand(batch) for value in values
+    ]
     return torch.stack(stacked).amax(dim=0)  # [calls, N] → [N]
+
+
+def _device(counts: Mapping[str, CountValue]) -> torch.device:
+    """The device of the first Tensor count (the CPU when every count is an int)."""
+    return next((value.device for value in counts.values() if isinstance(value, Tensor)), torch.device("cpu"))
+
+
+def cost_dtype(device: torch.device) -> torch.dtype:
+    """Exact cost arithmetic: float64, except on MPS (which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _batch_size(counts: Mapping[str, CountValue]) -> int | None:

@@ -10,7 +10,7 @@ the records into the final groups, mask points, slicing specs and cost terms (`S
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,7 +30,7 @@ from deepiot.structure.infos import (
     to_meta,
 )
 from deepiot.structure.layout import Layout, Segment, layout_width, rename, tile
-from deepiot.structure.recurrent import RECURRENT_TYPES
+from deepiot.structure.recurrent import GATES, RECURRENT_TYPES
 
 ExampleInputs = Tensor | tuple[Tensor, ...]
 MaskSegment = tuple[str | None, int, int, str]  # (group, count, repeat, mode: "mask" | "indicator" | "none")
@@ -182,10 +182,9 @@ class Discovery:
 
     # ------------------------------------------------------------------ the walk
 
-    def run(self) -> None:
-        """Compute the info of every node in forward order."""
-        from deepiot.structure.rules import node_info  # rules import this module's types
-
+    def run(self, node_info: Callable[[Discovery, fx.Node], Info]) -> None:
+        """Compute the info of every node in forward order with the op rules `node_info`
+        (`deepiot.structure.rules.node_info`; passed in because the rules build on this module's types)."""
         for node in self.graph_module.graph.nodes:
             if node.op in ("placeholder", "get_attr"):
                 self.infos[node.name] = None
@@ -619,8 +618,6 @@ def _tensor_dims(model: nn.Module, key: str, tensor: Tensor, uses: Mapping[str, 
 
 def _rnn_tensor_dims(module: nn.Module, attribute: str, use: ModuleUse, dims: list[Layout]) -> list[Layout]:
     """weight_ih_l{k}: [G·H_k, in_k]; weight_hh_l{k}: [G·H_k, H_k]; biases [G·H_k] (gate-major rows)."""
-    from deepiot.structure.recurrent import GATES
-
     parts = attribute.split("_")  # e.g. ["weight", "ih", "l1", "reverse"]
     layer = int(parts[2][1:])
     hidden = use.outputs[layer]

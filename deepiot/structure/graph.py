@@ -15,6 +15,7 @@ from deepiot.cost.types import Cost
 from deepiot.structure.discovery import Discovery, ExampleInputs, StructureData, graph_signature, trace
 from deepiot.structure.errors import StructureError
 from deepiot.structure.recurrent import rnn_weight_matrix
+from deepiot.structure.rules import node_info
 
 KeptCounts = Mapping[str, int | Tensor]
 KeptIndices = Mapping[str, Sequence[int] | Tensor]
@@ -81,7 +82,7 @@ class Structure:
         """
         _check_from_model_arguments(model, declared, exclude)
         discovery = Discovery(model, example_inputs, exclude)
-        discovery.run()
+        discovery.run(node_info)
         return cls(discovery.resolve(declared or []), discovery.inputs)
 
     def __repr__(self) -> str:
@@ -167,12 +168,14 @@ class Structure:
             indices[name] = _checked_indices(name, value, self._by_name[name].size)
         return indices
 
-    def masks_from_kept(self, kept: KeptIndices) -> dict[str, Tensor]:
-        """Hard 0/1 masks [size] equivalent to keeping `kept` (every group present)."""
+    def masks_from_kept(
+        self, kept: KeptIndices, device: torch.device | str | None = None
+    ) -> dict[str, Tensor]:
+        """Hard 0/1 masks [size] equivalent to keeping `kept` (every group present), on `device` (default CPU)."""
         masks = {}
         for name, indices in self.kept_indices(kept).items():
-            masks[name] = torch.zeros(self._by_name[name].size)
-            masks[name][indices] = 1.0
+            masks[name] = torch.zeros(self._by_name[name].size, device=device)
+            masks[name][indices.to(masks[name].device)] = 1.0
         return masks
 
     def trace_matching(self, model: nn.Module) -> fx.GraphModule:

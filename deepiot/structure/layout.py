@@ -48,7 +48,10 @@ def kept_width(layout: Layout, counts: Mapping[str, CountValue]) -> CountValue:
 
 
 def kept_positions(layout: Layout, kept: Mapping[str, Tensor]) -> Tensor:
-    """Sorted positions of the dimension that survive when group g keeps indices `kept[g]` (missing: all)."""
+    """Sorted positions of the dimension that survive when group g keeps indices `kept[g]` (missing: all).
+
+    Index sets are built on the CPU; their users move them to the tensors they index.
+    """
     parts, offset = [], 0
     for segment in layout:
         indices = kept.get(segment.group) if segment.group is not None else None

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+from deepiot.cost.types import RNN_GATES
+
+GATES = RNN_GATES  # gate blocks per hidden unit, by mode (the cost contract's table)
 _KINDS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}
 RECURRENT_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
 
@@ -500,6 +502,8 @@ def _sliced_layer_state(
     for direction in range(spec.directions):
         suffix = "_l0" + ("_reverse" if direction == 1 else "")
         weights = _direction_weights(module, layer, direction)
+        device = weights.weight_hh.device  # index on the weights' device (the indices are built on the CPU)
+        rows, columns, kept = rows.to(device), columns.to(device), kept.to(device)
         state["weight_ih" + suffix] = weights.weight_ih.detach()[rows][:, columns]  # [G*h, in_kept]
         state["weight_hh" + suffix] = weights.weight_hh.detach()[rows][:, kept]  # [G*h, h]
         if spec.bias:

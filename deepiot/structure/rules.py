@@ -16,6 +16,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from deepiot.cost.types import ZERO_MAC_MODULES  # leaf modules with parameters whose MACs are zero
 from deepiot.structure.discovery import Discovery, ModuleUse, fixed, with_clean
 from deepiot.structure.infos import Info, StackedInfo, TensorInfo, TensorMeta, TupleInfo, tensor_info
 from deepiot.structure.layout import Layout, Segment, layout_width, spread, tile, unspread, untile
@@ -203,8 +204,6 @@ MODULE_RULES: tuple[tuple[type | tuple[type, ...], ModuleRule], ...] = (
     (nn.LayerNorm, _layer_norm_module),
     ((nn.Softmax, nn.LogSoftmax), _softmax_module),
 )
-# Leaf modules with parameters whose MACs are zero by the cost contract.
-ZERO_MAC_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.PReLU)
 
 
 def _module_info(ctx: Discovery, node: fx.Node) -> Info:

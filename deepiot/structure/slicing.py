@@ -32,7 +32,7 @@ def _sliced_state(
     for name, tensor in module.state_dict().items():
         for dim, layout in enumerate(dims.get(name, [])):
             if layout is not None:
-                tensor = tensor.index_select(dim, kept_positions(layout, kept))
+                tensor = tensor.index_select(dim, kept_positions(layout, kept).to(tensor.device))
         state[name] = tensor.clone()
     return state
 
