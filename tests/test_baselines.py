@@ -114,7 +114,7 @@ def test_random_selection_is_seeded_and_exact(cnn):
 def test_sliced_model_equals_the_masked_network_for_magnitude_kept_sets(model_class, input_shape):
     model, structure, inputs = built(model_class, input_shape)
     kept = selection.magnitude_at_budget(model, structure, 0.3)
-    sliced = slice_checked(model, structure, kept, inputs)
+    sliced, _ = slice_checked(model, structure, kept, inputs)
     with torch.no_grad():
         masked = MaskedNetwork(model, structure).eval()(inputs, structure.masks_from_kept(kept))
         assert torch.allclose(sliced(inputs), masked, atol=1e-5)
@@ -124,7 +124,7 @@ def test_sliced_model_equals_the_masked_network_for_magnitude_kept_sets(model_cl
 def test_torch_pruning_reference_agrees_with_its_own_parameter_count(cnn):
     model, structure, inputs = cnn
     choice = reference.torch_pruning_kept(model, structure, inputs, budget=0.3)
-    sliced = slice_checked(model, structure, choice.kept, inputs)
+    sliced, _ = slice_checked(model, structure, choice.kept, inputs)
     ours = measure_cost(sliced, inputs)
     assert ours.params == choice.params
     assert reference.count_with_torch_pruning(sliced, inputs)[0] == choice.params

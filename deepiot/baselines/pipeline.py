@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from deepiot.trainer import CompressionResult
 METHODS = ("magnitude", "random", "torch_pruning", "unstructured")
 FINETUNE_STATE = "finetune_state.pt"
 FINETUNE_PLOT = "finetune.png"
+SLICE_CHECK_SAMPLES = 512  # test inputs on which the sliced model must equal the masked one
 
 
 def prune(
@@ -80,54 +81,93 @@ def prune(
         CompressionResult(the fine-tuned smaller model — for unstructured the dense masked one —, plan, report).
     """
     finetune_config = finetune_config or FinetuneConfig()
-    outputs = outputs or OutputOptions()
-    test_data = val_data if test_data is None else test_data
-    train = trainer.dataset_tensors(train_data, "train")
-    val = trainer.dataset_tensors(val_data, "val")
-    test = trainer.dataset_tensors(test_data, "test")
-    example_inputs = train[0][:1] if example_inputs is None else example_inputs
+    splits = Splits.of(train_data, val_data, test_data)
     original = copy.deepcopy(model).cpu().eval()
-    if finetune_config.distill_weight > 0 and teacher is None:
-        teacher = original
-    state_path = Path(out_dir) / FINETUNE_STATE if out_dir is not None else None
     started = time.perf_counter()
     if method == "unstructured":
-        chosen = unstructured_choice(original, budget, cost)
-        structure, kept = None, None
+        choice, structure = unstructured_choice(original, budget, cost), None
     else:
-        structure = structure or Structure.from_model(original, train[0][:2])
-        kept, chosen = structured_choice(
-            original, structure, example_inputs, method, budget, cost, counts, fraction, normalizer, seed
+        structure = structure or Structure.from_model(original, splits.train[0][:2])
+        choice = structured_choice(
+            original, structure, splits, method, budget, cost, counts, fraction, normalizer, seed
         )
-    selection_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    if kept is None:
-        tuned = finetune(
-            original, train, val, finetune_config, teacher=teacher, state_path=state_path,
-            weight_masks=chosen["masks"], progress=progress,
-        )  # fmt: skip
-        plan = None
-    else:
-        sliced = slice_checked(original, structure, kept, test[0][: finetune_config.eval_batch_size])
-        tuned = finetune(
-            sliced, train, val, finetune_config, teacher=teacher, state_path=state_path, progress=progress
-        )
-        plan = SlicingPlan.from_structure(structure, dict(outputs.model_config), kept)
-    finetune_seconds = time.perf_counter() - started
-    loop_report = method_report(
-        original, tuned, structure, kept, (val, test), finetune_config.eval_batch_size,
-        method, {"select": selection_seconds, "finetune": finetune_seconds},
+    details = method_details(method, budget, cost, counts, fraction, normalizer, seed)
+    return finish(
+        original, choice, structure, splits, finetune_config,
+        teacher=teacher, out_dir=out_dir, outputs=outputs, example_inputs=example_inputs,
+        details={**details, **choice.details}, select_seconds=time.perf_counter() - started, progress=progress,
     )  # fmt: skip
+
+
+class Splits(NamedTuple):
+    """(inputs, labels) tensors of the three splits."""
+
+    train: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+
+    @classmethod
+    def of(cls, train_data: Dataset, val_data: Dataset, test_data: Dataset | None) -> Splits:
+        """Tensors of the datasets; the test split defaults to the validation split."""
+        return cls(
+            trainer.dataset_tensors(train_data, "train"),
+            trainer.dataset_tensors(val_data, "val"),
+            trainer.dataset_tensors(val_data if test_data is None else test_data, "test"),
+        )
+
+
+class Choice(NamedTuple):
+    """What a method hands to the shared path."""
+
+    start: nn.Module  # the model fine-tuning starts from: the sliced model (unstructured: the original)
+    kept: dict[str, list[int]] | None  # the kept set (None for unstructured)
+    weight_masks: dict[str, Tensor] | None  # weights held at 0 while fine-tuning (unstructured)
+    details: dict[str, Any]  # report entries describing the choice
+
+
+def finish(
+    original: nn.Module,
+    choice: Choice,
+    structure: Structure | None,
+    splits: Splits,
+    recipe: FinetuneConfig,
+    *,
+    teacher: nn.Module | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    outputs: OutputOptions | None = None,
+    example_inputs: Tensor | None = None,
+    details: Mapping[str, Any] | None = None,
+    select_seconds: float = 0.0,
+    progress: bool = False,
+) -> CompressionResult:
+    """The shared path after a method's choice: fine-tune (shared recipe) → test → measured report → export.
+
+    Used by every baseline and by DeepIoT in scripts/reproduce.py, so all methods are measured alike.
+    """
+    outputs = outputs or OutputOptions()
+    example_inputs = splits.train[0][:1] if example_inputs is None else example_inputs
+    if recipe.distill_weight > 0 and teacher is None:
+        teacher = original
+    started = time.perf_counter()
+    tuned = finetune(
+        choice.start, splits.train, splits.val, recipe, teacher=teacher, weight_masks=choice.weight_masks,
+        state_path=Path(out_dir) / FINETUNE_STATE if out_dir is not None else None, progress=progress,
+    )  # fmt: skip
+    wall_time_s = {"select": select_seconds, "finetune": time.perf_counter() - started}
+    loop_report = method_report(original, tuned, structure, choice.kept, splits, recipe, wall_time_s)
     report = build_report(
         original, tuned.model, loop_report, example_inputs,
         latency_threads=outputs.latency_threads, extra=outputs.report_extra,
     )  # fmt: skip
-    report.update(method_details(method, budget, cost, counts, fraction, normalizer, seed, finetune_config))
+    report.update(details or {})
+    report["finetune"] = asdict(recipe)
     report["finetune_history"] = tuned.history
-    report.update(chosen["report"])
-    if method == "unstructured":
-        report["cost"]["nonzero_params"] = chosen["report"]["unstructured"]["nonzero_params"]
-        report["cost"]["left"]["nonzero_params"] = chosen["report"]["unstructured"]["nonzero_fraction"]
+    if "unstructured" in report:
+        report["cost"]["nonzero_params"] = report["unstructured"]["nonzero_params"]
+        report["cost"]["left"]["nonzero_params"] = report["unstructured"]["nonzero_fraction"]
+    plan = None
+    if choice.kept is not None and structure is not None:
+        plan = SlicingPlan.from_structure(structure, dict(outputs.model_config), choice.kept)
     result = CompressionResult(tuned.model, plan, report)
     if out_dir is not None:
         write_outputs(result, example_inputs, Path(out_dir), outputs.manifest_extra)
@@ -137,7 +177,7 @@ def prune(
 def structured_choice(
     model: nn.Module,
     structure: Structure,
-    example_inputs: Tensor,
+    splits: Splits,
     method: str,
     budget: float | None,
     cost: str,
@@ -145,38 +185,49 @@ def structured_choice(
     fraction: float | None,
     normalizer: str,
     seed: int,
-) -> tuple[dict[str, list[int]], dict[str, Any]]:
-    """The kept set of a structured method, and what the report should say about the choice."""
+) -> Choice:
+    """The kept set of a structured method, sliced (and checked) into the model fine-tuning starts from."""
     if method not in METHODS:
         raise ValueError(f"unknown baseline method {method!r}; choose one of {', '.join(METHODS)}.")
-    given = [
-        name for name, value in (("budget", budget), ("counts", counts), ("fraction", fraction)) if value
-    ]
+    given = [name for name, value in (("budget", budget), ("counts", counts), ("fraction", fraction)) if value is not None]  # fmt: skip
     if len(given) != 1:
         raise ValueError(
             f"method {method} needs exactly one of budget, counts or fraction; got {given or 'none'}."
         )
+    details: dict[str, Any] = {}
     if method == "torch_pruning":
         if budget is None:
             raise ValueError("method torch_pruning takes a budget (fraction of params or MACs left) only.")
-        choice = reference.torch_pruning_kept(model, structure, example_inputs, budget, cost)
-        details = {"pruning_ratio": choice.pruning_ratio, "params": choice.params, "macs": choice.macs}
-        return choice.kept, {"report": {"torch_pruning": details}}
-    if counts is None:
-        if fraction is not None:
-            counts = selection.uniform_counts(structure, fraction)
-        else:
-            kept = selection.magnitude_at_budget(model, structure, budget, cost, normalizer)
-            if method == "magnitude":
-                return kept, {"report": {}}
-            counts = selection.counts_of(kept)
-    if method == "magnitude":
-        return selection.magnitude_at_counts(model, structure, counts), {"report": {}}
-    return selection.random_at_counts(structure, counts, seed), {"report": {}}
+        reference_choice = reference.torch_pruning_kept(model, structure, splits.train[0][:1], budget, cost)
+        kept = reference_choice.kept
+        details["torch_pruning"] = {
+            "pruning_ratio": reference_choice.pruning_ratio,
+            "params": reference_choice.params,  # Torch-Pruning's own count of its pruned model
+            "macs": reference_choice.macs,
+        }
+    elif counts is None and fraction is None and method == "magnitude":
+        kept = selection.magnitude_at_budget(model, structure, budget, cost, normalizer)
+    else:
+        if counts is None:
+            counts = (
+                selection.uniform_counts(structure, fraction)
+                if fraction is not None
+                else selection.counts_of(
+                    selection.magnitude_at_budget(model, structure, budget, cost, normalizer)
+                )
+            )
+        kept = (
+            selection.magnitude_at_counts(model, structure, counts)
+            if method == "magnitude"
+            else selection.random_at_counts(structure, counts, seed)
+        )
+    sliced, difference = slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
+    details["sliced_vs_masked_max_abs_diff"] = difference
+    return Choice(sliced, kept, None, details)
 
 
-def unstructured_choice(model: nn.Module, budget: float | None, cost: str) -> dict[str, Any]:
-    """Masks of global magnitude pruning at a params budget, and the report's description of them."""
+def unstructured_choice(model: nn.Module, budget: float | None, cost: str) -> Choice:
+    """Masks of global magnitude pruning at a params budget (the model keeps its dense shape)."""
     if budget is None or cost != "params":
         raise ValueError("method unstructured takes a params budget only (e.g. budget=0.02, cost='params').")
     masks = unstructured.global_magnitude_masks(model, budget)
@@ -187,13 +238,14 @@ def unstructured_choice(model: nn.Module, budget: float | None, cost: str) -> di
         "nonzero_fraction": nonzero / total,
         "note": unstructured.SPARSE_NOTE,
     }
-    return {"masks": masks, "report": {"unstructured": details}}
+    return Choice(model, None, masks, {"unstructured": details})
 
 
 def slice_checked(
     model: nn.Module, structure: Structure, kept: Mapping[str, list[int]], inputs: Tensor
-) -> nn.Module:
-    """`slice_model`, then a check on real inputs that it computes the hard-masked original."""
+) -> tuple[nn.Module, float]:
+    """`slice_model`, then a check on real inputs that it computes the hard-masked original; returns the
+    sliced model and the largest logit difference."""
     sliced = slice_model(model, structure, kept).eval()
     with torch.no_grad():
         masked_logits = MaskedNetwork(model, structure).eval()(inputs, structure.masks_from_kept(kept))
@@ -203,7 +255,7 @@ def slice_checked(
             f"the sliced model's outputs differ from the masked network's by up to {difference:.3g}; the slicing "
             f"of {type(model).__name__} is wrong — please report it."
         )
-    return sliced
+    return sliced, difference
 
 
 def method_report(
@@ -211,27 +263,26 @@ def method_report(
     tuned: FinetuneResult,
     structure: Structure | None,
     kept: Mapping[str, list[int]] | None,
-    splits: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
-    eval_batch_size: int,
-    method: str,
+    splits: Splits,
+    recipe: FinetuneConfig,
     wall_time_s: dict[str, float],
 ) -> dict[str, Any]:
-    """The loop-report fields `build_report` reads, for a one-shot method (no search history)."""
-    val, test = splits
+    """The loop-report fields `build_report` reads, for a one-shot choice (no search history)."""
     sizes = structure.group_sizes if structure is not None else {}
     kept = kept if kept is not None else {name: list(range(size)) for name, size in sizes.items()}
+    batch = recipe.eval_batch_size
     return {
-        "stop_reason": f"one-shot {method} selection, then {tuned.history[-1]['step']} fine-tuning steps",
+        "stop_reason": f"one-shot choice, then {recipe.steps} fine-tuning steps (best validation kept)",
         "iterations": 0,
-        "finetune_iterations": int(tuned.history[-1]["step"]),
+        "finetune_iterations": recipe.steps,
         "group_sizes": sizes,
         "kept_counts": selection.counts_of(kept),
         "kept": {name: list(indices) for name, indices in kept.items()},
         "accuracy": {
-            "original_val": trainer.accuracy(original, *val, eval_batch_size),
-            "original_test": trainer.accuracy(original, *test, eval_batch_size),
+            "original_val": trainer.accuracy(original, *splits.val, batch),
+            "original_test": trainer.accuracy(original, *splits.test, batch),
             "compressed_val": tuned.best_val_accuracy,
-            "compressed_test": trainer.accuracy(tuned.model, *test, eval_batch_size),
+            "compressed_test": trainer.accuracy(tuned.model, *splits.test, batch),
         },
         "wall_time_s": wall_time_s,
         "sliced_vs_masked_max_abs_diff": 0.0,
@@ -247,19 +298,19 @@ def method_details(
     fraction: float | None,
     normalizer: str,
     seed: int,
-    finetune_config: FinetuneConfig,
 ) -> dict[str, Any]:
+    """The report's record of how the method was asked to choose."""
+    counts = dict(counts) if counts is not None else None
     return {
         "method": {
             "name": method,
             "budget": budget,
             "cost": cost,
-            "counts": dict(counts) if counts else None,
+            "counts": counts,
             "fraction": fraction,
             "normalizer": normalizer,
             "seed": seed,
-        },
-        "finetune": asdict(finetune_config),
+        }
     }
 
 
