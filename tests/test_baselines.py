@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from deepiot.api import OutputOptions
 from deepiot.baselines import prune, reference, selection, unstructured
 from deepiot.baselines.pipeline import slice_checked
 from deepiot.cost import measure_cost
@@ -159,13 +160,22 @@ def toy_data(samples: int, seed: int) -> TensorDataset:
 
 
 RECIPE = FinetuneConfig(steps=6, batch_size=16, eval_every=3, eval_batch_size=64)
+NO_LATENCY = OutputOptions(latency_threads=None)
 
 
 def test_prune_magnitude_writes_the_deepiot_artefacts_and_resumes(tmp_path, cnn):
     model = cnn[0]
     train, val = toy_data(64, 0), toy_data(32, 1)
     result = prune(
-        model, train, val, val, method="magnitude", budget=0.3, finetune_config=RECIPE, out_dir=tmp_path
+        model,
+        train,
+        val,
+        val,
+        method="magnitude",
+        budget=0.3,
+        finetune_config=RECIPE,
+        out_dir=tmp_path,
+        outputs=NO_LATENCY,
     )
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"]["name"] == "magnitude"
@@ -180,7 +190,15 @@ def test_prune_magnitude_writes_the_deepiot_artefacts_and_resumes(tmp_path, cnn)
     assert (tmp_path / "export" / "model.onnx").is_file()
     assert sorted(result.plan.kept) == ["conv1", "conv2", "fc1"]
     rerun = prune(
-        model, train, val, val, method="magnitude", budget=0.3, finetune_config=RECIPE, out_dir=tmp_path
+        model,
+        train,
+        val,
+        val,
+        method="magnitude",
+        budget=0.3,
+        finetune_config=RECIPE,
+        out_dir=tmp_path,
+        outputs=NO_LATENCY,
     )
     assert rerun.report["accuracy"] == result.report["accuracy"]
 
@@ -189,7 +207,14 @@ def test_prune_unstructured_reports_nonzero_parameters_and_no_smaller_model(tmp_
     model = cnn[0]
     train, val = toy_data(64, 0), toy_data(32, 1)
     result = prune(
-        model, train, val, method="unstructured", budget=0.2, finetune_config=RECIPE, out_dir=tmp_path
+        model,
+        train,
+        val,
+        method="unstructured",
+        budget=0.2,
+        finetune_config=RECIPE,
+        out_dir=tmp_path,
+        outputs=NO_LATENCY,
     )
     total = sum(parameter.numel() for parameter in model.parameters())
     nonzero = sum(int((parameter != 0).sum()) for parameter in result.sliced_model.parameters())
