@@ -74,7 +74,7 @@ def prune_at_ratio(
     pruned = copy.deepcopy(model).eval()
     names = {module: name for name, module in pruned.named_modules()}
     producer_group = group_of_producer_module(structure)
-    outputs = [names_to_module(pruned, name) for name in output_modules(structure, pruned)]
+    outputs = [pruned.get_submodule(name) for name in output_modules(structure, pruned)]
     pruner = torch_pruning.pruner.MagnitudePruner(
         pruned,
         inputs,
@@ -117,10 +117,6 @@ def output_modules(structure: Structure, model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and name not in grouped
     ]
-
-
-def names_to_module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
 
 
 def count_with_torch_pruning(model: nn.Module, example_inputs: Tensor) -> tuple[int, int]:
