@@ -1,0 +1,346 @@
+"""`deepiot.baselines.prune(...)`: a baseline method end to end, with the same artefacts as `deepiot.compress`.
+
+A structured method picks a kept set `{group: [indices]}`; then the shared path: kept set → `SlicingPlan` →
+`slice_model` (checked against the masked network on real inputs) → `finetune` (the shared recipe) → test →
+`build_report` (measured params/MACs/bytes/latency) → export (TorchScript, ONNX, manifest, plan) → report.
+The unstructured method masks weights instead: fine-tuned with the mask fixed, reported by nonzero
+parameters, never sliced or exported as a smaller model (see `unstructured.SPARSE_NOTE`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from deepiot import trainer
+from deepiot.api import OutputOptions, save_outputs
+from deepiot.baselines import reference, selection, unstructured
+from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
+from deepiot.report import build_report, write_report
+from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
+from deepiot.trainer import CompressionResult
+
+METHODS = ("magnitude", "random", "torch_pruning", "unstructured")
+FINETUNE_STATE = "finetune_state.pt"
+FINETUNE_PLOT = "finetune.png"
+SLICE_CHECK_SAMPLES = 512  # test inputs on which the sliced model must equal the masked one
+
+
+def prune(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset,
+    test_data: Dataset | None = None,
+    *,
+    method: str = "magnitude",
+    budget: float | None = None,
+    cost: str = "params",
+    counts: Mapping[str, int] | None = None,
+    fraction: float | None = None,
+    normalizer: str = "mean",
+    finetune_config: FinetuneConfig | None = None,
+    teacher: nn.Module | None = None,
+    seed: int = 0,
+    out_dir: str | os.PathLike[str] | None = None,
+    example_inputs: Tensor | None = None,
+    structure: Structure | None = None,
+    outputs: OutputOptions | None = None,
+    progress: bool = False,
+) -> CompressionResult:
+    """Compress `model` with a baseline method and fine-tune it with the shared recipe; `model` is untouched.
+
+    Args:
+        model: trained classifier returning logits [N, classes].
+        train_data, val_data, test_data: (input, label) datasets; test defaults to val.
+        method: "magnitude" (L1 of each element's weights), "random" (a control), "torch_pruning"
+            (Torch-Pruning's global group-magnitude pruner; no recurrent layers) or "unstructured" (global
+            weight magnitude; a sparse model, not a smaller dense one).
+        budget: fraction of the original `cost` left, in (0, 1] (magnitude: global ranking normalised per group;
+            random: the per-group counts magnitude picks at this budget; torch_pruning: its global ratio).
+        cost: "params" or "macs" (unstructured: params only).
+        counts: kept elements per group (magnitude, random), instead of a budget.
+        fraction: kept fraction of every group (magnitude, random), instead of a budget.
+        normalizer: magnitude's per-group score normaliser for a budget, "mean" or "max".
+        finetune_config: the shared recipe (default `FinetuneConfig()`; `steps=0` skips fine-tuning).
+        teacher: distillation teacher when `finetune_config.distill_weight > 0` (default: `model` itself).
+        seed: random's seed.
+        out_dir: with it, fine-tuning resumes on rerun and the folder receives report.json/md, plots,
+            slicing_plan.json and export/ (structured methods).
+        example_inputs, structure, outputs: as in `deepiot.compress`.
+
+    Returns:
+        CompressionResult(the fine-tuned smaller model — for unstructured the dense masked one —, plan, report).
+    """
+    finetune_config = finetune_config or FinetuneConfig()
+    splits = Splits.of(train_data, val_data, test_data)
+    original = copy.deepcopy(model).cpu().eval()
+    started = time.perf_counter()
+    if method == "unstructured":
+        choice, structure = unstructured_choice(original, budget, cost), None
+    else:
+        structure = structure or Structure.from_model(original, splits.train[0][:2])
+        choice = structured_choice(
+            original, structure, splits, method, budget, cost, counts, fraction, normalizer, seed
+        )
+    details = method_details(method, budget, cost, counts, fraction, normalizer, seed)
+    return finish(
+        original, choice, structure, splits, finetune_config,
+        teacher=teacher, out_dir=out_dir, outputs=outputs, example_inputs=example_inputs,
+        details={**details, **choice.details}, select_seconds=time.perf_counter() - started, progress=progress,
+    )  # fmt: skip
+
+
+class Splits(NamedTuple):
+    """(inputs, labels) tensors of the three splits."""
+
+    train: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+
+    @classmethod
+    def of(cls, train_data: Dataset, val_data: Dataset, test_data: Dataset | None) -> Splits:
+        """Tensors of the datasets; the test split defaults to the validation split."""
+        return cls(
+            trainer.dataset_tensors(train_data, "train"),
+            trainer.dataset_tensors(val_data, "val"),
+            trainer.dataset_tensors(val_data if test_data is None else test_data, "test"),
+        )
+
+
+class Choice(NamedTuple):
+    """What a method hands to the shared path."""
+
+    start: nn.Module  # the model fine-tuning starts from: the sliced model (unstructured: the original)
+    kept: dict[str, list[int]] | None  # the kept set (None for unstructured)
+    weight_masks: dict[str, Tensor] | None  # weights held at 0 while fine-tuning (unstructured)
+    details: dict[str, Any]  # report entries describing the choice
+
+
+def finish(
+    original: nn.Module,
+    choice: Choice,
+    structure: Structure | None,
+    splits: Splits,
+    recipe: FinetuneConfig,
+    *,
+    teacher: nn.Module | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    outputs: OutputOptions | None = None,
+    example_inputs: Tensor | None = None,
+    details: Mapping[str, Any] | None = None,
+    select_seconds: float = 0.0,
+    progress: bool = False,
+) -> CompressionResult:
+    """The shared path after a method's choice: fine-tune (shared recipe) → test → measured report → export.
+
+    Used by every baseline and by DeepIoT in scripts/reproduce.py, so all methods are measured alike.
+    """
+    outputs = outputs or OutputOptions()
+    example_inputs = splits.train[0][:1] if example_inputs is None else example_inputs
+    if recipe.distill_weight > 0 and teacher is None:
+        teacher = original
+    started = time.perf_counter()
+    tuned = finetune(
+        choice.start, splits.train, splits.val, recipe, teacher=teacher, weight_masks=choice.weight_masks,
+        state_path=Path(out_dir) / FINETUNE_STATE if out_dir is not None else None, progress=progress,
+    )  # fmt: skip
+    wall_time_s = {"select": select_seconds, "finetune": time.perf_counter() - started}
+    loop_report = method_report(original, tuned, structure, choice.kept, splits, recipe, wall_time_s)
+    report = build_report(
+        original, tuned.model, loop_report, example_inputs,
+        latency_threads=outputs.latency_threads, extra=outputs.report_extra,
+    )  # fmt: skip
+    report.update(details or {})
+    report["finetune"] = asdict(recipe)
+    report["finetune_history"] = tuned.history
+    if "unstructured" in report:
+        report["cost"]["nonzero_params"] = report["unstructured"]["nonzero_params"]
+        report["cost"]["left"]["nonzero_params"] = report["unstructured"]["nonzero_fraction"]
+    plan = None
+    if choice.kept is not None and structure is not None:
+        plan = SlicingPlan.from_structure(structure, dict(outputs.model_config), choice.kept)
+    result = CompressionResult(tuned.model, plan, report)
+    if out_dir is not None:
+        write_outputs(result, example_inputs, Path(out_dir), outputs.manifest_extra)
+    return result
+
+
+def structured_choice(
+    model: nn.Module,
+    structure: Structure,
+    splits: Splits,
+    method: str,
+    budget: float | None,
+    cost: str,
+    counts: Mapping[str, int] | None,
+    fraction: float | None,
+    normalizer: str,
+    seed: int,
+) -> Choice:
+    """The kept set of a structured method, sliced (and checked) into the model fine-tuning starts from."""
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline method {method!r}; choose one of {', '.join(METHODS)}.")
+    given = [name for name, value in (("budget", budget), ("counts", counts), ("fraction", fraction)) if value is not None]  # fmt: skip
+    if len(given) != 1:
+        raise ValueError(
+            f"method {method} needs exactly one of budget, counts or fraction; got {given or 'none'}."
+        )
+    details: dict[str, Any] = {}
+    if method == "torch_pruning":
+        if budget is None:
+            raise ValueError("method torch_pruning takes a budget (fraction of params or MACs left) only.")
+        reference_choice = reference.torch_pruning_kept(model, structure, splits.train[0][:1], budget, cost)
+        kept = reference_choice.kept
+        details["torch_pruning"] = {
+            "pruning_ratio": reference_choice.pruning_ratio,
+            "params": reference_choice.params,  # Torch-Pruning's own count of its pruned model
+            "macs": reference_choice.macs,
+        }
+    elif counts is None and fraction is None and method == "magnitude":
+        kept = selection.magnitude_at_budget(model, structure, budget, cost, normalizer)
+    else:
+        if counts is None:
+            counts = (
+                selection.uniform_counts(structure, fraction)
+                if fraction is not None
+                else selection.counts_of(
+                    selection.magnitude_at_budget(model, structure, budget, cost, normalizer)
+                )
+            )
+        kept = (
+            selection.magnitude_at_counts(model, structure, counts)
+            if method == "magnitude"
+            else selection.random_at_counts(structure, counts, seed)
+        )
+    sliced, difference = slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
+    details["sliced_vs_masked_max_abs_diff"] = difference
+    return Choice(sliced, kept, None, details)
+
+
+def unstructured_choice(model: nn.Module, budget: float | None, cost: str) -> Choice:
+    """Masks of global magnitude pruning at a params budget (the model keeps its dense shape)."""
+    if budget is None or cost != "params":
+        raise ValueError("method unstructured takes a params budget only (e.g. budget=0.02, cost='params').")
+    masks = unstructured.global_magnitude_masks(model, budget)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    nonzero = unstructured.nonzero_params(model, masks)
+    details = {
+        "nonzero_params": nonzero,
+        "nonzero_fraction": nonzero / total,
+        "note": unstructured.SPARSE_NOTE,
+    }
+    return Choice(model, None, masks, {"unstructured": details})
+
+
+def slice_checked(
+    model: nn.Module, structure: Structure, kept: Mapping[str, list[int]], inputs: Tensor
+) -> tuple[nn.Module, float]:
+    """`slice_model`, then a check on real inputs that it computes the hard-masked original; returns the
+    sliced model and the largest logit difference."""
+    sliced = slice_model(model, structure, kept).eval()
+    with torch.no_grad():
+        masked_logits = MaskedNetwork(model, structure).eval()(inputs, structure.masks_from_kept(kept))
+        difference = float((masked_logits - sliced(inputs)).abs().max())
+    if not difference <= trainer.SLICED_TOLERANCE * max(1.0, float(masked_logits.abs().max())):
+        raise trainer.CompressionError(
+            f"the sliced model's outputs differ from the masked network's by up to {difference:.3g}; the slicing "
+            f"of {type(model).__name__} is wrong — please report it."
+        )
+    return sliced, difference
+
+
+def method_report(
+    original: nn.Module,
+    tuned: FinetuneResult,
+    structure: Structure | None,
+    kept: Mapping[str, list[int]] | None,
+    splits: Splits,
+    recipe: FinetuneConfig,
+    wall_time_s: dict[str, float],
+) -> dict[str, Any]:
+    """The loop-report fields `build_report` reads, for a one-shot choice (no search history)."""
+    sizes = structure.group_sizes if structure is not None else {}
+    kept = kept if kept is not None else {name: list(range(size)) for name, size in sizes.items()}
+    batch = recipe.eval_batch_size
+    return {
+        "stop_reason": f"one-shot choice, then {recipe.steps} fine-tuning steps (best validation kept)",
+        "iterations": 0,
+        "finetune_iterations": recipe.steps,
+        "group_sizes": sizes,
+        "kept_counts": selection.counts_of(kept),
+        "kept": {name: list(indices) for name, indices in kept.items()},
+        "accuracy": {
+            "original_val": trainer.accuracy(original, *splits.val, batch),
+            "original_test": trainer.accuracy(original, *splits.test, batch),
+            "compressed_val": tuned.best_val_accuracy,
+            "compressed_test": trainer.accuracy(tuned.model, *splits.test, batch),
+        },
+        "wall_time_s": wall_time_s,
+        "sliced_vs_masked_max_abs_diff": 0.0,
+        "history": [],
+    }
+
+
+def method_details(
+    method: str,
+    budget: float | None,
+    cost: str,
+    counts: Mapping[str, int] | None,
+    fraction: float | None,
+    normalizer: str,
+    seed: int,
+) -> dict[str, Any]:
+    """The report's record of how the method was asked to choose."""
+    counts = dict(counts) if counts is not None else None
+    return {
+        "method": {
+            "name": method,
+            "budget": budget,
+            "cost": cost,
+            "counts": counts,
+            "fraction": fraction,
+            "normalizer": normalizer,
+            "seed": seed,
+        }
+    }
+
+
+def write_outputs(
+    result: CompressionResult, example_inputs: Tensor, out_dir: Path, manifest_extra: Mapping[str, Any]
+) -> None:
+    """Structured: plan + export + report (as `deepiot.compress` writes them); unstructured: the report only."""
+    if result.plan is not None:
+        save_outputs(result, result.report, example_inputs, out_dir, manifest_extra)
+    else:
+        result.report["files"] = {
+            kind: str(path) for kind, path in write_report(result.report, out_dir).items()
+        }
+    plot_finetuning(result.report["finetune_history"], out_dir / FINETUNE_PLOT)
+    result.report["files"]["finetune_plot"] = str(out_dir / FINETUNE_PLOT)
+
+
+def plot_finetuning(history: list[Mapping[str, float]], path: Path) -> None:
+    """Validation accuracy and training loss over the fine-tuning steps."""
+    from deepiot.report import _pyplot
+
+    plt = _pyplot()
+    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(10, 3.5))
+    accuracy_axes.plot([r["step"] for r in history], [r["val_accuracy"] for r in history], marker=".")
+    accuracy_axes.set_xlabel("fine-tuning step")
+    accuracy_axes.set_ylabel("validation accuracy")
+    trained = [r for r in history if "train_loss" in r]
+    loss_axes.plot([r["step"] for r in trained], [r["train_loss"] for r in trained], marker=".")
+    loss_axes.set_xlabel("fine-tuning step")
+    loss_axes.set_ylabel("training loss (mean since last evaluation)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,372 @@
+"""The reproduction harness behind `scripts/reproduce.py`: task × method × budget × seed, resumable, aggregated.
+
+Each run gets its own folder `<runs>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/` (the full artefacts of
+`run_baseline`) with a `result.json` written last and atomically: a rerun skips every run that has one.
+`aggregate` turns the result files into `<results>/<task>/results.json`, `table.md` (mean ± std over seeds per
+recipe × method × budget, with the paper's rows beside ours) and Pareto plots (accuracy vs params left, vs
+MACs left, vs ONNX Runtime latency). Every run of a task compresses the same original: `run_baseline` loads
+`outputs/train/<task>/model.pt` (training it once, on the first run, when it is missing), and the root `seed`
+that decides it stays fixed; the grid's seeds vary the method and fine-tuning only (`run_seed`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepiot.baselines.pipeline import METHODS
+from deepiot.baselines.run import RECIPES, compose_baseline_config, run_baseline
+from deepiot.checkpoint import load_trained_model
+from deepiot.cost.latency import measure_onnx_latency
+from deepiot.export import export_model
+from deepiot.train import ensure_trained
+from deepiot.utils import atomic_write
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+ALL_METHODS = ("deepiot", *METHODS)
+
+# The paper's rows (PAPER.md): parameters left (weights only) and accuracy; MNIST/CIFAR tasks are the same
+# tasks, the HAPT tasks are stand-ins for the paper's HHAR ones (other data, other original).
+PAPER_ROWS: dict[str, list[dict[str, Any]]] = {
+    "lenet5_mnist": [
+        {"method": "DeepIoT (paper)", "params_left": 0.0198, "test_accuracy": 0.9915, "original": 0.9915},
+        {
+            "method": "DyNS (paper, sparse)",
+            "params_left": 0.0235,
+            "test_accuracy": 0.9915,
+            "original": 0.9915,
+        },
+        {"method": "SparseSep (paper)", "params_left": 0.724, "test_accuracy": 0.9895, "original": 0.9915},
+        {"method": "L0 reg. sep (paper)", "params_left": 0.0144, "test_accuracy": 0.990, "original": 0.9915},
+        {"method": "Bayesian GHS (paper)", "params_left": 0.0065, "test_accuracy": 0.990, "original": 0.9915},
+    ],
+    "vgg_cifar10": [
+        {"method": "DeepIoT (paper)", "params_left": 0.0244, "test_accuracy": 0.906, "original": 0.906},
+        {"method": "DyNS (paper, sparse)", "params_left": 0.0705, "test_accuracy": 0.906, "original": 0.906},
+    ],
+    "deepsense_hapt_activity": [
+        {"method": "DeepIoT (paper, HHAR)", "params_left": 0.0616, "test_accuracy": 0.947, "original": 0.946},
+        {"method": "DyNS-Ext (paper, HHAR)", "params_left": 0.171, "test_accuracy": 0.946, "original": 0.946},
+    ],
+    "deepsense_hapt_user": [
+        {"method": "DeepIoT (paper, HHAR)", "params_left": 0.0113, "test_accuracy": 0.996, "original": 0.996},
+        {
+            "method": "DyNS-Ext (paper, HHAR)",
+            "params_left": 0.0776,
+            "test_accuracy": 0.996,
+            "original": 0.996,
+        },
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to run for one task; `overrides` are Hydra overrides applied to every run (e.g. finetune.steps=50)."""
+
+    task: str
+    methods: tuple[str, ...] = ALL_METHODS
+    budgets: tuple[float, ...] = (0.01, 0.02, 0.035)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    recipes: tuple[str, ...] = ("equal",)
+    cost: str = "params"
+    overrides: tuple[str, ...] = ()
+    runs_dir: Path = Path("outputs/reproduce")
+    results_dir: Path = Path("experiments/reproduce")
+    latency_repeats: int = 200
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(ALL_METHODS))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}.")
+        if set(self.recipes) - set(RECIPES):
+            raise ValueError(f"recipes must be among {', '.join(RECIPES)}, got {list(self.recipes)}.")
+        if self.cost not in ("params", "macs"):
+            raise ValueError(f"cost must be params or macs, got {self.cost!r}.")
+
+    def runs(self) -> list[Run]:
+        return [
+            Run(self, recipe, method, budget, seed)
+            for recipe in self.recipes
+            for method in self.methods
+            for budget in self.budgets
+            for seed in self.seeds
+        ]
+
+
+@dataclass(frozen=True)
+class Run:
+    grid: Grid
+    recipe: str
+    method: str
+    budget: float
+    seed: int
+    key: tuple[str, str, float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.recipe, self.method, self.budget))
+
+    @property
+    def folder(self) -> Path:
+        grid = self.grid
+        return (
+            grid.runs_dir
+            / grid.task
+            / self.recipe
+            / self.method
+            / f"{grid.cost}{self.budget:g}"
+            / f"seed{self.seed}"
+        )
+
+    @property
+    def overrides(self) -> list[str]:
+        return [
+            f"experiment={self.grid.task}",
+            f"method={self.method}",
+            f"budget.cost={self.grid.cost}",
+            f"budget.fraction={self.budget}",
+            f"recipe={self.recipe}",
+            f"run_seed={self.seed}",
+            "trainer.num_threads=1",
+            "trainer.progress_bar=false",
+            "compress.latency_threads=null",  # latency is measured here, in ONNX Runtime
+            *self.grid.overrides,
+        ]
+
+
+def run_grid(grid: Grid) -> list[dict[str, Any]]:
+    """Run every missing run of the grid (finished ones are skipped), then aggregate; returns the records."""
+    original = original_reference(grid)
+    for index, run in enumerate(grid.runs(), start=1):
+        if finished(run):
+            log.info("[%d/%d] %s: done, skipped", index, len(grid.runs()), run.folder)
+            continue
+        log.info("[%d/%d] %s: running", index, len(grid.runs()), run.folder)
+        execute(run, original)
+    return aggregate(grid)
+
+
+def finished(run: Run) -> bool:
+    """True when the run's result.json exists; ValueError when it was written with other overrides."""
+    path = run.folder / RESULT_FILE
+    if not path.is_file():
+        return False
+    recorded = json.loads(path.read_text())["overrides"]
+    if recorded != run.overrides:
+        raise ValueError(
+            f"{path} was written by a run with other overrides ({recorded}) than this grid's ({run.overrides}); "
+            "delete its folder, or use another runs_dir."
+        )
+    return True
+
+
+def original_reference(grid: Grid) -> dict[str, Any]:
+    """Train-or-load the task's original once, export it and measure its ONNX latency (batch 1, 1 thread)."""
+    folder = grid.runs_dir / grid.task / "original"
+    path = folder / RESULT_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    cfg = compose_baseline_config([f"experiment={grid.task}", *grid.overrides, f"paths.output_dir={folder}"])
+    torch.set_num_threads(1)
+    model, checkpoint = load_trained_model(ensure_trained(cfg))
+    example = torch.zeros(1, *checkpoint["data"]["input_shape"])
+    exported = export_model(model, example, folder / "export", manifest_extra={"name": grid.task})
+    record = {
+        "task": grid.task,
+        "test_accuracy": float(checkpoint["metrics"]["test_accuracy"]),
+        "input_shape": list(checkpoint["data"]["input_shape"]),
+        "onnx_path": str(exported.paths["onnx"]),
+        "latency_ms": onnx_latency(exported.paths["onnx"], example, grid.latency_repeats),
+    }
+    atomic_write(path, lambda file: file.write(json.dumps(record, indent=2) + "\n"))
+    return record
+
+
+def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:
+    """One run: `run_baseline` into the run folder, ONNX latency, then result.json (last, atomically)."""
+    cfg = compose_baseline_config([*run.overrides, f"paths.output_dir={run.folder}"])
+    report = run_baseline(cfg)
+    example = torch.zeros(1, *original["input_shape"])
+    sparse = "unstructured" in report
+    onnx_path = Path(original["onnx_path"]) if sparse else run.folder / "export" / "model.onnx"
+    latency = onnx_latency(onnx_path, example, run.grid.latency_repeats)
+    cost = report["cost"]
+    params = cost["nonzero_params"] if sparse else cost["compressed"]["params"]
+    record = {
+        "task": run.grid.task,
+        "recipe": run.recipe,
+        "method": run.method,
+        "cost": run.grid.cost,
+        "budget": run.budget,
+        "seed": run.seed,
+        "overrides": run.overrides,
+        "test_accuracy": report["accuracy"]["compressed_test"],
+        "val_accuracy": report["accuracy"]["compressed_val"],
+        "original_test_accuracy": report["accuracy"]["original_test"],
+        "params": params,
+        "macs": cost["compressed"]["macs"],
+        "model_bytes": cost["compressed"]["model_bytes"],
+        "params_left": params / cost["original"]["params"],
+        "macs_left": cost["left"]["macs"],
+        "model_bytes_left": cost["left"]["model_bytes"],
+        "latency_ms": latency,
+        "latency_left": latency / original["latency_ms"],
+        "sparse": sparse,
+        "kept_counts": {group["name"]: group["kept"] for group in report["groups"]},
+        "torch_pruning_params": report.get("torch_pruning", {}).get("params"),
+        "wall_time_s": report["wall_time_s"],
+    }
+    atomic_write(run.folder / RESULT_FILE, lambda file: file.write(json.dumps(record, indent=2) + "\n"))
+    return record
+
+
+def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int) -> float:
+    """Median ONNX Runtime latency in ms, batch 1, one thread."""
+    return measure_onnx_latency(path, example, threads=1, warmup=min(20, repeats), repeats=repeats).median_ms
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+
+def aggregate(grid: Grid) -> list[dict[str, Any]]:
+    """Collect every finished run of the task (any grid), write results.json, table.md and the Pareto plots."""
+    task_runs = grid.runs_dir / grid.task
+    records = [json.loads(path.read_text()) for path in sorted(task_runs.glob(f"*/*/*/seed*/{RESULT_FILE}"))]
+    original_path = task_runs / "original" / RESULT_FILE
+    original = json.loads(original_path.read_text()) if original_path.is_file() else None
+    out = grid.results_dir / grid.task
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(records)
+    document = {"task": grid.task, "original": original, "summary": summary, "runs": records}
+    atomic_write(out / "results.json", lambda file: file.write(json.dumps(document, indent=2) + "\n"))
+    atomic_write(out / "table.md", lambda file: file.write(table(grid.task, summary, original)))
+    for recipe in sorted({row["recipe"] for row in summary}):
+        plot_pareto(
+            grid.task,
+            [row for row in summary if row["recipe"] == recipe],
+            original,
+            out / f"pareto_{recipe}.png",
+        )
+    return records
+
+
+def summarise(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds per (recipe, method, cost, budget)."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["recipe"], record["method"], record["cost"], record["budget"]), []).append(
+            record
+        )
+    rows = []
+    for (recipe, method, cost, budget), members in sorted(groups.items()):
+        row: dict[str, Any] = {"recipe": recipe, "method": method, "cost": cost, "budget": budget}
+        row["seeds"] = len(members)
+        row["sparse"] = any(member["sparse"] for member in members)
+        for key in (
+            "test_accuracy",
+            "params_left",
+            "macs_left",
+            "model_bytes_left",
+            "latency_ms",
+            "latency_left",
+        ):
+            values = np.array([member[key] for member in members], dtype=float)
+            row[key] = float(values.mean())
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str, Any] | None) -> str:
+    """Markdown: our rows (mean ± std over seeds), then the paper's rows for the task."""
+    lines = [f"# {task}", ""]
+    if original is not None:
+        lines += [
+            f"Original: test accuracy {100 * original['test_accuracy']:.2f}%, ONNX Runtime latency "
+            f"{original['latency_ms']:.3f} ms (batch 1, 1 thread).",
+            "",
+        ]
+    lines += [
+        "| recipe | method | budget | seeds | params left | MACs left | test accuracy | ONNX latency (ms) | latency left |",
+        "|-|-|-|-|-|-|-|-|-|",
+    ]
+    for row in summary:
+        note = " (nonzero, sparse)" if row["sparse"] else ""
+        lines.append(
+            f"| {row['recipe']} | {row['method']} | {100 * row['budget']:g}% {row['cost']} | {row['seeds']} | "
+            f"{100 * row['params_left']:.2f}%{note} | {100 * row['macs_left']:.2f}% | "
+            f"{100 * row['test_accuracy']:.2f} ± {100 * row['test_accuracy_std']:.2f}% | "
+            f"{row['latency_ms']:.3f} ± {row['latency_ms_std']:.3f} | {100 * row['latency_left']:.1f}% |"
+        )
+    paper = PAPER_ROWS.get(task, [])
+    if paper:
+        lines += ["", "The paper (PAPER.md; parameters counted as weights only, its own original):", ""]
+        lines += ["| method | params left | test accuracy (original) |", "|-|-|-|"]
+        for row in paper:
+            lines.append(
+                f"| {row['method']} | {100 * row['params_left']:.2f}% | "
+                f"{100 * row['test_accuracy']:.2f}% ({100 * row['original']:.2f}%) |"
+            )
+    sparse = any(row["sparse"] for row in summary)
+    if sparse:
+        lines += [
+            "",
+            "Unstructured rows count nonzero parameters of a model of the original shape: they need sparse storage "
+            "and run at the original's dense MACs and latency (no smaller dense model exists).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(
+    task: str, rows: Sequence[Mapping[str, Any]], original: Mapping[str, Any] | None, path: Path
+) -> None:
+    """Test accuracy against params left, MACs left and ONNX latency; one series per method (mean ± std)."""
+    from deepiot.report import _pyplot
+
+    plt = _pyplot()
+    figure, panels = plt.subplots(1, 3, figsize=(15, 4))
+    axes_keys = (("params_left", "params left (%)", 100.0), ("macs_left", "MACs left (%)", 100.0),
+                 ("latency_ms", "ONNX Runtime latency, batch 1, 1 thread (ms)", 1.0))  # fmt: skip
+    for axes, (key, label, scale) in zip(panels, axes_keys, strict=True):
+        for method in sorted({row["method"] for row in rows}):
+            points = sorted((row for row in rows if row["method"] == method), key=lambda row: row[key])
+            axes.errorbar(
+                [scale * row[key] for row in points],
+                [100 * row["test_accuracy"] for row in points],
+                yerr=[100 * row["test_accuracy_std"] for row in points],
+                marker="o", capsize=3, label=method,
+            )  # fmt: skip
+        if key == "params_left":
+            for row in PAPER_ROWS.get(task, []):
+                axes.scatter(
+                    100 * row["params_left"],
+                    100 * row["test_accuracy"],
+                    marker="*",
+                    s=80,
+                    label=row["method"],
+                )
+        if original is not None:
+            axes.axhline(100 * original["test_accuracy"], color="gray", linestyle="--", label="original")
+        if key != "latency_ms":
+            axes.set_xscale("log")
+        axes.set_xlabel(label)
+        axes.set_ylabel("test accuracy (%)")
+    panels[0].legend(fontsize=7)
+    figure.suptitle(f"{task}: accuracy vs size, compute and latency (mean ± std over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_values(text: str, kind: type) -> tuple:
+    """ "a,b,c" → (kind(a), kind(b), kind(c))."""
+    return tuple(kind(value) for value in text.split(",") if value)

@@ -1,0 +1,69 @@
+"""Reproduction harness: task × method × budget × seed, resumable (finished runs are skipped), aggregated.
+
+    python scripts/reproduce.py task=lenet5_mnist
+    python scripts/reproduce.py task=lenet5_mnist methods=magnitude,random,torch_pruning,unstructured \
+        budgets=0.01,0.02,0.035 seeds=0,1,2 recipes=equal,best finetune.steps=3000
+
+Grid keys: task, methods, budgets, seeds, recipes (equal | best), cost (params | macs), runs_dir
+(default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only.
+Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
+compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);
+<results_dir>/<task>/ receives results.json, table.md and pareto_<recipe>.png.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from deepiot.baselines.reproduce import Grid, aggregate, parse_values, run_grid
+
+GRID_KEYS = {
+    "methods": lambda text: parse_values(text, str),
+    "budgets": lambda text: parse_values(text, float),
+    "seeds": lambda text: parse_values(text, int),
+    "recipes": lambda text: parse_values(text, str),
+    "cost": str,
+    "runs_dir": Path,
+    "results_dir": Path,
+    "latency_repeats": int,
+}
+
+
+def parse(arguments: list[str]) -> tuple[Grid, bool]:
+    """key=value arguments → (Grid, aggregate_only)."""
+    values, overrides, aggregate_only = {}, [], False
+    for argument in arguments:
+        key, separator, value = argument.partition("=")
+        if not separator:
+            raise SystemExit(
+                f"reproduce.py: error: expected key=value, got {argument!r} (see --help in the docstring)."
+            )
+        if key == "task":
+            values["task"] = value
+        elif key == "aggregate_only":
+            aggregate_only = value.lower() in ("1", "true", "yes")
+        elif key in GRID_KEYS:
+            values[key] = GRID_KEYS[key](value)
+        else:
+            overrides.append(argument)
+    if "task" not in values:
+        raise SystemExit("reproduce.py: error: task=<experiment name> is required, e.g. task=lenet5_mnist.")
+    return Grid(**values, overrides=tuple(overrides)), aggregate_only
+
+
+def main() -> None:
+    if any(argument in ("-h", "--help") for argument in sys.argv[1:]):
+        print(__doc__)
+        return
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    grid, aggregate_only = parse(sys.argv[1:])
+    records = aggregate(grid) if aggregate_only else run_grid(grid)
+    print(f"[reproduce] {grid.task}: {len(records)} runs → {grid.results_dir / grid.task / 'table.md'}")
+
+
+if __name__ == "__main__":
+    main()

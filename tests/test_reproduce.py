@@ -1,0 +1,109 @@
+"""The reproduction harness end to end on a tiny grid (DeepIoT + magnitude, 1 budget, 2 seeds), skip-on-rerun,
+and the deepiot-baseline config and recipes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from deepiot.baselines import reproduce
+from deepiot.baselines.reproduce import Grid, run_grid
+from deepiot.baselines.run import compose_baseline_config, finetune_config, run_baseline
+
+TINY = (
+    "data.dataset.limit=256",
+    "trainer.epochs=1",
+    "finetune.steps=4",
+    "finetune.eval_every=2",
+    "finetune.batch_size=32",
+    "compress.max_iterations=20",
+    "compress.eval_every=10",
+    "compress.batch_size=32",
+)
+
+
+@pytest.fixture(autouse=True)
+def clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def tiny_grid(tmp_path, **changes) -> Grid:
+    values = {
+        "task": "lenet300_mnist",
+        "methods": ("deepiot", "magnitude"),
+        "budgets": (0.2,),
+        "seeds": (0, 1),
+        "runs_dir": tmp_path / "runs",
+        "results_dir": tmp_path / "results",
+        "latency_repeats": 3,
+        "overrides": (*TINY, f"paths.original_dir={tmp_path / 'train'}"),
+    }
+    return Grid(**{**values, **changes})
+
+
+def test_harness_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path, monkeypatch):
+    grid = tiny_grid(tmp_path)
+    records = run_grid(grid)
+    assert sorted((r["method"], r["seed"]) for r in records) == [
+        ("deepiot", 0),
+        ("deepiot", 1),
+        ("magnitude", 0),
+        ("magnitude", 1),
+    ]
+    magnitude = [r for r in records if r["method"] == "magnitude"]
+    assert all(r["params_left"] <= 0.2 and r["latency_ms"] > 0 for r in magnitude)
+    assert all(
+        r["original_test_accuracy"] == records[0]["original_test_accuracy"] for r in records
+    )  # one original
+    table = (tmp_path / "results" / "lenet300_mnist" / "table.md").read_text()
+    assert (
+        "| equal | magnitude | 20% params | 2 |" in table and "| equal | deepiot | 20% params | 2 |" in table
+    )
+    assert (tmp_path / "results" / "lenet300_mnist" / "pareto_equal.png").stat().st_size > 0
+
+    def must_not_run(cfg):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(reproduce, "run_baseline", must_not_run)
+    assert run_grid(grid) == records
+
+    with pytest.raises(ValueError, match="written by a run with other overrides"):
+        run_grid(tiny_grid(tmp_path, overrides=(*grid.overrides, "finetune.lr=0.01")))
+
+
+def test_a_run_interrupted_before_its_result_is_rerun(tmp_path):
+    grid = tiny_grid(tmp_path, methods=("magnitude",), seeds=(0,))
+    run = grid.runs()[0]
+    run_grid(grid)
+    first = json.loads((run.folder / reproduce.RESULT_FILE).read_text())
+    (run.folder / reproduce.RESULT_FILE).unlink()  # as if killed before result.json was written
+    again = run_grid(grid)
+    assert again[0]["test_accuracy"] == first["test_accuracy"]  # fine-tuning resumed from its finished state
+
+
+def test_recipes_equal_and_best(tmp_path):
+    base = [f"paths.output_dir={tmp_path}"]
+    equal = finetune_config(compose_baseline_config([*base, "method=magnitude"]))
+    best = finetune_config(compose_baseline_config([*base, "method=magnitude", "recipe=best"]))
+    assert (equal.steps, equal.lr, equal.schedule, equal.distill_weight) == (3000, 1e-3, "cosine", 0.5)
+    assert best.distill_weight == 0.5 and best.steps == equal.steps
+    assert finetune_config(compose_baseline_config([*base, "method=deepiot", "recipe=best"])) is None
+
+
+def test_run_baseline_refuses_torch_pruning_on_a_recurrent_model(tmp_path):
+    cfg = compose_baseline_config(
+        [
+            "experiment=lstm_hapt_activity",
+            "method=torch_pruning",
+            "data.dataset.limit=64",
+            "trainer.epochs=1",
+            "model.hidden_size=8",
+            f"paths.output_dir={tmp_path / 'run'}",
+            f"paths.original_dir={tmp_path / 'train'}",
+        ]
+    )
+    with pytest.raises(ValueError, match="recurrent layers"):
+        run_baseline(cfg)
