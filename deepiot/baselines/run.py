@@ -25,7 +25,6 @@ from deepiot.api import OutputOptions, compress
 from deepiot.baselines.pipeline import prune
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR
-from deepiot.export import input_layout
 from deepiot.finetune import FinetuneConfig
 from deepiot.train import ensure_trained, load_bundle, show_progress
 from deepiot.utils import ConfigError
@@ -66,6 +65,8 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     model, checkpoint = load_trained_model(original_path)
     bundle = load_bundle(cfg)
     out_dir = Path(cfg.paths.output_dir)
+    from deepiot.cli.compress import output_options  # deferred: the CLI module imports Hydra's main
+
     outputs = output_options(cfg, checkpoint, original_path)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     budget, cost = float(cfg.budget.fraction), str(cfg.budget.cost)
@@ -105,25 +106,3 @@ def run_deepiot(
         model, bundle.train, bundle.val, bundle.test, config=config, out_dir=out_dir, outputs=outputs,
         progress=show_progress(cfg.trainer),
     )  # fmt: skip
-
-
-def output_options(cfg: DictConfig, checkpoint: dict[str, Any], original_path: Path) -> OutputOptions:
-    """Model description, manifest entries and report entries, as `deepiot-compress` records them."""
-    data = checkpoint["data"]
-    description = {
-        "name": cfg.name,
-        "dataset": data["name"],
-        "input_layout": input_layout(data["input_shape"], data["channel_axis"]),
-        "normalization": {**data["normalization"], "channel_axis": data["channel_axis"]},
-        "class_names": data["class_names"],
-        "source_checkpoint": str(original_path),
-    }
-    return OutputOptions(
-        model_config=checkpoint["model_config"],
-        manifest_extra=description,
-        report_extra={
-            "name": cfg.name,
-            "original_training_wall_time_s": checkpoint["metrics"].get("wall_time_s"),
-        },
-        latency_threads=cfg.compress.latency_threads,
-    )

@@ -128,15 +128,6 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
     remove_stale_temporaries(out_dir)
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path, device)
-    data = checkpoint["data"]
-    description = {
-        "name": cfg.name,
-        "dataset": data["name"],
-        "input_layout": input_layout(data["input_shape"], data["channel_axis"]),
-        "normalization": {**data["normalization"], "channel_axis": data["channel_axis"]},
-        "class_names": data["class_names"],
-        "source_checkpoint": str(original_path),
-    }
     result = compress(
         model,
         bundle.train,
@@ -144,15 +135,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
         bundle.test,
         config=config,
         out_dir=out_dir,
-        outputs=OutputOptions(
-            model_config=checkpoint["model_config"],
-            manifest_extra=description,
-            report_extra={
-                "name": cfg.name,
-                "original_training_wall_time_s": checkpoint["metrics"].get("wall_time_s"),
-            },
-            latency_threads=cfg.compress.latency_threads,
-        ),
+        outputs=output_options(cfg, checkpoint, original_path),
         progress=show_progress(cfg.trainer),
         device=device,
     )
@@ -184,6 +167,29 @@ def finished_report(out_dir: Path, config: CompressionConfig) -> dict[str, Any] 
         return None
     report = json.loads(report_path.read_text())
     return report if report.get("config") == config.to_dict() else None
+
+
+def output_options(cfg: DictConfig, checkpoint: dict[str, Any], original_path: Path) -> OutputOptions:
+    """Model description, manifest entries and report entries of a run on the original `checkpoint`
+    (shared by deepiot-compress and deepiot-baseline)."""
+    data = checkpoint["data"]
+    description = {
+        "name": cfg.name,
+        "dataset": data["name"],
+        "input_layout": input_layout(data["input_shape"], data["channel_axis"]),
+        "normalization": {**data["normalization"], "channel_axis": data["channel_axis"]},
+        "class_names": data["class_names"],
+        "source_checkpoint": str(original_path),
+    }
+    return OutputOptions(
+        model_config=checkpoint["model_config"],
+        manifest_extra=description,
+        report_extra={
+            "name": cfg.name,
+            "original_training_wall_time_s": checkpoint["metrics"].get("wall_time_s"),
+        },
+        latency_threads=cfg.compress.latency_threads,
+    )
 
 
 def save_finetuned_model(out_dir: Path, original: dict[str, Any], result: CompressionResult) -> None:
