@@ -370,7 +370,8 @@ def compress_model(
     validation = (val_inputs, val_labels)
     if state.phase == "compress":
         run_compression(parts, state, validation, writer, state_path, progress)
-    sliced, difference = slice_checked(parts, state, test_inputs[: config.loop.eval_batch_size])
+    check_inputs = test_inputs[: config.loop.eval_batch_size]
+    sliced, difference = slice_checked(parts.critic, parts.structure, state.kept, check_inputs)
     started = time.perf_counter()
     tuned = finetune(
         sliced,
@@ -537,20 +538,22 @@ def accuracy_floor(loop: LoopConfig, original_val_accuracy: float) -> float:
     return max(floors)
 
 
-def slice_checked(parts: LoopParts, state: LoopState, check_inputs: Tensor) -> tuple[nn.Module, float]:
-    """The critic sliced to the final kept set, checked to compute what the masked critic computes
-    (returns the model and the largest logit difference seen)."""
-    masks = parts.structure.masks_from_kept(state.kept, parts.device)
-    parts.critic.eval()
-    sliced = slice_model(parts.critic, parts.structure, state.kept).eval()
+def slice_checked(
+    model: nn.Module, structure: Structure, kept: Mapping[str, list[int]], check_inputs: Tensor
+) -> tuple[nn.Module, float]:
+    """`model` sliced to `kept`, checked on `check_inputs` to compute what the hard-masked model computes
+    (returns the sliced model and the largest logit difference seen). Used by DeepIoT and the baselines."""
+    model.eval()
+    sliced = slice_model(model, structure, kept).eval()
     with torch.no_grad():
-        masked_logits = parts.network(check_inputs, masks)
+        masks = structure.masks_from_kept(kept, check_inputs.device)
+        masked_logits = MaskedNetwork(model, structure).eval()(check_inputs, masks)
         sliced_logits = sliced(check_inputs)
     difference = float((masked_logits - sliced_logits).abs().max())
     if not difference <= SLICED_TOLERANCE * max(1.0, float(masked_logits.abs().max())):
         raise CompressionError(
             f"the sliced model's outputs differ from the masked network's by up to {difference:.3g} (tolerance "
-            f"{SLICED_TOLERANCE}); the slicing of {type(parts.critic).__name__} is wrong — please report it."
+            f"{SLICED_TOLERANCE}); the slicing of {type(model).__name__} is wrong — please report it."
         )
     return sliced, difference
 

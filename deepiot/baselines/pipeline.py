@@ -17,7 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -26,7 +25,7 @@ from deepiot.api import OutputOptions, save_outputs
 from deepiot.baselines import reference, selection, unstructured
 from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.report import build_report, write_report
-from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
+from deepiot.structure import SlicingPlan, Structure
 from deepiot.trainer import CompressionResult
 
 METHODS = ("magnitude", "random", "torch_pruning", "unstructured")
@@ -221,7 +220,7 @@ def structured_choice(
             if method == "magnitude"
             else selection.random_at_counts(structure, counts, seed)
         )
-    sliced, difference = slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
+    sliced, difference = trainer.slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
     details["sliced_vs_masked_max_abs_diff"] = difference
     return Choice(sliced, kept, None, details)
 
@@ -239,23 +238,6 @@ def unstructured_choice(model: nn.Module, budget: float | None, cost: str) -> Ch
         "note": unstructured.SPARSE_NOTE,
     }
     return Choice(model, None, masks, {"unstructured": details})
-
-
-def slice_checked(
-    model: nn.Module, structure: Structure, kept: Mapping[str, list[int]], inputs: Tensor
-) -> tuple[nn.Module, float]:
-    """`slice_model`, then a check on real inputs that it computes the hard-masked original; returns the
-    sliced model and the largest logit difference."""
-    sliced = slice_model(model, structure, kept).eval()
-    with torch.no_grad():
-        masked_logits = MaskedNetwork(model, structure).eval()(inputs, structure.masks_from_kept(kept))
-        difference = float((masked_logits - sliced(inputs)).abs().max())
-    if not difference <= trainer.SLICED_TOLERANCE * max(1.0, float(masked_logits.abs().max())):
-        raise trainer.CompressionError(
-            f"the sliced model's outputs differ from the masked network's by up to {difference:.3g}; the slicing "
-            f"of {type(model).__name__} is wrong — please report it."
-        )
-    return sliced, difference
 
 
 def method_report(
