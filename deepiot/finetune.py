@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from deepiot import runtime
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
-from deepiot.utils import describe_differences
+from deepiot.utils import DIVERGED_LOSS, describe_differences
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +212,11 @@ def train_step(
     loss = distillation_loss(
         student(inputs), teacher_logits, labels, config.distill_weight, config.temperature
     )
-    if not torch.isfinite(loss):
+    if not torch.isfinite(loss) or float(loss) > DIVERGED_LOSS:
         raise FinetuneError(
-            f"the fine-tuning loss became {float(loss.detach())} at step {step + 1} of {config.steps}. With a "
-            "state_path the last evaluation's state is still on disk. Lower finetune.lr, or check the data and "
-            "the model for NaN/inf values."
+            f"the fine-tuning loss became {float(loss.detach())} at step {step + 1} of {config.steps} (expected a "
+            f"finite loss below {DIVERGED_LOSS:g}: fine-tuning diverged). With a state_path the last evaluation's "
+            "state is still on disk. Lower finetune.lr, or check the data and the model for NaN/inf values."
         )
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, step)

@@ -146,6 +146,13 @@ def test_a_non_finite_loss_stops_with_a_clear_message():
         finetune(small_model(), train, val, FinetuneConfig(steps=10, batch_size=128, eval_every=5))
 
 
+def test_an_exploding_finite_loss_stops_too():
+    train, val = blobs(128, 0), blobs(64, 1)
+    train = (train[0] * 1e6, train[1])  # finite inputs, logits in the millions: cross-entropy far above 1000
+    with pytest.raises(FinetuneError, match=r"loss became .* at step 1 .*fine-tuning diverged"):
+        finetune(small_model(), train, val, FinetuneConfig(steps=10, batch_size=128, eval_every=5))
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
