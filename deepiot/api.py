@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from deepiot.checks import check_classifier, check_labelled_data
+from deepiot.compression.loop import CompressionConfig, CompressionResult, compress_model
 from deepiot.cost.latency import eval_mode
 from deepiot.export import PLAN_NAME, export_model
 from deepiot.models import build_model
@@ -24,7 +25,6 @@ from deepiot.report import build_report, write_report
 from deepiot.runtime import dataset_tensors, model_device, resolve_device
 from deepiot.schedules import ScheduleConfig
 from deepiot.structure import Structure
-from deepiot.trainer import CompressionConfig, CompressionResult, compress_model
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,7 @@ import pytest
 import torch
 
 from deepiot.budget import BudgetController, cost_ratios, fit_to_budget
-from deepiot.compressor import MaskDistribution
-from deepiot.critic import CriticConfig
-from deepiot.finetune import FinetuneConfig, distillation_loss, finetune
-from deepiot.models import LeNet300
-from deepiot.runtime import BatchStream, accuracy
-from deepiot.schedules import ScheduleConfig
-from deepiot.structure import MaskedNetwork, Structure, slice_model
-from deepiot.trainer import (
+from deepiot.compression.loop import (
     CompressionConfig,
     LoopConfig,
     build_parts,
@@ -22,6 +15,13 @@ from deepiot.trainer import (
     compressor_critic_step,
     fresh_state,
 )
+from deepiot.compressor import MaskDistribution
+from deepiot.critic import CriticConfig
+from deepiot.finetune import FinetuneConfig, distillation_loss, finetune
+from deepiot.models import LeNet300
+from deepiot.runtime import BatchStream, accuracy
+from deepiot.schedules import ScheduleConfig
+from deepiot.structure import MaskedNetwork, Structure, slice_model
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import torch
 
 import deepiot
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
+from deepiot.compression.loop import STATE_FILE, CompressionConfig, LoopConfig, compress_model
 from deepiot.compressor import Compressor, MaskDistribution
 from deepiot.critic import Reward, build_baselines, structure_features
 from deepiot.runtime import BatchStream, model_device, resolve_device
 from deepiot.structure import Structure, slice_model
-from deepiot.trainer import STATE_FILE, CompressionConfig, LoopConfig, compress_model
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
@@ -187,7 +187,7 @@ def test_api_takes_a_device_and_reports_on_the_host(trained_model, data, tmp_pat
 
 PACKAGE = Path(deepiot.__file__).parent
 COMPRESSION_PATH = [
-    "trainer.py",
+    "compression/loop.py",
     "finetune.py",
     "compressor.py",
     "critic.py",
@@ -209,7 +209,7 @@ INTENDED = {
         "torch.stack([torch.as_tensor(item[0])",  # reading a dataset
         "labels = torch.as_tensor([int(item[1])",
     ],
-    "trainer.py": ["torch.sigmoid(logits).cpu()"],  # ranking elements on the host
+    "compression/loop.py": ["torch.sigmoid(logits).cpu()"],  # ranking elements on the host
     "structure/slicing.py": ["torch.empty(0))"],  # only for a BatchNorm without any tensor
     "structure/graph.py": ["torch.arange(group.size)", "indices = torch.as_tensor(value)"],
     "structure/layout.py": ["torch.arange(offset, offset", "within = torch.arange(", "torch.zeros(0, dtype"],

@@ -24,6 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, reported_errors
+from deepiot.compression.loop import (
+    STATE_FILE,
+    CompressionConfig,
+    CompressionResult,
+    LoopConfig,
+    read_saved_state,
+)
 from deepiot.compressor import CompressorConfig
 from deepiot.critic import CriticConfig
 from deepiot.export import SLICED_MODEL_KIND, input_layout
@@ -32,7 +39,6 @@ from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
 from deepiot.schedules import ScheduleConfig
 from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
-from deepiot.trainer import STATE_FILE, CompressionConfig, CompressionResult, LoopConfig, read_saved_state
 from deepiot.utils import (
     ConfigError,
     atomic_write,

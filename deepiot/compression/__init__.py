@@ -1,0 +1,1 @@
+"""DeepIoT compression: the compressor-critic loop (DESIGN §2) and its phases compress → finetune."""
