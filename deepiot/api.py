@@ -18,12 +18,12 @@ from torch.utils.data import Dataset
 
 from deepiot.checks import check_classifier, check_labelled_data
 from deepiot.compression.loop import CompressionConfig, CompressionResult, compress_model
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.cost.latency import eval_mode
 from deepiot.export import PLAN_NAME, export_model
 from deepiot.models import build_model
 from deepiot.report import build_report, write_report
 from deepiot.runtime import dataset_tensors, model_device, resolve_device
-from deepiot.schedules import ScheduleConfig
 from deepiot.structure import Structure
 
 

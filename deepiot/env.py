@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from deepiot.checkpoint import load_trained_model
 from deepiot.checks import ModelCheckError, check_classifier
-from deepiot.critic import COST_FUNCTIONS, Reward
+from deepiot.compression.reward import COST_FUNCTIONS, Reward
 from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, input_layout
 from deepiot.models import build_model
@@ -90,7 +90,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         data: a name in `DATASETS` (loaded with `data_root` and `data_limit` samples per split), a
             `DatasetBundle` (used as is, e.g. from `deepiot.data.load_npz`), or None: the checkpoint's
             dataset, else "mnist".
-        cost: a cost model in `deepiot.critic.COST_FUNCTIONS` ("params", "macs", ...).
+        cost: a cost model in `deepiot.compression.reward.COST_FUNCTIONS` ("params", "macs", ...).
         lam: weight λ ≥ 0 of the cost ratio in the reward.
         data_limit: samples per split taken from a named dataset.
         finetune_steps: fine-tuning steps under the final masks (0 judges the structure as cut).

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 
 import deepiot
 from deepiot.compression.loop import CompressionConfig, LoopConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.data import load_hapt_activity
 from deepiot.finetune import FinetuneConfig
-from deepiot.schedules import ScheduleConfig
 
 
 class SensorNet(nn.Module):

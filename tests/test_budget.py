@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepiot.budget import BudgetController, cost_ratios, fit_to_budget
+from deepiot.compression.budget import BudgetController, cost_ratios, fit_to_budget
+from deepiot.compression.compressor import MaskDistribution
 from deepiot.compression.loop import (
     CompressionConfig,
     LoopConfig,
@@ -15,12 +16,11 @@ from deepiot.compression.loop import (
     compressor_critic_step,
     fresh_state,
 )
-from deepiot.compressor import MaskDistribution
-from deepiot.critic import CriticConfig
+from deepiot.compression.reward import CriticConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.finetune import FinetuneConfig, distillation_loss, finetune
 from deepiot.models import LeNet300
 from deepiot.runtime import BatchStream, accuracy
-from deepiot.schedules import ScheduleConfig
 from deepiot.structure import MaskedNetwork, Structure, slice_model
 
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepiot.cost.types import Cost
-from deepiot.critic import (
+from deepiot.compression.reward import (
     COST_FUNCTIONS,
     CriticConfig,
     EMABaseline,
@@ -19,6 +18,7 @@ from deepiot.critic import (
     register_cost,
     structure_features,
 )
+from deepiot.cost.types import Cost
 
 
 class _Group:

@@ -17,10 +17,10 @@ from torch.utils.data import TensorDataset
 
 from deepiot.api import OutputOptions, compress
 from deepiot.compression.loop import CompressionConfig, LoopConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.cost.counter import measure_cost
 from deepiot.export import TOLERANCE
 from deepiot.finetune import FinetuneConfig
-from deepiot.schedules import ScheduleConfig
 from deepiot.structure import SlicingPlan, Structure, StructureError, build_sliced_model
 
 STEPS, CHANNELS, CLASSES = 8, 6, 3

@@ -24,10 +24,10 @@ from deepiot.compression.loop import (
     compressor_critic_step,
     fresh_state,
 )
-from deepiot.critic import CriticConfig
+from deepiot.compression.reward import CriticConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.finetune import FinetuneConfig
 from deepiot.models import LeNet300
-from deepiot.schedules import ScheduleConfig
 from deepiot.structure import SlicingPlan, Structure, build_sliced_model
 
 

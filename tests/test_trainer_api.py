@@ -8,9 +8,9 @@ from torch.utils.data import TensorDataset
 
 from deepiot.api import compress
 from deepiot.compression.loop import CompressionConfig, LoopConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.cost.counter import measure_cost
 from deepiot.finetune import FinetuneConfig
-from deepiot.schedules import ScheduleConfig
 
 
 class SensorNet(nn.Module):

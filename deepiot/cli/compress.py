@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, reported_errors
+from deepiot.compression.compressor import CompressorConfig
 from deepiot.compression.loop import (
     STATE_FILE,
     CompressionConfig,
@@ -31,13 +32,12 @@ from deepiot.compression.loop import (
     LoopConfig,
     read_saved_state,
 )
-from deepiot.compressor import CompressorConfig
-from deepiot.critic import CriticConfig
+from deepiot.compression.reward import CriticConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.export import SLICED_MODEL_KIND, input_layout
 from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
-from deepiot.schedules import ScheduleConfig
 from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
 from deepiot.utils import (
     ConfigError,

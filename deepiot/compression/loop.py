@@ -5,7 +5,7 @@
      probabilities); every `eval_every` iterations the current pruned structure (p ≥ τ kept, p < τ removed:
      hard 0/1 masks, exactly what is exported) is validated and the stop rules are checked: target met,
      kept set unchanged for `patience` evaluations once τ is at its limit ("converged"), or max iterations;
-  2. slicing: the kept set is final (fitted to the budgets, see `deepiot.budget`); `slice_model` builds the
+  2. slicing: the kept set is final (fitted to the budgets, see `deepiot.compression.budget`); `slice_model` builds the
      physically smaller model, checked to compute exactly what the masked critic computes;
   3. fine-tuning: the sliced model trains with the shared recipe (`deepiot.finetune`: cosine learning rate,
      distillation from the original, best-validation weights); its test accuracy is measured.
@@ -34,10 +34,17 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from deepiot.budget import BUDGET_PRESSURES, BudgetController, budgets_of, cost_ratios, fit_to_budget
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
-from deepiot.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
-from deepiot.critic import Baseline, CriticConfig, Reward, build_baselines, structure_features
+from deepiot.compression.budget import (
+    BUDGET_PRESSURES,
+    BudgetController,
+    budgets_of,
+    cost_ratios,
+    fit_to_budget,
+)
+from deepiot.compression.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
+from deepiot.compression.reward import Baseline, CriticConfig, Reward, build_baselines, structure_features
+from deepiot.compression.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
 from deepiot.finetune import FinetuneConfig, FinetuneResult, distillation_loss, finetune
 from deepiot.runtime import (
     BatchStream,
@@ -48,7 +55,6 @@ from deepiot.runtime import (
     predict_logits,
     resolve_device,
 )
-from deepiot.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
 from deepiot.utils import DIVERGED_LOSS, ConfigError, describe_differences
 
@@ -80,7 +86,9 @@ class LoopConfig:
     patience: int = 5
     warmup_iterations: int = 0  # Algorithm 1, phase 1: compressor-only iterations, critic frozen, τ = 0
     budget_lr: float = 0.05  # dual-ascent step of the budget prices λ (0: fixed λ = 0, targets only stop)
-    budget_pressure: str = "elasticity"  # "elasticity" | "marginal" (see deepiot.budget.BudgetController)
+    budget_pressure: str = (
+        "elasticity"  # "elasticity" | "marginal" (see deepiot.compression.budget.BudgetController)
+    )
     fit_to_budget: bool = True
     # after the run, also fine-tune the L1-magnitude choice at the same per-group counts (same recipe, same
     # steps) and report both: how the search compares with the simplest baseline at the same size
