@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from deepiot.checks import check_classifier, check_labelled_data
-from deepiot.compression.loop import CompressionConfig, CompressionResult, compress_model
+from deepiot.compression import CompressionConfig, CompressionResult, compress_model
 from deepiot.compression.schedules import ScheduleConfig
 from deepiot.cost.latency import eval_mode
 from deepiot.export import PLAN_NAME, export_model

@@ -21,13 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepiot.compression.loop import (
-    CompressionConfig,
-    LoopConfig,
-    build_parts,
-    compressor_critic_step,
-    fresh_state,
-)
+from deepiot.compression import CompressionConfig, LoopConfig
+from deepiot.compression.step import build_parts, compressor_critic_step, fresh_state
 from deepiot.models import DeepSense, LeNet5, LeNet300, LSTMClassifier
 from deepiot.structure import Structure
 

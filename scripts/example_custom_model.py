@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 import deepiot
-from deepiot.compression.loop import CompressionConfig, LoopConfig
+from deepiot.compression import CompressionConfig, LoopConfig
 from deepiot.compression.schedules import ScheduleConfig
 from deepiot.data import load_hapt_activity
 from deepiot.finetune import FinetuneConfig

@@ -27,7 +27,7 @@ from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.cli import CONFIG_DIR, compose_config, reported_errors
 from deepiot.cli.compress import run_compress
 from deepiot.cli.export import run_export
-from deepiot.compression.loop import STATE_FILE
+from deepiot.compression import STATE_FILE
 from deepiot.models import build_model
 from deepiot.structure import SlicingPlan, Structure
 from deepiot.train import train

@@ -30,7 +30,7 @@ import deepiot.structure.plan
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import CheckpointError
 from deepiot.checks import ModelCheckError
-from deepiot.compression.loop import CompressionConfig, LoopConfig
+from deepiot.compression import CompressionConfig, LoopConfig
 from deepiot.data import DatasetBundle
 from deepiot.export import ExportError, export_model
 from deepiot.finetune import FinetuneConfig

@@ -6,18 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deepiot.compression import CompressionConfig, LoopConfig, compress_model
 from deepiot.compression.budget import BudgetController, cost_ratios, fit_to_budget
 from deepiot.compression.compressor import MaskDistribution
-from deepiot.compression.loop import (
-    CompressionConfig,
-    LoopConfig,
-    build_parts,
-    compress_model,
-    compressor_critic_step,
-    fresh_state,
-)
 from deepiot.compression.reward import CriticConfig
 from deepiot.compression.schedules import ScheduleConfig
+from deepiot.compression.step import build_parts, compressor_critic_step, fresh_state
 from deepiot.finetune import FinetuneConfig, distillation_loss, finetune
 from deepiot.models import LeNet300
 from deepiot.runtime import BatchStream, accuracy

@@ -14,8 +14,8 @@ import torch
 
 import deepiot
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
+from deepiot.compression import STATE_FILE, CompressionConfig, LoopConfig, compress_model
 from deepiot.compression.compressor import Compressor, MaskDistribution
-from deepiot.compression.loop import STATE_FILE, CompressionConfig, LoopConfig, compress_model
 from deepiot.compression.reward import Reward, build_baselines, structure_features
 from deepiot.runtime import BatchStream, model_device, resolve_device
 from deepiot.structure import Structure, slice_model

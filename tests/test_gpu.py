@@ -11,8 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import compose_config
 from deepiot.cli.compress import FINETUNED_MODEL, run_compress
-from deepiot.compression import loop
-from deepiot.compression.loop import STATE_FILE, CompressionConfig, LoopConfig, compress_model
+from deepiot.compression import STATE_FILE, CompressionConfig, LoopConfig, compress_model, loop
 from deepiot.export import load_sliced_model
 from deepiot.finetune import FinetuneConfig
 from deepiot.runtime import model_device

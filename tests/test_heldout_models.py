@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from deepiot.api import OutputOptions, compress
-from deepiot.compression.loop import CompressionConfig, LoopConfig
+from deepiot.compression import CompressionConfig, LoopConfig
 from deepiot.compression.schedules import ScheduleConfig
 from deepiot.cost.counter import measure_cost
 from deepiot.export import TOLERANCE

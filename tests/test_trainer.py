@@ -14,20 +14,13 @@ from torch.utils.data import TensorDataset
 import deepiot.compression.loop as loop
 from deepiot.api import compress
 from deepiot.checkpoint import load_checkpoint
-from deepiot.compression.loop import (
-    STATE_FILE,
-    CompressionConfig,
-    CompressionError,
-    LoopConfig,
-    build_parts,
-    compress_model,
-    compressor_critic_step,
-    fresh_state,
-)
+from deepiot.compression import STATE_FILE, CompressionConfig, LoopConfig, compress_model
 from deepiot.compression.reward import CriticConfig
 from deepiot.compression.schedules import ScheduleConfig
+from deepiot.compression.step import build_parts, compressor_critic_step, fresh_state
 from deepiot.finetune import FinetuneConfig
 from deepiot.models import LeNet300
+from deepiot.runtime import CompressionError
 from deepiot.structure import SlicingPlan, Structure, build_sliced_model
 
 

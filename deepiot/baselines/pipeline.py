@@ -22,10 +22,10 @@ from torch.utils.data import Dataset
 
 from deepiot.api import OutputOptions, save_outputs
 from deepiot.baselines import reference, selection, unstructured
-from deepiot.compression import loop
-from deepiot.compression.loop import CompressionResult
+from deepiot.compression import CompressionResult, slice_checked
 from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.report import build_report, write_report
+from deepiot.runtime import accuracy, dataset_tensors
 from deepiot.structure import SlicingPlan, Structure
 
 METHODS = ("magnitude", "random", "torch_pruning", "unstructured")
@@ -109,9 +109,9 @@ class Splits(NamedTuple):
     def of(cls, train_data: Dataset, val_data: Dataset, test_data: Dataset | None) -> Splits:
         """Tensors of the datasets; the test split defaults to the validation split."""
         return cls(
-            loop.dataset_tensors(train_data, "train"),
-            loop.dataset_tensors(val_data, "val"),
-            loop.dataset_tensors(val_data if test_data is None else test_data, "test"),
+            dataset_tensors(train_data, "train"),
+            dataset_tensors(val_data, "val"),
+            dataset_tensors(val_data if test_data is None else test_data, "test"),
         )
 
 
@@ -220,7 +220,7 @@ def structured_choice(
             if method == "magnitude"
             else selection.random_at_counts(structure, counts, seed)
         )
-    sliced, difference = loop.slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
+    sliced, difference = slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
     details["sliced_vs_masked_max_abs_diff"] = difference
     return Choice(sliced, kept, None, details)
 
@@ -261,10 +261,10 @@ def method_report(
         "kept_counts": selection.counts_of(kept),
         "kept": {name: list(indices) for name, indices in kept.items()},
         "accuracy": {
-            "original_val": loop.accuracy(original, *splits.val, batch),
-            "original_test": loop.accuracy(original, *splits.test, batch),
+            "original_val": accuracy(original, *splits.val, batch),
+            "original_test": accuracy(original, *splits.test, batch),
             "compressed_val": tuned.best_val_accuracy,
-            "compressed_test": loop.accuracy(tuned.model, *splits.test, batch),
+            "compressed_test": accuracy(tuned.model, *splits.test, batch),
         },
         "wall_time_s": wall_time_s,
         "sliced_vs_masked_max_abs_diff": 0.0,

@@ -24,7 +24,7 @@ from deepiot.api import OutputOptions, compress
 from deepiot.baselines.pipeline import prune
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR
-from deepiot.compression import loop
+from deepiot.compression import CompressionResult
 from deepiot.finetune import FinetuneConfig
 from deepiot.train import ensure_trained, load_bundle, show_progress
 from deepiot.utils import ConfigError
@@ -89,7 +89,7 @@ def run_deepiot(
     recipe: FinetuneConfig | None,
     out_dir: Path,
     outputs: OutputOptions,
-) -> loop.CompressionResult:
+) -> CompressionResult:
     """DeepIoT's budget-driven search with the budget as its target, then its fine-tuning of the sliced model
     with `recipe` (the shared one; None keeps the compress config's own `finetune` group)."""
     from deepiot.cli.compress import compression_config  # deferred: the CLI module imports Hydra's main

@@ -24,16 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, reported_errors
+from deepiot.compression import STATE_FILE, CompressionConfig, CompressionResult, LoopConfig
 from deepiot.compression.compressor import CompressorConfig
-from deepiot.compression.loop import (
-    STATE_FILE,
-    CompressionConfig,
-    CompressionResult,
-    LoopConfig,
-    read_saved_state,
-)
 from deepiot.compression.reward import CriticConfig
 from deepiot.compression.schedules import ScheduleConfig
+from deepiot.compression.state import read_saved_state
 from deepiot.export import SLICED_MODEL_KIND, input_layout
 from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON

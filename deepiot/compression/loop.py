@@ -1,153 +1,70 @@
 """The DeepIoT compressor-critic loop (DESIGN §2), then fine-tuning, physical slicing and a test of the result.
 
-`compress_model(model, train, val, test, config)` runs, in order:
-  1. compression: `compressor_critic_step` every iteration (critic step, compressor step, store
-     probabilities); every `eval_every` iterations the current pruned structure (p ≥ τ kept, p < τ removed:
-     hard 0/1 masks, exactly what is exported) is validated and the stop rules are checked: target met,
-     kept set unchanged for `patience` evaluations once τ is at its limit ("converged"), or max iterations;
-  2. slicing: the kept set is final (fitted to the budgets, see `deepiot.compression.budget`); `slice_model` builds the
-     physically smaller model, checked to compute exactly what the masked critic computes;
+`compress_model(model, train, val, test, config)` runs, in order (the phases compress → finetune):
+  1. compression: `compressor_critic_step` (`deepiot.compression.step`) every iteration; every `eval_every`
+     iterations the current pruned structure (p ≥ τ kept, p < τ removed: hard 0/1 masks, exactly what is
+     exported) is validated and the stop rules are checked: target met, kept set unchanged for `patience`
+     evaluations once τ is at its limit ("converged"), or max iterations;
+  2. slicing: the kept set is final (fitted to the budgets, see `deepiot.compression.budget`); `slice_model`
+     builds the physically smaller model, checked to compute exactly what the masked critic computes;
   3. fine-tuning: the sliced model trains with the shared recipe (`deepiot.finetune`: cosine learning rate,
      distillation from the original, best-validation weights); its test accuracy is measured.
-With a `run_dir`, the loop state is written atomically to `<run_dir>/compress_state.pt` at every evaluation
-and the fine-tuning state to `<run_dir>/finetune_state.pt`; rerunning the same call resumes from them (same
-seed → same result as an uninterrupted run).
+With a `run_dir`, the loop state (`deepiot.compression.state`) is written atomically to
+`<run_dir>/compress_state.pt` at every evaluation and the fine-tuning state to `<run_dir>/finetune_state.pt`;
+rerunning the same call resumes from them (same seed → same result as an uninterrupted run).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
-import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from deepiot.checkpoint import load_checkpoint, save_checkpoint
-from deepiot.compression.budget import (
-    BUDGET_PRESSURES,
-    BudgetController,
-    budgets_of,
-    cost_ratios,
-    fit_to_budget,
+from deepiot.checkpoint import save_checkpoint
+from deepiot.compression.budget import cost_ratios, fit_to_budget
+from deepiot.compression.config import CompressionConfig, LoopConfig
+from deepiot.compression.state import (
+    FINETUNE_STATE_FILE,
+    MAGNITUDE_STATE_FILE,
+    STATE_FILE,
+    read_saved_state,
+    restore,
+    state_payload,
 )
-from deepiot.compression.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
-from deepiot.compression.reward import Baseline, CriticConfig, Reward, build_baselines, structure_features
-from deepiot.compression.schedules import ScheduleConfig, ThresholdSchedule, build_schedule
-from deepiot.finetune import FinetuneConfig, FinetuneResult, distillation_loss, finetune
+from deepiot.compression.step import (
+    LoopParts,
+    LoopState,
+    StepStats,
+    build_parts,
+    check_not_diverged,
+    compressor_critic_step,
+    fresh_state,
+    schedule_iteration,
+)
+from deepiot.finetune import FinetuneResult, finetune
 from deepiot.runtime import (
-    BatchStream,
     CompressionError,
     accuracy,
     dataset_tensors,
     model_device,
-    predict_logits,
     resolve_device,
 )
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
-from deepiot.utils import DIVERGED_LOSS, ConfigError, describe_differences
+from deepiot.utils import ConfigError
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "compress_state.pt"
-FINETUNE_STATE_FILE = "finetune_state.pt"
-MAGNITUDE_STATE_FILE = "magnitude_finetune_state.pt"  # compare_magnitude's fine-tuning
 SLICED_TOLERANCE = 1e-4  # max |sliced − masked| logit difference accepted (float32 reassociation only)
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """Loop settings. Targets are fractions of the original left (e.g. 0.07 = 7% of the parameters).
-
-    Stop rule (checked every `eval_every` iterations): every set size target met and validation accuracy ≥ the
-    floor, where the floor is the higher of `min_val_accuracy` and original − `max_accuracy_drop` (unset parts
-    are ignored); or the kept set unchanged for `patience` evaluations once τ is at its limit; or
-    `max_iterations`. Then the sliced model is fine-tuned (`CompressionConfig.finetune`).
-    """
-
-    max_iterations: int = 2000
-    batch_size: int = 64
-    eval_every: int = 200
-    target_params: float | None = None
-    target_macs: float | None = None
-    min_val_accuracy: float | None = None
-    max_accuracy_drop: float | None = None
-    patience: int = 5
-    warmup_iterations: int = 0  # Algorithm 1, phase 1: compressor-only iterations, critic frozen, τ = 0
-    budget_lr: float = 0.05  # dual-ascent step of the budget prices λ (0: fixed λ = 0, targets only stop)
-    budget_pressure: str = (
-        "elasticity"  # "elasticity" | "marginal" (see deepiot.compression.budget.BudgetController)
-    )
-    fit_to_budget: bool = True
-    # after the run, also fine-tune the L1-magnitude choice at the same per-group counts (same recipe, same
-    # steps) and report both: how the search compares with the simplest baseline at the same size
-    compare_magnitude: bool = False  # after the search, fit the kept set to the targets by keep probability
-    eval_batch_size: int = 512
-    log_every: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("warmup_iterations", "seed"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise ValueError(f"compress.{name} must be an integer, got {getattr(self, name)!r}.")
-        for name in (
-            "max_iterations",
-            "batch_size",
-            "eval_every",
-            "patience",
-            "eval_batch_size",
-            "log_every",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"compress.{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.warmup_iterations < 0 or not self.budget_lr >= 0:
-            raise ValueError(
-                f"compress.warmup_iterations and compress.budget_lr must be >= 0, got {self.warmup_iterations} "
-                f"and {self.budget_lr}."
-            )
-        if self.budget_pressure not in BUDGET_PRESSURES:
-            raise ValueError(
-                f"compress.budget_pressure must be one of {BUDGET_PRESSURES}, got {self.budget_pressure!r}."
-            )
-        if self.seed < 0:
-            raise ValueError(f"compress.seed must be >= 0, got {self.seed}.")
-        for name in ("target_params", "target_macs"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value <= 1.0:
-                raise ValueError(
-                    f"compress.{name} is a fraction of the original left and must be in (0, 1], got {value}."
-                )
-        for name in ("min_val_accuracy", "max_accuracy_drop"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"compress.{name} must be in [0, 1], got {value}.")
-
-
-@dataclass(frozen=True)
-class CompressionConfig:
-    """Everything that decides what a compression computes (compared before resuming a run)."""
-
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    compressor: CompressorConfig = field(default_factory=CompressorConfig)
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-like dict (tuples as lists), as stored in the checkpoint."""
-        return json.loads(json.dumps(asdict(self)))
 
 
 class CompressionResult(NamedTuple):
@@ -156,155 +73,6 @@ class CompressionResult(NamedTuple):
     sliced_model: nn.Module
     plan: SlicingPlan
     report: dict[str, Any]
-
-
-class StepStats(NamedTuple):
-    """What one compressor-critic iteration measured (for logs; `grad_var` only when asked)."""
-
-    tau: float
-    critic_loss: float
-    compressor_loss: float
-    reward_mean: float
-    baseline: float
-    advantage_var: float
-    entropy: float
-    grad_var: dict[str, float]
-    expected_cost: dict[str, float]  # E[cost ratio] under the sampling probabilities, per budget
-    prices: dict[str, float]  # the budgets' λ after this iteration
-
-
-@dataclass
-class LoopParts:
-    """The objects the loop drives; built once per session, their state is what the checkpoint saves."""
-
-    config: CompressionConfig
-    structure: Structure
-    critic: nn.Module  # the model being compressed (trained in place; a copy of the caller's model)
-    network: MaskedNetwork
-    compressor: Compressor
-    critic_optimizer: torch.optim.Optimizer
-    compressor_optimizer: torch.optim.Optimizer
-    baselines: dict[str, Baseline]
-    reward: Reward
-    budget: BudgetController
-    schedule: ThresholdSchedule
-    batches: BatchStream
-    mask_generator: torch.Generator  # on `device`: the mask stream is reproducible per device
-    soft_targets: Tensor | None = None  # the original's logits of every training sample, when distilling
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where every tensor lives
-
-
-@dataclass
-class LoopState:
-    """Where the loop stands; saved with the parts' state at every evaluation."""
-
-    keep_logits: dict[str, Tensor]  # step 3's stored probabilities (as logits) for the next critic step
-    iteration: int = 0
-    phase: str = "compress"  # "compress" → "finetune" (the kept set is final)
-    unchanged_evaluations: int = 0
-    kept: dict[str, list[int]] = field(default_factory=dict)  # kept set at the last evaluation
-    stop_reason: str = ""
-    original: dict[str, float] = field(default_factory=dict)  # original val/test accuracy
-    history: list[dict[str, float]] = field(default_factory=list)
-    wall_time_s: dict[str, float] = field(default_factory=lambda: {"compress": 0.0, "finetune": 0.0})
-
-
-# ---------------------------------------------------------------------------------------------- the algorithm
-
-
-def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance: bool = False) -> StepStats:
-    """One DeepIoT iteration (DESIGN §2, steps 1–3), at threshold τ of the current iteration.
-
-    During the warm-up (Algorithm 1, phase 1: the first `warmup_iterations`) step 1 is skipped: the critic is
-    frozen, τ stays 0 and the budget prices stay where they are; only the compressor learns.
-    """
-    warming_up = state.iteration < parts.config.loop.warmup_iterations
-    tau = threshold(parts, state.iteration)
-    decay = parts.config.schedule.decay
-    batch_size = parts.config.loop.batch_size
-
-    # 1. Critic step: masks from the stored, threshold-decayed keep probabilities (p < τ → γ·p); one optimizer
-    #    step of the critic (the model, through its masks) on the task loss (optionally distilled from the
-    #    original's logits).
-    critic_loss = torch.tensor(math.nan, device=parts.device)
-    if not warming_up:
-        indices = parts.batches.next_indices()
-        inputs, labels = parts.batches.inputs[indices], parts.batches.labels[indices]
-        masks = MaskDistribution(state.keep_logits, tau, decay).sample(batch_size, parts.mask_generator)
-        parts.network.train()
-        critic_loss = distillation_loss(
-            parts.network(inputs, masks),
-            None if parts.soft_targets is None else parts.soft_targets[indices],
-            labels,
-            parts.config.critic.distill_weight,
-            parts.config.critic.temperature,
-        )
-        check_finite("critic loss", critic_loss, state, tau)
-        parts.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        parts.critic_optimizer.step()
-
-    # 2. Compressor step: the compressor re-reads the critic's (just updated) weights; on a fresh batch with
-    #    fresh masks z_i ~ Bernoulli(p'), the critic judges each structure (reward r_i = −ℓ_i − λ·cost ratio)
-    #    and REINFORCE follows mean_i[adv_i · Σ_groups Σ_j log P(z_ij | p'_j)], adv_i = (r_i − b)/max(1, s);
-    #    the budgets add Σ_k λ_k · E[cost_k ratio](p'), whose gradient is exact (no sampling noise).
-    inputs, labels = parts.batches.next()
-    distribution = MaskDistribution(parts.compressor(weight_matrices(parts)), tau, decay)
-    masks = distribution.sample(batch_size, parts.mask_generator)
-    parts.network.eval()
-    with torch.no_grad():
-        losses = F.cross_entropy(parts.network(inputs, masks), labels, reduction="none")  # [N]
-    rewards = parts.reward(losses, masks)
-    features = structure_features(masks, rewards.cost_ratio)  # [N, G + 1]
-    # every baseline sees every batch (so the unused one stays trained); the configured one drives the update
-    advantages = {
-        name: baseline.advantages(rewards.reward, features) for name, baseline in parts.baselines.items()
-    }
-    baseline = parts.baselines[parts.config.critic.baseline]
-    advantage = advantages[parts.config.critic.baseline]  # [N]
-    # the learned critic depends on z, so its correction term keeps the estimate unbiased (0 for the EMA)
-    control_variate = baseline.control_variate(distribution.keep_probs, parts.reward)
-    budget_penalty, expected_cost = parts.budget.penalty(distribution.keep_probs)
-    compressor_loss = -(advantage * distribution.log_prob(masks)).mean() - control_variate + budget_penalty
-    check_finite("compressor loss", compressor_loss, state, tau)
-    parts.compressor_optimizer.zero_grad(set_to_none=True)
-    compressor_loss.backward()
-    parts.compressor_optimizer.step()
-    if not warming_up:
-        parts.budget.update(expected_cost)  # dual ascent: a budget still exceeded raises its price
-
-    # 3. Store the new probabilities (from the updated compressor) for the next iteration's sampling.
-    with torch.no_grad():
-        state.keep_logits = parts.compressor(weight_matrices(parts))
-
-    grad_var = {}
-    if measure_variance:
-        grad_var = {
-            name: score_variance(distribution.logits, tau, decay, masks, values)
-            for name, values in advantages.items()
-        }
-    return StepStats(
-        tau=tau,
-        critic_loss=float(critic_loss.detach()),
-        compressor_loss=float(compressor_loss.detach()),
-        reward_mean=float(rewards.reward.mean()),
-        baseline=baseline.value,
-        advantage_var=float(advantage.var()),
-        entropy=float(distribution.entropy().detach()),
-        grad_var=grad_var,
-        expected_cost=expected_cost,
-        prices=dict(parts.budget.prices),
-    )
-
-
-def threshold(parts: LoopParts, iteration: int) -> float:
-    """τ at `iteration`: 0 during the warm-up, then the schedule's, counted from the end of the warm-up."""
-    return parts.schedule(schedule_iteration(parts, iteration))
-
-
-def schedule_iteration(parts: LoopParts, iteration: int) -> int:
-    """Iterations of joint compression so far (the schedule's clock; the warm-up does not count)."""
-    return max(0, iteration - parts.config.loop.warmup_iterations)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -640,64 +408,6 @@ def compression_result(
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def build_parts(
-    critic: nn.Module,
-    structure: Structure,
-    train: tuple[Tensor, Tensor],
-    config: CompressionConfig,
-    device: torch.device | None = None,
-) -> LoopParts:
-    """Create compressor, optimizers, baselines, reward, schedule and random streams for `critic`, on
-    `device` (default: the critic's); modules are initialised on the CPU, then moved (same start anywhere)."""
-    device = model_device(critic) if device is None else device
-    torch.manual_seed(config.loop.seed)
-    compressor = Compressor.for_structure(structure, critic, config.compressor).to(device)
-    critic_config = config.critic
-    soft_targets = None  # built before any training or restore, so from the original's weights
-    if critic_config.distill_weight > 0:
-        soft_targets = predict_logits(critic, train[0], config.loop.eval_batch_size)
-    return LoopParts(
-        config=config,
-        structure=structure,
-        critic=critic,
-        network=MaskedNetwork(critic, structure),
-        compressor=compressor,
-        critic_optimizer=torch.optim.Adam(
-            critic.parameters(),
-            lr=critic_config.lr,
-            betas=critic_config.betas,
-            weight_decay=critic_config.weight_decay,
-        ),
-        compressor_optimizer=torch.optim.RMSprop(compressor.parameters(), lr=config.compressor.lr),
-        baselines=build_baselines(critic_config, len(structure.groups), device),
-        reward=Reward(structure, critic_config.cost, critic_config.lam),
-        budget=BudgetController(
-            structure, budgets_of(asdict(config.loop)), config.loop.budget_lr, config.loop.budget_pressure
-        ),
-        schedule=build_schedule(config.schedule),
-        batches=BatchStream(*train, config.loop.batch_size, seed=config.loop.seed),
-        mask_generator=torch.Generator(device=device).manual_seed(config.loop.seed + 1),
-        soft_targets=soft_targets,
-        device=device,
-    )
-
-
-def fresh_state(parts: LoopParts) -> LoopState:
-    """Initial state: the compressor's first probabilities (≈ 0.8 conv/linear, 0.5 rnn) and the full kept set."""
-    with torch.no_grad():
-        keep_logits = parts.compressor(weight_matrices(parts))
-    kept = {group.name: list(range(group.size)) for group in parts.structure.groups}
-    return LoopState(keep_logits=keep_logits, kept=kept)
-
-
-def weight_matrices(parts: LoopParts) -> dict[str, Tensor]:
-    """The critic's current weight matrix of every group, [rows, size] each (re-read every step)."""
-    return {
-        group.name: parts.structure.weight_matrix(parts.critic, group.name)
-        for group in parts.structure.groups
-    }
-
-
 def kept_indices(keep_logits: Mapping[str, Tensor], tau: float) -> dict[str, list[int]]:
     """Elements with p ≥ τ per group; a group never loses its most probable element (a layer of width 0
     would cut the network)."""
@@ -712,36 +422,6 @@ def ratio_record(structure: Structure, kept: Mapping[str, list[int]]) -> dict[st
     """Parameters and MACs left, as fractions of the original ({'params_ratio': …, 'macs_ratio': …})."""
     ratios = cost_ratios(structure, kept)
     return {f"{name}_ratio": ratios[name] for name in ("params", "macs")}
-
-
-def check_finite(what: str, value: Tensor, state: LoopState, tau: float) -> None:
-    """Stop with a clear message when a loss is NaN/inf (the last checkpoint on disk stays untouched)."""
-    if not torch.isfinite(value):
-        raise CompressionError(
-            f"the {what} became {float(value.detach())} at iteration {state.iteration} (phase {state.phase}, "
-            f"τ={tau:.3f}); expected a finite loss. {last_saved_state(state)} Lower critic.lr or compressor.lr, or "
-            "check the data for NaN/inf values."
-        )
-
-
-def check_not_diverged(what: str, loss: float, state: LoopState, tau: float) -> None:
-    """Stop where a cross-entropy explodes without becoming NaN, instead of finishing on a broken model."""
-    if loss > DIVERGED_LOSS:
-        raise CompressionError(
-            f"compression diverged: the {what} is {loss:.3g} at iteration {state.iteration} (phase {state.phase}, "
-            f"τ={tau:.3f}); expected a cross-entropy below {DIVERGED_LOSS:g} (chance level is ln(classes)). "
-            f"{last_saved_state(state)} Lower critic.lr or compressor.lr and start over in a fresh output folder."
-        )
-
-
-def last_saved_state(state: LoopState) -> str:
-    """Where a stopped run can be picked up: the last evaluation's state, written only when a run_dir was given."""
-    if not state.history:
-        return "No state was saved yet (the first one is written at the first evaluation)."
-    last = state.history[-1]["iteration"]
-    return (
-        f"The last good state (iteration {last}) was written at the last evaluation, if a run_dir was given."
-    )
 
 
 def hyperparameter_table(config: Mapping[str, Any]) -> str:
@@ -789,64 +469,3 @@ def log_evaluation(
     for group in parts.structure.groups:
         writer.add_scalar(f"structure/kept/{group.name}", len(state.kept[group.name]) / group.size, step)
         writer.add_histogram(f"keep_prob/{group.name}", torch.sigmoid(state.keep_logits[group.name]), step)
-
-
-# ---------------------------------------------------------------------------------------------- save / resume
-
-
-def state_payload(parts: LoopParts, state: LoopState) -> dict[str, Any]:
-    """The whole loop as a "compression_state" checkpoint (tensors and plain containers only)."""
-    return {
-        "kind": "compression_state",
-        "config": parts.config.to_dict(),
-        "state_dict": parts.critic.state_dict(),
-        "compressor": parts.compressor.state_dict(),
-        "critic_optimizer": parts.critic_optimizer.state_dict(),
-        "compressor_optimizer": parts.compressor_optimizer.state_dict(),
-        "baselines": {name: baseline.state_dict() for name, baseline in parts.baselines.items()},
-        "budget": parts.budget.state_dict(),
-        "schedule": parts.schedule.state_dict(),
-        "batches": parts.batches.state_dict(),
-        "mask_generator": parts.mask_generator.get_state(),
-        "device": parts.device.type,  # the mask stream's generator state fits only this device type
-        "loop": asdict(state),
-        "metrics": {key: float(value) for key, value in (state.history[-1] if state.history else {}).items()},
-    }
-
-
-def read_saved_state(path: Path, config: CompressionConfig) -> dict[str, Any] | None:
-    """The saved loop state at `path`, if any; ConfigError when it was written with another config."""
-    if not path.is_file():
-        return None
-    saved = load_checkpoint(path, kind="compression_state")
-    if saved["config"] != config.to_dict():
-        raise ConfigError(
-            f"cannot resume from {path}: it was written with another compression config "
-            f"({describe_differences(saved['config'], config.to_dict())}). Expected the same settings as the run "
-            "that wrote it: use another output folder (name=... or hydra.run.dir=...) or delete that folder."
-        )
-    return saved
-
-
-def restore(parts: LoopParts, saved: Mapping[str, Any]) -> LoopState:
-    """Load every part's state from a checkpoint; returns the loop state it recorded."""
-    saved_device = saved.get("device", "cpu")
-    if saved_device != parts.device.type:
-        raise ValueError(
-            f"cannot resume on {parts.device}: this compression state was written on a {saved_device} device "
-            "(random streams differ per device). Resume it with device=" + saved_device + ", or use another "
-            "output folder."
-        )
-    parts.critic.load_state_dict(saved["state_dict"])
-    parts.compressor.load_state_dict(saved["compressor"])
-    parts.critic_optimizer.load_state_dict(saved["critic_optimizer"])
-    parts.compressor_optimizer.load_state_dict(saved["compressor_optimizer"])
-    for name, baseline in parts.baselines.items():
-        baseline.load_state_dict(saved["baselines"][name])
-    parts.budget.load_state_dict(saved["budget"])
-    parts.schedule.load_state_dict(saved["schedule"])
-    parts.batches.load_state_dict(saved["batches"])
-    parts.mask_generator.set_state(saved["mask_generator"])
-    state = LoopState(**saved["loop"])
-    state.keep_logits = {name: logits.to(parts.device) for name, logits in state.keep_logits.items()}
-    return state
