@@ -27,7 +27,7 @@ from deepiot.cli import CONFIG_DIR
 from deepiot.compression import CompressionResult
 from deepiot.finetune import FinetuneConfig
 from deepiot.train import ensure_trained, load_bundle, show_progress
-from deepiot.utils import ConfigError
+from deepiot.utils import ConfigError, config_to_dataclass
 
 RECIPES = ("equal", "best")
 
@@ -50,10 +50,7 @@ def finetune_config(cfg: DictConfig) -> FinetuneConfig | None:
         if changes is None:
             return None
         values.update(changes)
-    try:
-        return FinetuneConfig(**values)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid fine-tuning config: {err}") from err
+    return config_to_dataclass(FinetuneConfig, values, "finetune")
 
 
 def run_baseline(cfg: DictConfig) -> dict[str, Any]:

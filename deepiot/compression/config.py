@@ -4,6 +4,8 @@ config group: compress, compressor, critic, schedule, finetune), compared before
 from __future__ import annotations
 
 import json
+import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,6 +14,16 @@ from deepiot.compression.compressor import CompressorConfig
 from deepiot.compression.reward import CriticConfig
 from deepiot.compression.schedules import ScheduleConfig
 from deepiot.finetune import FinetuneConfig
+from deepiot.utils import config_to_dataclass
+
+# The config group (configs/<group>/*.yaml) that fills each field of CompressionConfig.
+CONFIG_GROUPS = {
+    "loop": "compress",
+    "compressor": "compressor",
+    "critic": "critic",
+    "schedule": "schedule",
+    "finetune": "finetune",
+}
 
 
 @dataclass(frozen=True)
@@ -96,3 +108,15 @@ class CompressionConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (tuples as lists), as stored in the checkpoint."""
         return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_groups(cls, groups: Mapping[str, Mapping[str, Any]]) -> CompressionConfig:
+        """The settings from plain config groups ({"compress": {...}, "critic": {...}, ...}, see CONFIG_GROUPS),
+        each filled into its dataclass by `config_to_dataclass`; ConfigError names an unknown key or bad value."""
+        hints = typing.get_type_hints(cls)
+        return cls(
+            **{
+                name: config_to_dataclass(hints[name], groups[group], group)
+                for name, group in CONFIG_GROUPS.items()
+            }
+        )
