@@ -29,7 +29,7 @@ from deepiot.checkpoint import load_trained_model
 from deepiot.checks import ModelCheckError, check_classifier
 from deepiot.compression.reward import COST_FUNCTIONS, Reward
 from deepiot.data import DatasetBundle, loaders_by_name
-from deepiot.export import PLAN_NAME, ExportResult, export_model, input_layout
+from deepiot.export import PLAN_NAME, ExportResult, export_model, manifest_entries
 from deepiot.models import build_model
 from deepiot.runtime import dataset_tensors, evaluate, resolve_device
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
@@ -349,21 +349,14 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
             )
 
     def _manifest_entries(self) -> dict[str, Any]:
-        bundle = self.bundle
-        return {
-            "input_layout": input_layout(bundle.input_shape, bundle.channel_axis),
-            "normalization": {**bundle.normalization, "channel_axis": bundle.channel_axis},
-            "class_names": list(bundle.class_names),
-            "dataset": bundle.name,
-            "metrics": {
-                "val_accuracy": self._final_info["accuracy"],
-                "original_val_accuracy": self.original_accuracy,
-                "eval_samples": len(self.eval_labels),
-            },
-            "model_config": json.loads(json.dumps(self.model_config)),
-            "slicing_plan": PLAN_NAME,
-            "source": "deepiot/Compress-v0",
+        metrics = {
+            "val_accuracy": self._final_info["accuracy"],
+            "original_val_accuracy": self.original_accuracy,
+            "eval_samples": len(self.eval_labels),
         }
+        return manifest_entries(
+            self.model_config, metrics, self.bundle.describe(), sliced=True, source="deepiot/Compress-v0"
+        )
 
 
 # ------------------------------------------------------------------------------------------- construction

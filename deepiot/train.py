@@ -584,14 +584,6 @@ def trained_model(
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """The "trained_model" checkpoint (model.pt): weights plus everything needed to rebuild and feed them."""
-    data = {
-        "name": bundle.name,
-        "input_shape": [int(size) for size in bundle.input_shape],
-        "num_classes": int(bundle.num_classes),
-        "class_names": [str(name) for name in bundle.class_names],
-        "normalization": {key: [float(v) for v in values] for key, values in bundle.normalization.items()},
-        "channel_axis": int(bundle.channel_axis),
-    }
     return {
         "kind": "trained_model",
         "model_config": model_config,
@@ -600,5 +592,5 @@ def trained_model(
         "history": progress.history,
         "epoch": progress.epoch,
         "config": config,
-        "data": data,
+        "data": bundle.describe(),
     }

@@ -169,7 +169,7 @@ def finish(
         plan = SlicingPlan.from_structure(structure, dict(outputs.model_config), choice.kept)
     result = CompressionResult(tuned.model, plan, report)
     if out_dir is not None:
-        write_outputs(result, example_inputs, Path(out_dir), outputs.manifest_extra)
+        write_outputs(result, example_inputs, Path(out_dir), outputs)
     return result
 
 
@@ -297,11 +297,11 @@ def method_details(
 
 
 def write_outputs(
-    result: CompressionResult, example_inputs: Tensor, out_dir: Path, manifest_extra: Mapping[str, Any]
+    result: CompressionResult, example_inputs: Tensor, out_dir: Path, outputs: OutputOptions
 ) -> None:
     """Structured: plan + export + report (as `deepiot.compress` writes them); unstructured: the report only."""
     if result.plan is not None:
-        save_outputs(result, result.report, example_inputs, out_dir, manifest_extra)
+        save_outputs(result, result.report, example_inputs, out_dir, outputs)
     else:
         result.report["files"] = {
             kind: str(path) for kind, path in write_report(result.report, out_dir).items()

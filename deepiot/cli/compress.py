@@ -26,7 +26,7 @@ from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, reported_errors
 from deepiot.compression import STATE_FILE, CompressionConfig, CompressionResult
 from deepiot.compression.state import read_saved_state
-from deepiot.export import SLICED_MODEL_KIND, input_layout
+from deepiot.export import SLICED_MODEL_KIND
 from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
 from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
@@ -146,18 +146,11 @@ def finished_report(out_dir: Path, config: CompressionConfig) -> dict[str, Any] 
 def output_options(cfg: DictConfig, checkpoint: dict[str, Any], original_path: Path) -> OutputOptions:
     """Model description, manifest entries and report entries of a run on the original `checkpoint`
     (shared by deepiot-compress and deepiot-baseline)."""
-    data = checkpoint["data"]
-    description = {
-        "name": cfg.name,
-        "dataset": data["name"],
-        "input_layout": input_layout(data["input_shape"], data["channel_axis"]),
-        "normalization": {**data["normalization"], "channel_axis": data["channel_axis"]},
-        "class_names": data["class_names"],
-        "source_checkpoint": str(original_path),
-    }
     return OutputOptions(
         model_config=checkpoint["model_config"],
-        manifest_extra=description,
+        data=checkpoint["data"],
+        source=str(original_path),
+        manifest_extra={"name": cfg.name},
         report_extra={
             "name": cfg.name,
             "original_training_wall_time_s": checkpoint["metrics"].get("wall_time_s"),
