@@ -134,7 +134,7 @@ def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance:
     }
     baseline = parts.baselines[parts.config.critic.baseline]
     advantage = advantages[parts.config.critic.baseline]  # [N]
-    # the learned critic depends on z, so its correction term keeps the estimate unbiased (0 for the EMA)
+    # the learned baseline depends on z, so its correction term keeps the estimate unbiased (0 for the EMA)
     control_variate = baseline.control_variate(distribution.keep_probs, parts.reward)
     budget_penalty, expected_cost = parts.budget.penalty(distribution.keep_probs)
     compressor_loss = -(advantage * distribution.log_prob(masks)).mean() - control_variate + budget_penalty
