@@ -155,9 +155,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         self.network = MaskedNetwork(self.model, self.structure)
         self.reward_model = Reward(self.structure, cost, lam)
         self.original_state = copy.deepcopy(self.model.state_dict())
-        self.original_accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE)[
-            1
-        ]
+        self.original_accuracy = evaluate(
+            self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE
+        ).accuracy
         self.group_features = self._group_features()  # [G, 6]
         self.action_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(len(OBSERVATION_FIELDS),), dtype=np.float32)
@@ -307,7 +307,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         """Fine-tune under the final hard masks, evaluate, and reward with the shared critic `Reward`."""
         masks = self.structure.masks_from_kept(self._kept, self.device)  # {group: [size]}
         self._finetune(masks)
-        losses, accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE, masks)
+        accuracy, _, losses = evaluate(
+            self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE, masks
+        )
         # each mask [size] → [N, size]: one (identical) structure per evaluated sample
         batch_masks = {name: mask.expand(len(losses), -1) for name, mask in masks.items()}
         judged = self.reward_model(losses, batch_masks)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
-from deepiot.runtime import DEVICE_CHOICES, resolve_device
+from deepiot.runtime import DEVICE_CHOICES, evaluate_loader, resolve_device
 from deepiot.utils import (
     DIVERGED_LOSS,
     ConfigError,
@@ -157,7 +157,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             save_checkpoint(
                 train_state(model, optimizer, scheduler, progress, config), output_dir / "last.pt"
             )
-        test_accuracy, _ = evaluate(model, loaders.test, device, cfg.trainer.limit_batches)
+        test_accuracy = evaluate_loader(model, loaders.test, device, cfg.trainer.limit_batches).accuracy
         writer.add_scalar("charts/test_accuracy", test_accuracy, progress.epoch * steps_per_epoch)
     metrics = final_metrics(model, progress, test_accuracy)
     payload = trained_model(model, model_config, bundle, metrics, progress, config)
@@ -447,7 +447,7 @@ def run_epoch(
     loaders.shuffle_generator.manual_seed(derive_seed(cfg.seed, epoch, 1))
     train_loss = train_one_epoch(model, loaders.train, optimizer, scheduler, cfg.trainer, epoch, writer)
     device = resolve_device(cfg.trainer.device)
-    val_accuracy, val_loss = evaluate(model, loaders.val, device, cfg.trainer.limit_batches)
+    val_accuracy, val_loss, _ = evaluate_loader(model, loaders.val, device, cfg.trainer.limit_batches)
     seconds = time.perf_counter() - started
     record = {
         "epoch": epoch + 1,
@@ -511,22 +511,6 @@ def train_one_epoch(
         bar.update()
     bar.close()
     return epoch_loss / steps
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, limit_batches: int | None
-) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` in eval mode over at most `limit_batches` batches."""
-    model.eval()
-    correct, loss_sum, count = 0, 0.0, 0
-    for inputs, labels in islice(loader, count_batches(loader, limit_batches)):
-        logits = model(inputs.to(device))
-        labels = labels.to(device)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        count += len(labels)
-    return correct / count, loss_sum / count
 
 
 def show_progress(trainer: DictConfig) -> bool:

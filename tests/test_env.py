@@ -130,7 +130,7 @@ def test_sliced_model_matches_the_judged_structure(env: gymnasium.Env) -> None:
     sliced = unwrapped.sliced_model()
     assert sum(parameter.numel() for parameter in sliced.parameters()) == info["params"]
     assert (sliced.fc1.out_features, sliced.fc2.out_features) == (75, 50)
-    _, sliced_accuracy = evaluate(sliced, unwrapped.eval_inputs, unwrapped.eval_labels, EVAL_BATCH_SIZE)
+    sliced_accuracy = evaluate(sliced, unwrapped.eval_inputs, unwrapped.eval_labels, EVAL_BATCH_SIZE).accuracy
     assert sliced_accuracy == info["accuracy"]
     plan = unwrapped.slicing_plan()
     assert {name: len(indices) for name, indices in plan.kept.items()} == info["kept_counts"]

@@ -56,7 +56,7 @@ def restore(parts: LoopParts, saved: Mapping[str, Any]) -> LoopState:
     """Load every part's state from a checkpoint; returns the loop state it recorded."""
     saved_device = saved.get("device", "cpu")
     if saved_device != parts.device.type:
-        raise ValueError(
+        raise ConfigError(
             f"cannot resume on {parts.device}: this compression state was written on a {saved_device} device "
             "(random streams differ per device). Resume it with device=" + saved_device + ", or use another "
             "output folder."
