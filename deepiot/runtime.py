@@ -186,3 +186,9 @@ def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:
     return torch.cat(
         [model(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
     )
+
+
+def hyperparameter_table(settings: Mapping[str, Any]) -> str:
+    """Markdown table of every setting ({"critic.lr": 1e-4, ...}), logged once to TensorBoard (CleanRL style)."""
+    rows = [f"|{key}|{value}|" for key, value in settings.items()]
+    return "|setting|value|\n|-|-|\n" + "\n".join(rows)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
-from deepiot.runtime import DEVICE_CHOICES, evaluate_loader, resolve_device
+from deepiot.runtime import DEVICE_CHOICES, evaluate_loader, hyperparameter_table, resolve_device
 from deepiot.utils import (
     DIVERGED_LOSS,
     ConfigError,
@@ -150,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     progress = restore(saved_state, model, optimizer, scheduler) if saved_state else Progress()
     with SummaryWriter(cfg.paths.tensorboard_dir, purge_step=progress.epoch * steps_per_epoch) as writer:
         if progress.epoch == 0:
-            writer.add_text("hyperparameters", hyperparameter_table(config))
+            writer.add_text("hyperparameters", hyperparameter_table(result_config(config)))
         for epoch in range(progress.epoch, cfg.trainer.epochs):
             progress = run_epoch(model, loaders, optimizer, scheduler, cfg, epoch, progress, writer)
             check_not_diverged(progress, cfg, output_dir / "last.pt")
@@ -518,12 +518,6 @@ def show_progress(trainer: DictConfig) -> bool:
     if trainer.progress_bar == "auto":
         return sys.stderr.isatty() and not os.environ.get("CI")
     return bool(trainer.progress_bar)
-
-
-def hyperparameter_table(config: dict[str, Any]) -> str:
-    """Markdown table of every result-deciding config value, for TensorBoard's text tab."""
-    rows = [f"|{key}|{value}|" for key, value in result_config(config).items()]
-    return "|parameter|value|\n|-|-|\n" + "\n".join(rows)
 
 
 def train_state(

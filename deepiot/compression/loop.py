@@ -56,11 +56,12 @@ from deepiot.runtime import (
     CompressionError,
     accuracy,
     dataset_tensors,
+    hyperparameter_table,
     model_device,
     resolve_device,
 )
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
-from deepiot.utils import ConfigError
+from deepiot.utils import ConfigError, flatten
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def compress_model(
         }
     writer = SummaryWriter(Path(run_dir) / "tensorboard", purge_step=state.iteration) if run_dir else None
     if writer is not None and saved is None:
-        writer.add_text("hyperparameters", hyperparameter_table(config.to_dict()))
+        writer.add_text("hyperparameters", hyperparameter_table(flatten(config.to_dict())))
     validation = (val_inputs, val_labels)
     if state.phase == "compress":
         run_compression(parts, state, validation, writer, state_path, progress)
@@ -422,14 +423,6 @@ def ratio_record(structure: Structure, kept: Mapping[str, list[int]]) -> dict[st
     """Parameters and MACs left, as fractions of the original ({'params_ratio': …, 'macs_ratio': …})."""
     ratios = cost_ratios(structure, kept)
     return {f"{name}_ratio": ratios[name] for name in ("params", "macs")}
-
-
-def hyperparameter_table(config: Mapping[str, Any]) -> str:
-    """Markdown table of every setting, logged once (CleanRL style)."""
-    rows = [
-        f"|{section}.{key}|{value}|" for section, values in config.items() for key, value in values.items()
-    ]
-    return "|setting|value|\n|-|-|\n" + "\n".join(rows)
 
 
 def log_step(writer: SummaryWriter, stats: StepStats, step: int) -> None:
