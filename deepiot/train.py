@@ -42,6 +42,7 @@ from deepiot.utils import (
     ConfigError,
     atomic_write,
     check_call_types,
+    config_to_dataclass,
     derive_seed,
     describe_differences,
     exclusive_lock,
@@ -78,27 +79,59 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-# (dotted key, test, what is expected): checked before any data is loaded.
+# (dotted key, test, what is expected): the root and data settings, checked before any data is loaded.
 CONFIG_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", lambda v: _is_int(v, 0), "an integer >= 0"),
     ("data.batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
     ("data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0"),
-    ("trainer.epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
-    ("trainer.optimizer", lambda v: v in ("adam", "sgd"), "one of: adam, sgd"),
-    ("trainer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
-    ("trainer.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("trainer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    ("trainer.lr_schedule", lambda v: v in ("constant", "cosine", "step"), "one of: constant, cosine, step"),
-    ("trainer.lr_step_epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
-    ("trainer.lr_gamma", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    ("trainer.gradient_clip_norm", lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
-    ("trainer.eval_batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
-    ("trainer.num_threads", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
-    ("trainer.limit_batches", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
-    ("trainer.resume", lambda v: isinstance(v, bool), "true or false"),
-    ("trainer.progress_bar", lambda v: v in (True, False, "auto"), "true, false or auto"),
-    ("trainer.log_every", lambda v: _is_int(v, 1), "an integer >= 1"),
 )
+# (setting, test, what is expected): the ranges of TrainerConfig's settings.
+TRAINER_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("optimizer", lambda v: v in ("adam", "sgd"), "one of: adam, sgd"),
+    ("lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("lr_schedule", lambda v: v in ("constant", "cosine", "step"), "one of: constant, cosine, step"),
+    ("lr_step_epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("lr_gamma", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("gradient_clip_norm", lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    ("eval_batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("num_threads", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    ("limit_batches", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    ("resume", lambda v: isinstance(v, bool), "true or false"),
+    ("progress_bar", lambda v: v in (True, False, "auto"), "true, false or auto"),
+    ("log_every", lambda v: _is_int(v, 1), "an integer >= 1"),
+)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How deepiot-train trains an original (the `trainer` group, configs/trainer/*.yaml): the schema its
+    settings are checked against (unknown keys, types, ranges) before any data is loaded."""
+
+    epochs: int = 4
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # constant | cosine | step
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    gradient_clip_norm: float | None = None
+    eval_batch_size: int = 512
+    device: str = "auto"
+    num_threads: int | None = None
+    limit_batches: int | None = None
+    resume: bool = True
+    progress_bar: bool | str = "auto"  # true | false | auto
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name, is_valid, expected in TRAINER_CHECKS:
+            value = getattr(self, name)
+            if not is_valid(value):
+                raise ValueError(f"trainer.{name}={value!r} is invalid: expected {expected}.")
 
 
 @dataclass
@@ -220,6 +253,7 @@ def check_train_config(cfg: DictConfig) -> None:
                 f"config value {key}={value!r} is invalid: expected {expected}. Fix it in configs/ or override "
                 f"it on the command line ({key}=...)."
             )
+    config_to_dataclass(TrainerConfig, OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
     check_device(cfg.trainer.device)
     check_target_types(cfg, "data.dataset")
     check_target_types(cfg, "model")

@@ -14,7 +14,7 @@ from deepiot.cli.compress import compression_config
 from deepiot.compression import CompressionConfig, CriticConfig
 from deepiot.compression.config import CONFIG_GROUPS
 from deepiot.data import DataError
-from deepiot.train import check_train_config, result_config, train
+from deepiot.train import TrainerConfig, check_train_config, result_config, train
 from deepiot.utils import ConfigError, config_to_dataclass
 
 EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -133,6 +133,23 @@ def test_every_yaml_setting_is_a_dataclass_field_and_every_field_is_set_in_yaml(
     }
     if group == "critic":
         assert built.cost == cfg.cost.name
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_the_trainer_group_is_exactly_trainer_config(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+    assert set(cfg.trainer) == {field.name for field in dataclasses.fields(TrainerConfig)}
+    values = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert dataclasses.asdict(config_to_dataclass(TrainerConfig, values, "trainer")) == values
+
+
+def test_an_unknown_trainer_setting_is_refused_before_training(tmp_path):
+    cfg = compose_config(["+trainer.learning_rate=0.1", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(
+        ConfigError, match=r"config key trainer\.learning_rate is unknown: expected one of .*lr"
+    ):
+        train(cfg)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_config_to_dataclass_fills_tuples_and_names_a_bad_key_or_value():
