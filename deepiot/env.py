@@ -31,7 +31,7 @@ from deepiot.compression.reward import COST_FUNCTIONS, Reward
 from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, manifest_entries
 from deepiot.models import build_model
-from deepiot.runtime import dataset_tensors, evaluate, resolve_device
+from deepiot.runtime import BatchStream, dataset_tensors, evaluate, resolve_device
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
 
 MODEL_TARGETS = {
@@ -100,7 +100,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         data_root: where a named dataset's files are (None: the offline copy, where one exists).
         render_mode: None or "ansi" (a text table of the kept elements).
         device: where the episode's model, data and fine-tuning live ("auto", "cpu", "cuda:1", ...; see
-            `deepiot.runtime.resolve_device`). Batches are drawn on the CPU, so every device sees the same ones;
+            `deepiot.runtime.resolve_device`). Batch orders are drawn on the CPU, so every device sees the same ones;
             the built-in pre-training of a named model runs on the CPU (once per process).
     """
 
@@ -330,18 +330,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _finetune(self, masks: Mapping[str, Tensor]) -> None:
         """`finetune_steps` Adam steps on training batches under the hard masks (batches from the episode seed)."""
-        if self.finetune_steps == 0:
-            return
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
-        self.network.train()
-        for _ in range(self.finetune_steps):
-            batch = torch.randint(len(self.train_labels), (BATCH_SIZE,), generator=self._generator)
-            batch = batch.to(self.device)  # drawn on the CPU: the same batches on every device
-            loss = F.cross_entropy(self.network(self.train_inputs[batch], masks), self.train_labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        self.network.eval()
+        seed = int(torch.randint(2**62, (1,), generator=self._generator))
+        batches = BatchStream(self.train_inputs, self.train_labels, BATCH_SIZE, seed)
+        train_steps(self.network, batches, self.finetune_steps, masks)
 
     def _check_finished(self, what: str) -> None:
         if not self._finished:
@@ -487,19 +478,23 @@ def pretrained_state(model_config: dict[str, Any], bundle: DatasetBundle) -> dic
         torch.manual_seed(PRETRAIN_SEED)
         model = build_model(model_config)
     inputs, labels = dataset_tensors(bundle.train, "train")
-    train_steps(model, inputs, labels, PRETRAIN_STEPS, torch.Generator().manual_seed(PRETRAIN_SEED))
+    train_steps(model, BatchStream(inputs, labels, BATCH_SIZE, PRETRAIN_SEED), PRETRAIN_STEPS)
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def train_steps(
-    model: nn.Module, inputs: Tensor, labels: Tensor, steps: int, generator: torch.Generator
+    model: nn.Module, batches: BatchStream, steps: int, masks: Mapping[str, Tensor] | None = None
 ) -> None:
-    """`steps` Adam steps of cross-entropy on random training batches."""
+    """`steps` Adam steps of cross-entropy on `batches` (through `masks` when `model` is a MaskedNetwork): the
+    env's one training loop, for the built-in pre-training and the fine-tuning of every episode."""
+    if steps == 0:
+        return
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     model.train()
     for _ in range(steps):
-        batch = torch.randint(len(labels), (BATCH_SIZE,), generator=generator)
-        loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+        inputs, labels = batches.next()
+        logits = model(inputs) if masks is None else model(inputs, masks)  # [B, classes]
+        loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

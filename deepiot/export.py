@@ -223,16 +223,18 @@ def manifest_entries(
 ) -> dict[str, Any]:
     """What a manifest says about a model besides its files and cost: how to rebuild it (`model_config`), how to
     feed it (input layout, normalisation, class names and dataset from `data`, a dataset description as in a
-    trained checkpoint's "data" entry; None when unknown), its `metrics`, its slicing plan's file name (None
-    when not sliced) and where it came from (`source`: a checkpoint path or the env's id).
+    trained checkpoint's "data" entry; None when unknown, the layout also without an input_shape), its
+    `metrics`, its slicing plan's file name (None when not sliced) and where it came from (`source`: a
+    checkpoint path or the env's id).
 
     The one builder of these entries, used by deepiot-compress/-baseline (through `deepiot.compress`),
     deepiot-export and the env."""
     data = data or {}
     channel_axis = data.get("channel_axis")
+    input_shape = model_config.get("input_shape")
     return {
         "model_config": _plain(model_config),
-        "input_layout": input_layout(model_config["input_shape"], channel_axis),
+        "input_layout": None if input_shape is None else input_layout(input_shape, channel_axis),
         "normalization": {**data["normalization"], "channel_axis": channel_axis}
         if "normalization" in data
         else None,

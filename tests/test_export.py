@@ -218,6 +218,7 @@ def test_manifest_entries_describe_the_model_its_data_and_its_origin():
         unknown["slicing_plan"],
     ) == (None,) * 4
     assert unknown["input_layout"] == "N + 3 sample axes, channels at sample axis None"
+    assert manifest_entries({"_target_": "mypkg.Net"}, {}, sliced=True)["input_layout"] is None
 
 
 def test_restores_training_mode(tmp_path):
