@@ -66,6 +66,19 @@ def measure(source: Path, iterations: int, warmup: int) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["median_ms"]
 
 
+def revision(source: Path) -> str:
+    """The git commit checked out in `source` (with "+changes" when its tracked files differ), or "unknown"."""
+    head = subprocess.run(
+        ["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "-C", str(source), "diff", "--quiet", "HEAD"], capture_output=True
+    ).returncode
+    return head.stdout.strip() + ("+changes" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path, help="source folder of the first revision (e.g. main)")
@@ -103,6 +116,7 @@ def main() -> None:
             "batch_size": 64,
             "threads": 1,
             **{k: getattr(args, k) for k in ("rounds", "iterations", "warmup")},
+            "revisions": {name: revision(getattr(args, name)) for name in ("before", "after")},
         }
         results = {"before_ms": timings["before"], "after_ms": timings["after"], "ratio": after / before}
         args.json.write_text(json.dumps({"setting": setting, "results": results}, indent=2) + "\n")
