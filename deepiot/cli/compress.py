@@ -30,11 +30,7 @@ from deepiot.export import SLICED_MODEL_KIND
 from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
 from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
-from deepiot.utils import (
-    ConfigError,
-    atomic_write,
-    remove_stale_temporaries,
-)
+from deepiot.utils import ConfigError, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
