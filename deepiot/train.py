@@ -79,12 +79,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-# (dotted key, test, what is expected): the root and data settings, checked before any data is loaded.
-CONFIG_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("seed", lambda v: _is_int(v, 0), "an integer >= 0"),
-    ("data.batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
-    ("data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0"),
-)
 # (setting, test, what is expected): the ranges of TrainerConfig's settings.
 TRAINER_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
@@ -102,6 +96,16 @@ TRAINER_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("resume", lambda v: isinstance(v, bool), "true or false"),
     ("progress_bar", lambda v: v in (True, False, "auto"), "true, false or auto"),
     ("log_every", lambda v: _is_int(v, 1), "an integer >= 1"),
+)
+
+
+# (dotted key, test, what is expected), checked in this order before any data is loaded: each message names the
+# range; then `TrainerConfig` refuses unknown trainer keys.
+CONFIG_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("seed", lambda v: _is_int(v, 0), "an integer >= 0"),
+    ("data.batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0"),
+    *((f"trainer.{name}", is_valid, expected) for name, is_valid, expected in TRAINER_CHECKS),
 )
 
 
