@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -17,14 +16,14 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from deepiot.checks import check_classifier, check_labelled_data
+from deepiot.compression import CompressionConfig, CompressionResult, compress_model
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.cost.latency import eval_mode
-from deepiot.export import PLAN_NAME, export_model
+from deepiot.export import PLAN_NAME, export_model, manifest_entries
 from deepiot.models import build_model
 from deepiot.report import build_report, write_report
 from deepiot.runtime import dataset_tensors, model_device, resolve_device
-from deepiot.schedules import ScheduleConfig
 from deepiot.structure import Structure
-from deepiot.trainer import CompressionConfig, CompressionResult, compress_model
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,11 @@ class OutputOptions:
 
     # how to rebuild the model (`_target_`, input_shape, num_classes, ...): stored in the slicing plan
     model_config: Mapping[str, Any] = field(default_factory=dict)
-    # extra manifest entries of the export: normalisation, class names, dataset, ...
+    # the dataset, as a trained checkpoint's "data" entry (`DatasetBundle.describe()`): name, class_names,
+    # normalization, channel_axis; the manifest's input layout, normalisation and class names come from it
+    data: Mapping[str, Any] | None = None
+    source: str | None = None  # where the original came from (e.g. its checkpoint path), for the manifest
+    # extra manifest entries of the export, e.g. the run name
     manifest_extra: Mapping[str, Any] = field(default_factory=dict)
     # extra top-level report entries, e.g. the run name and the training time of the original
     report_extra: Mapping[str, Any] = field(default_factory=dict)
@@ -159,7 +162,7 @@ def compress(
     )
     report["config"] = config.to_dict()
     if out_dir is not None:
-        save_outputs(host_result, report, example_inputs, Path(out_dir), outputs.manifest_extra)
+        save_outputs(host_result, report, example_inputs, Path(out_dir), outputs)
     return CompressionResult(result.sliced_model, result.plan, report)
 
 
@@ -235,9 +238,10 @@ def save_outputs(
     report: dict[str, Any],
     example_inputs: Tensor,
     out_dir: Path,
-    manifest_extra: Mapping[str, Any],
+    outputs: OutputOptions,
 ) -> None:
-    """Write the report, the slicing plan, and the TorchScript/ONNX export of the sliced model."""
+    """Write the report, the slicing plan, and the TorchScript/ONNX export of the sliced model (its manifest
+    from `manifest_entries` plus `outputs.manifest_extra`)."""
     result.plan.save(out_dir / PLAN_FILE)
     plan_bytes = (out_dir / PLAN_FILE).read_bytes()
     metrics = {
@@ -245,17 +249,14 @@ def save_outputs(
         "val_accuracy": report["accuracy"]["compressed_val"],
         "original_test_accuracy": report["accuracy"]["original_test"],
     }
-    extra = {
-        "metrics": metrics,
-        "model_config": json.loads(json.dumps(result.plan.model_config)),
-        "slicing_plan": PLAN_FILE,
-        **manifest_extra,
-    }
+    description = manifest_entries(
+        result.plan.model_config, metrics, outputs.data, sliced=True, source=outputs.source
+    )
     exported = export_model(
         result.sliced_model,
         example_inputs,
         out_dir / EXPORT_DIR,
-        manifest_extra=extra,
+        manifest_extra={**description, **outputs.manifest_extra},
         extra_files={PLAN_FILE: plan_bytes},
     )
     report["export"] = {

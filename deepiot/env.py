@@ -27,11 +27,11 @@ from torch import Tensor, nn
 
 from deepiot.checkpoint import load_trained_model
 from deepiot.checks import ModelCheckError, check_classifier
-from deepiot.critic import COST_FUNCTIONS, Reward
+from deepiot.compression.reward import COST_FUNCTIONS, Reward
 from deepiot.data import DatasetBundle, loaders_by_name
-from deepiot.export import PLAN_NAME, ExportResult, export_model, input_layout
+from deepiot.export import PLAN_NAME, ExportResult, export_model, manifest_entries
 from deepiot.models import build_model
-from deepiot.runtime import dataset_tensors, evaluate, resolve_device
+from deepiot.runtime import BatchStream, dataset_tensors, evaluate, resolve_device
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
 
 MODEL_TARGETS = {
@@ -90,7 +90,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         data: a name in `DATASETS` (loaded with `data_root` and `data_limit` samples per split), a
             `DatasetBundle` (used as is, e.g. from `deepiot.data.load_npz`), or None: the checkpoint's
             dataset, else "mnist".
-        cost: a cost model in `deepiot.critic.COST_FUNCTIONS` ("params", "macs", ...).
+        cost: a cost model in `deepiot.compression.reward.COST_FUNCTIONS` ("params", "macs", ...).
         lam: weight λ ≥ 0 of the cost ratio in the reward.
         data_limit: samples per split taken from a named dataset.
         finetune_steps: fine-tuning steps under the final masks (0 judges the structure as cut).
@@ -100,7 +100,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         data_root: where a named dataset's files are (None: the offline copy, where one exists).
         render_mode: None or "ansi" (a text table of the kept elements).
         device: where the episode's model, data and fine-tuning live ("auto", "cpu", "cuda:1", ...; see
-            `deepiot.runtime.resolve_device`). Batches are drawn on the CPU, so every device sees the same ones;
+            `deepiot.runtime.resolve_device`). Batch orders are drawn on the CPU, so every device sees the same ones;
             the built-in pre-training of a named model runs on the CPU (once per process).
     """
 
@@ -155,9 +155,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         self.network = MaskedNetwork(self.model, self.structure)
         self.reward_model = Reward(self.structure, cost, lam)
         self.original_state = copy.deepcopy(self.model.state_dict())
-        self.original_accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE)[
-            1
-        ]
+        self.original_accuracy = evaluate(
+            self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE
+        ).accuracy
         self.group_features = self._group_features()  # [G, 6]
         self.action_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(len(OBSERVATION_FIELDS),), dtype=np.float32)
@@ -307,7 +307,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         """Fine-tune under the final hard masks, evaluate, and reward with the shared critic `Reward`."""
         masks = self.structure.masks_from_kept(self._kept, self.device)  # {group: [size]}
         self._finetune(masks)
-        losses, accuracy = evaluate(self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE, masks)
+        accuracy, _, losses = evaluate(
+            self.network, self.eval_inputs, self.eval_labels, EVAL_BATCH_SIZE, masks
+        )
         # each mask [size] → [N, size]: one (identical) structure per evaluated sample
         batch_masks = {name: mask.expand(len(losses), -1) for name, mask in masks.items()}
         judged = self.reward_model(losses, batch_masks)
@@ -328,18 +330,9 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _finetune(self, masks: Mapping[str, Tensor]) -> None:
         """`finetune_steps` Adam steps on training batches under the hard masks (batches from the episode seed)."""
-        if self.finetune_steps == 0:
-            return
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
-        self.network.train()
-        for _ in range(self.finetune_steps):
-            batch = torch.randint(len(self.train_labels), (BATCH_SIZE,), generator=self._generator)
-            batch = batch.to(self.device)  # drawn on the CPU: the same batches on every device
-            loss = F.cross_entropy(self.network(self.train_inputs[batch], masks), self.train_labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        self.network.eval()
+        seed = int(torch.randint(2**62, (1,), generator=self._generator))
+        batches = BatchStream(self.train_inputs, self.train_labels, BATCH_SIZE, seed)
+        train_steps(self.network, batches, self.finetune_steps, masks)
 
     def _check_finished(self, what: str) -> None:
         if not self._finished:
@@ -349,21 +342,14 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
             )
 
     def _manifest_entries(self) -> dict[str, Any]:
-        bundle = self.bundle
-        return {
-            "input_layout": input_layout(bundle.input_shape, bundle.channel_axis),
-            "normalization": {**bundle.normalization, "channel_axis": bundle.channel_axis},
-            "class_names": list(bundle.class_names),
-            "dataset": bundle.name,
-            "metrics": {
-                "val_accuracy": self._final_info["accuracy"],
-                "original_val_accuracy": self.original_accuracy,
-                "eval_samples": len(self.eval_labels),
-            },
-            "model_config": json.loads(json.dumps(self.model_config)),
-            "slicing_plan": PLAN_NAME,
-            "source": "deepiot/Compress-v0",
+        metrics = {
+            "val_accuracy": self._final_info["accuracy"],
+            "original_val_accuracy": self.original_accuracy,
+            "eval_samples": len(self.eval_labels),
         }
+        return manifest_entries(
+            self.model_config, metrics, self.bundle.describe(), sliced=True, source="deepiot/Compress-v0"
+        )
 
 
 # ------------------------------------------------------------------------------------------- construction
@@ -492,19 +478,23 @@ def pretrained_state(model_config: dict[str, Any], bundle: DatasetBundle) -> dic
         torch.manual_seed(PRETRAIN_SEED)
         model = build_model(model_config)
     inputs, labels = dataset_tensors(bundle.train, "train")
-    train_steps(model, inputs, labels, PRETRAIN_STEPS, torch.Generator().manual_seed(PRETRAIN_SEED))
+    train_steps(model, BatchStream(inputs, labels, BATCH_SIZE, PRETRAIN_SEED), PRETRAIN_STEPS)
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def train_steps(
-    model: nn.Module, inputs: Tensor, labels: Tensor, steps: int, generator: torch.Generator
+    model: nn.Module, batches: BatchStream, steps: int, masks: Mapping[str, Tensor] | None = None
 ) -> None:
-    """`steps` Adam steps of cross-entropy on random training batches."""
+    """`steps` Adam steps of cross-entropy on `batches` (through `masks` when `model` is a MaskedNetwork): the
+    env's one training loop, for the built-in pre-training and the fine-tuning of every episode."""
+    if steps == 0:
+        return
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     model.train()
     for _ in range(steps):
-        batch = torch.randint(len(labels), (BATCH_SIZE,), generator=generator)
-        loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+        inputs, labels = batches.next()
+        logits = model(inputs) if masks is None else model(inputs, masks)  # [B, classes]
+        loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

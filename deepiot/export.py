@@ -148,8 +148,12 @@ def export_compressed(
             model = _sliced_model(model, checkpoint["model_config"], Path(plan_path), example)
             extra_files[PLAN_NAME] = Path(plan_path).read_bytes()
     out_dir = Path(checkpoint_path).parent / "export" if out_dir is None else Path(out_dir)
-    manifest_extra = _checkpoint_description(
-        checkpoint, Path(checkpoint_path), sliced=PLAN_NAME in extra_files
+    manifest_extra = manifest_entries(
+        checkpoint["model_config"],
+        checkpoint.get("metrics") or {},
+        checkpoint.get("data"),
+        sliced=PLAN_NAME in extra_files,
+        source=str(checkpoint_path),
     )
     return export_model(
         model,
@@ -204,25 +208,41 @@ def _sliced_model(
     return build_sliced_model(plan, model.state_dict(), example)
 
 
-def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+def _plain(config: Any) -> Any:
     """JSON round trip, so tuples and lists (and int/float keys) compare equal across file formats."""
     return json.loads(json.dumps(config))
 
 
-def _checkpoint_description(checkpoint: Mapping[str, Any], path: Path, sliced: bool) -> dict[str, Any]:
-    """Manifest entries taken from the checkpoint: data description, metrics and provenance."""
-    data = checkpoint.get("data") or {}
-    input_shape = list(checkpoint["model_config"]["input_shape"])
+def manifest_entries(
+    model_config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    data: Mapping[str, Any] | None = None,
+    *,
+    sliced: bool,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """What a manifest says about a model besides its files and cost: how to rebuild it (`model_config`), how to
+    feed it (input layout, normalisation, class names and dataset from `data`, a dataset description as in a
+    trained checkpoint's "data" entry; None when unknown, the layout also without an input_shape), its
+    `metrics`, its slicing plan's file name (None when not sliced) and where it came from (`source`: a
+    checkpoint path or the env's id).
+
+    The one builder of these entries, used by deepiot-compress/-baseline (through `deepiot.compress`),
+    deepiot-export and the env."""
+    data = data or {}
     channel_axis = data.get("channel_axis")
+    input_shape = model_config.get("input_shape")
     return {
-        "input_layout": input_layout(input_shape, channel_axis),
-        "normalization": {**(data.get("normalization") or {}), "channel_axis": channel_axis},
-        "class_names": data.get("class_names"),
+        "model_config": _plain(model_config),
+        "input_layout": None if input_shape is None else input_layout(input_shape, channel_axis),
+        "normalization": {**data["normalization"], "channel_axis": channel_axis}
+        if "normalization" in data
+        else None,
+        "class_names": _plain(data.get("class_names")),
         "dataset": data.get("name"),
-        "metrics": dict(checkpoint.get("metrics") or {}),
-        "model_config": _plain(checkpoint["model_config"]),
-        "source_checkpoint": str(path),
+        "metrics": _plain(metrics),
         "slicing_plan": PLAN_NAME if sliced else None,
+        "source": source,
     }
 
 

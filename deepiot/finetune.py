@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from deepiot import runtime
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
-from deepiot.utils import DIVERGED_LOSS, describe_differences
+from deepiot.utils import DIVERGED_LOSS, ConfigError, describe_differences
 
 log = logging.getLogger(__name__)
 
@@ -337,12 +337,12 @@ def cuda_rng_state(model: nn.Module) -> Tensor | None:
 
 
 def read_saved_state(path: Path, config: FinetuneConfig) -> dict[str, Any] | None:
-    """The saved fine-tuning state at `path`, if any; ValueError when it was written with another recipe."""
+    """The saved fine-tuning state at `path`, if any; ConfigError when it was written with another recipe."""
     if not path.is_file():
         return None
     saved = load_checkpoint(path, kind=STATE_KIND)
     if saved["config"] != asdict(config):
-        raise ValueError(
+        raise ConfigError(
             f"cannot resume fine-tuning from {path}: it was written with another recipe "
             f"({describe_differences(saved['config'], asdict(config))}). Use another folder or delete the file."
         )

@@ -8,8 +8,9 @@ any (input, label) dataset into two tensors; `CompressionError` is the error of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from itertools import islice
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,15 @@ class BatchStream:
         self.order, self.position = state["order"], int(state["position"])
 
 
+class Evaluation(NamedTuple):
+    """What an evaluation measured, read by name: top-1 accuracy, mean cross-entropy, and (on tensors) the
+    per-sample cross-entropy [N]."""
+
+    accuracy: float
+    loss: float
+    losses: Tensor | None = None
+
+
 @torch.no_grad()
 def evaluate(
     network: nn.Module,
@@ -110,8 +120,8 @@ def evaluate(
     labels: Tensor,
     batch_size: int,
     masks: Mapping[str, Tensor] | None = None,
-) -> tuple[Tensor, float]:
-    """(per-sample cross-entropy [N], top-1 accuracy) in eval mode; `masks` go to a MaskedNetwork."""
+) -> Evaluation:
+    """Accuracy and cross-entropy (mean and per sample) in eval mode; `masks` go to a MaskedNetwork."""
     network.eval()
     losses, correct = [], 0
     for start in range(0, len(labels), batch_size):
@@ -119,7 +129,27 @@ def evaluate(
         logits = network(batch) if masks is None else network(batch, masks)  # [B, classes]
         losses.append(F.cross_entropy(logits, targets, reduction="none"))
         correct += int((logits.argmax(dim=1) == targets).sum())
-    return torch.cat(losses), correct / len(labels)
+    per_sample = torch.cat(losses)  # [N]
+    return Evaluation(correct / len(labels), float(per_sample.mean()), per_sample)
+
+
+@torch.no_grad()
+def evaluate_loader(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    device: torch.device,
+    max_batches: int | None = None,
+) -> Evaluation:
+    """`evaluate` over the batches of a DataLoader (at most `max_batches`), for data that is not held in memory."""
+    model.eval()
+    correct, loss_sum, count = 0, 0.0, 0
+    for inputs, labels in islice(loader, max_batches):
+        logits = model(inputs.to(device))  # [B, classes]
+        labels = labels.to(device)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        count += len(labels)
+    return Evaluation(correct / count, loss_sum / count)
 
 
 def accuracy(
@@ -130,7 +160,7 @@ def accuracy(
     masks: Mapping[str, Tensor] | None = None,
 ) -> float:
     """Top-1 accuracy in eval mode (see `evaluate`)."""
-    return evaluate(network, inputs, labels, batch_size, masks)[1]
+    return evaluate(network, inputs, labels, batch_size, masks).accuracy
 
 
 def dataset_tensors(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
@@ -156,3 +186,9 @@ def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:
     return torch.cat(
         [model(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
     )
+
+
+def hyperparameter_table(settings: Mapping[str, Any]) -> str:
+    """Markdown table of every setting ({"critic.lr": 1e-4, ...}), logged once to TensorBoard (CleanRL style)."""
+    rows = [f"|{key}|{value}|" for key, value in settings.items()]
+    return "|setting|value|\n|-|-|\n" + "\n".join(rows)

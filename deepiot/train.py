@@ -36,12 +36,13 @@ from tqdm import tqdm
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
 from deepiot.models import build_model
-from deepiot.runtime import DEVICE_CHOICES, resolve_device
+from deepiot.runtime import DEVICE_CHOICES, evaluate_loader, hyperparameter_table, resolve_device
 from deepiot.utils import (
     DIVERGED_LOSS,
     ConfigError,
     atomic_write,
     check_call_types,
+    config_to_dataclass,
     derive_seed,
     describe_differences,
     exclusive_lock,
@@ -78,27 +79,63 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-# (dotted key, test, what is expected): checked before any data is loaded.
+# (setting, test, what is expected): the ranges of TrainerConfig's settings.
+TRAINER_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("optimizer", lambda v: v in ("adam", "sgd"), "one of: adam, sgd"),
+    ("lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("lr_schedule", lambda v: v in ("constant", "cosine", "step"), "one of: constant, cosine, step"),
+    ("lr_step_epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("lr_gamma", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("gradient_clip_norm", lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    ("eval_batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("num_threads", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    ("limit_batches", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    ("resume", lambda v: isinstance(v, bool), "true or false"),
+    ("progress_bar", lambda v: v in (True, False, "auto"), "true, false or auto"),
+    ("log_every", lambda v: _is_int(v, 1), "an integer >= 1"),
+)
+
+
+# (dotted key, test, what is expected), checked in this order before any data is loaded: each message names the
+# range; then `TrainerConfig` refuses unknown trainer keys.
 CONFIG_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", lambda v: _is_int(v, 0), "an integer >= 0"),
     ("data.batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
     ("data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0"),
-    ("trainer.epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
-    ("trainer.optimizer", lambda v: v in ("adam", "sgd"), "one of: adam, sgd"),
-    ("trainer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
-    ("trainer.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("trainer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    ("trainer.lr_schedule", lambda v: v in ("constant", "cosine", "step"), "one of: constant, cosine, step"),
-    ("trainer.lr_step_epochs", lambda v: _is_int(v, 1), "an integer >= 1"),
-    ("trainer.lr_gamma", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    ("trainer.gradient_clip_norm", lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
-    ("trainer.eval_batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
-    ("trainer.num_threads", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
-    ("trainer.limit_batches", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
-    ("trainer.resume", lambda v: isinstance(v, bool), "true or false"),
-    ("trainer.progress_bar", lambda v: v in (True, False, "auto"), "true, false or auto"),
-    ("trainer.log_every", lambda v: _is_int(v, 1), "an integer >= 1"),
+    *((f"trainer.{name}", is_valid, expected) for name, is_valid, expected in TRAINER_CHECKS),
 )
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How deepiot-train trains an original (the `trainer` group, configs/trainer/*.yaml): the schema its
+    settings are checked against (unknown keys, types, ranges) before any data is loaded."""
+
+    epochs: int = 4
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # constant | cosine | step
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    gradient_clip_norm: float | None = None
+    eval_batch_size: int = 512
+    device: str = "auto"
+    num_threads: int | None = None
+    limit_batches: int | None = None
+    resume: bool = True
+    progress_bar: bool | str = "auto"  # true | false | auto
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name, is_valid, expected in TRAINER_CHECKS:
+            value = getattr(self, name)
+            if not is_valid(value):
+                raise ValueError(f"trainer.{name}={value!r} is invalid: expected {expected}.")
 
 
 @dataclass
@@ -150,14 +187,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     progress = restore(saved_state, model, optimizer, scheduler) if saved_state else Progress()
     with SummaryWriter(cfg.paths.tensorboard_dir, purge_step=progress.epoch * steps_per_epoch) as writer:
         if progress.epoch == 0:
-            writer.add_text("hyperparameters", hyperparameter_table(config))
+            writer.add_text("hyperparameters", hyperparameter_table(result_config(config)))
         for epoch in range(progress.epoch, cfg.trainer.epochs):
             progress = run_epoch(model, loaders, optimizer, scheduler, cfg, epoch, progress, writer)
             check_not_diverged(progress, cfg, output_dir / "last.pt")
             save_checkpoint(
                 train_state(model, optimizer, scheduler, progress, config), output_dir / "last.pt"
             )
-        test_accuracy, _ = evaluate(model, loaders.test, device, cfg.trainer.limit_batches)
+        test_accuracy = evaluate_loader(model, loaders.test, device, cfg.trainer.limit_batches).accuracy
         writer.add_scalar("charts/test_accuracy", test_accuracy, progress.epoch * steps_per_epoch)
     metrics = final_metrics(model, progress, test_accuracy)
     payload = trained_model(model, model_config, bundle, metrics, progress, config)
@@ -220,6 +257,7 @@ def check_train_config(cfg: DictConfig) -> None:
                 f"config value {key}={value!r} is invalid: expected {expected}. Fix it in configs/ or override "
                 f"it on the command line ({key}=...)."
             )
+    config_to_dataclass(TrainerConfig, OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
     check_device(cfg.trainer.device)
     check_target_types(cfg, "data.dataset")
     check_target_types(cfg, "model")
@@ -447,7 +485,7 @@ def run_epoch(
     loaders.shuffle_generator.manual_seed(derive_seed(cfg.seed, epoch, 1))
     train_loss = train_one_epoch(model, loaders.train, optimizer, scheduler, cfg.trainer, epoch, writer)
     device = resolve_device(cfg.trainer.device)
-    val_accuracy, val_loss = evaluate(model, loaders.val, device, cfg.trainer.limit_batches)
+    val_accuracy, val_loss, _ = evaluate_loader(model, loaders.val, device, cfg.trainer.limit_batches)
     seconds = time.perf_counter() - started
     record = {
         "epoch": epoch + 1,
@@ -513,33 +551,11 @@ def train_one_epoch(
     return epoch_loss / steps
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, limit_batches: int | None
-) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` in eval mode over at most `limit_batches` batches."""
-    model.eval()
-    correct, loss_sum, count = 0, 0.0, 0
-    for inputs, labels in islice(loader, count_batches(loader, limit_batches)):
-        logits = model(inputs.to(device))
-        labels = labels.to(device)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        count += len(labels)
-    return correct / count, loss_sum / count
-
-
 def show_progress(trainer: DictConfig) -> bool:
     """Progress bars: as configured, or with "auto" only in an interactive terminal outside CI."""
     if trainer.progress_bar == "auto":
         return sys.stderr.isatty() and not os.environ.get("CI")
     return bool(trainer.progress_bar)
-
-
-def hyperparameter_table(config: dict[str, Any]) -> str:
-    """Markdown table of every result-deciding config value, for TensorBoard's text tab."""
-    rows = [f"|{key}|{value}|" for key, value in result_config(config).items()]
-    return "|parameter|value|\n|-|-|\n" + "\n".join(rows)
 
 
 def train_state(
@@ -584,14 +600,6 @@ def trained_model(
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """The "trained_model" checkpoint (model.pt): weights plus everything needed to rebuild and feed them."""
-    data = {
-        "name": bundle.name,
-        "input_shape": [int(size) for size in bundle.input_shape],
-        "num_classes": int(bundle.num_classes),
-        "class_names": [str(name) for name in bundle.class_names],
-        "normalization": {key: [float(v) for v in values] for key, values in bundle.normalization.items()},
-        "channel_axis": int(bundle.channel_axis),
-    }
     return {
         "kind": "trained_model",
         "model_config": model_config,
@@ -600,5 +608,5 @@ def trained_model(
         "history": progress.history,
         "epoch": progress.epoch,
         "config": config,
-        "data": data,
+        "data": bundle.describe(),
     }

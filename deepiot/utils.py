@@ -14,10 +14,12 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
 
 # A mean cross-entropy above this only comes from a diverged run (chance level is ln K: 2.3 for 10 classes);
 # training and compression stop there instead of finishing on a broken model.
@@ -202,6 +204,28 @@ def check_dataclass_types(cls: type, values: Mapping[str, Any], prefix: str) -> 
     hints = typing.get_type_hints(cls)
     fields = {field.name for field in dataclasses.fields(cls)}
     check_types(values, {key: hint for key, hint in hints.items() if key in fields}, prefix)
+
+
+def config_to_dataclass(cls: type[T], values: Mapping[str, Any], prefix: str) -> T:
+    """Dataclass `cls` filled from one config group (plain values, e.g. `OmegaConf.to_container`).
+
+    The one way settings go from YAML into the code: every key must be a field of `cls` with a value of its
+    type (`check_dataclass_types`; `_target_`-style keys are skipped), lists become tuples where the field is a
+    tuple, and the dataclass's own checks (ValueError/TypeError) become a ConfigError naming `prefix`.
+    """
+    check_dataclass_types(cls, values, prefix)
+    hints = typing.get_type_hints(cls)
+    settings = {
+        key: tuple(value) if typing.get_origin(hints[key]) is tuple and isinstance(value, list) else value
+        for key, value in values.items()
+        if not key.startswith("_")
+    }
+    try:
+        return cls(**settings)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"invalid {prefix} config: {err} Fix it in configs/ or override it on the command line."
+        ) from err
 
 
 def check_call_types(function: Callable[..., Any], values: Mapping[str, Any], prefix: str) -> None:

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepiot.compression import CompressionConfig, LoopConfig
+from deepiot.compression.step import build_parts, compressor_critic_step, fresh_state
 from deepiot.models import DeepSense, LeNet5, LeNet300, LSTMClassifier
 from deepiot.structure import Structure
-from deepiot.trainer import CompressionConfig, LoopConfig, build_parts, compressor_critic_step, fresh_state
 
 MODELS = {  # name → (class, input shape of one sample, classes)
     "lenet300": (LeNet300, (1, 28, 28), 10),

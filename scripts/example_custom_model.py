@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 import deepiot
+from deepiot.compression import CompressionConfig, LoopConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.data import load_hapt_activity
 from deepiot.finetune import FinetuneConfig
-from deepiot.schedules import ScheduleConfig
-from deepiot.trainer import CompressionConfig, LoopConfig
 
 
 class SensorNet(nn.Module):

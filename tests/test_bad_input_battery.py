@@ -27,10 +27,10 @@ from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.cli import CONFIG_DIR, compose_config, reported_errors
 from deepiot.cli.compress import run_compress
 from deepiot.cli.export import run_export
+from deepiot.compression import STATE_FILE
 from deepiot.models import build_model
 from deepiot.structure import SlicingPlan, Structure
 from deepiot.train import train
-from deepiot.trainer import STATE_FILE
 
 WINDOW = (16, 6)  # [T, C] of the small sensor windows used throughout
 LSTM = ["data=npz", "model=lstm", "model.hidden_size=8", "model.num_layers=1"]

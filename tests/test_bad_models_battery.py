@@ -23,18 +23,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+import deepiot.compression.loop
 import deepiot.env
 import deepiot.export
 import deepiot.structure.plan
-import deepiot.trainer
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import CheckpointError
 from deepiot.checks import ModelCheckError
+from deepiot.compression import CompressionConfig, LoopConfig
 from deepiot.data import DatasetBundle
 from deepiot.export import ExportError, export_model
 from deepiot.finetune import FinetuneConfig
 from deepiot.structure import SlicingPlan, Structure, StructureError, build_sliced_model
-from deepiot.trainer import CompressionConfig, LoopConfig
 from deepiot.utils import ConfigError
 
 SAMPLES, STEPS, CHANNELS, CLASSES = 40, 2, 6, 3
@@ -282,9 +282,9 @@ COMPRESS_CASES = [
 @pytest.mark.parametrize("case", COMPRESS_CASES, ids=[case.id for case in COMPRESS_CASES])
 def test_compress_refuses_bad_input_early_and_writes_nothing(case: Case, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(
-        deepiot.trainer, "build_parts", _long_work
+        deepiot.compression.loop, "build_parts", _long_work
     )  # compressor, optimisers: the loop's start
-    monkeypatch.setattr(deepiot.trainer, "run_compression", _long_work)
+    monkeypatch.setattr(deepiot.compression.loop, "run_compression", _long_work)
     out_dir = tmp_path / "run"
     out_dir.mkdir()
     (out_dir / "notes.txt").write_text("an earlier file of the user's")

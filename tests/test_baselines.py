@@ -12,10 +12,10 @@ from torch.utils.data import TensorDataset
 
 from deepiot.api import OutputOptions
 from deepiot.baselines import prune, reference, selection, unstructured
+from deepiot.compression import slice_checked
 from deepiot.cost import measure_cost
 from deepiot.finetune import FinetuneConfig
 from deepiot.structure import MaskedNetwork, Structure
-from deepiot.trainer import slice_checked
 
 
 class SmallCNN(nn.Module):

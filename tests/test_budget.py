@@ -6,22 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepiot.budget import BudgetController, cost_ratios, fit_to_budget
-from deepiot.compressor import MaskDistribution
-from deepiot.critic import CriticConfig
+from deepiot.compression import CompressionConfig, LoopConfig, compress_model
+from deepiot.compression.budget import BudgetController, cost_ratios, fit_to_budget
+from deepiot.compression.compressor import MaskDistribution
+from deepiot.compression.reward import CriticConfig
+from deepiot.compression.schedules import ScheduleConfig
+from deepiot.compression.step import build_parts, compressor_critic_step, fresh_state
 from deepiot.finetune import FinetuneConfig, distillation_loss, finetune
 from deepiot.models import LeNet300
 from deepiot.runtime import BatchStream, accuracy
-from deepiot.schedules import ScheduleConfig
 from deepiot.structure import MaskedNetwork, Structure, slice_model
-from deepiot.trainer import (
-    CompressionConfig,
-    LoopConfig,
-    build_parts,
-    compress_model,
-    compressor_critic_step,
-    fresh_state,
-)
 
 
 @pytest.fixture(scope="module")

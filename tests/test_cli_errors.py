@@ -12,7 +12,7 @@ import pytest
     [
         (
             ["deepiot-compress", "critic.lr=-1"],
-            "deepiot-compress: error: invalid compression config: critic.lr",
+            "deepiot-compress: error: invalid critic config: critic.lr",
         ),
         (["deepiot-compress", "schedule.final_tau=1.5"], "schedule.final_tau"),
         (

@@ -117,6 +117,12 @@ def test_run_compress_trains_compresses_exports_and_resumes(tmp_path, monkeypatc
     exported = export_compressed(out_dir / FINETUNED_MODEL, out_dir / "slicing_plan.json", tmp_path / "again")
     manifest = json.loads(exported.paths["manifest"].read_text())
     assert manifest["cost"]["params"] == report["cost"]["compressed"]["params"]
+    # one manifest builder: the run's export and deepiot-export's describe the model and its data alike
+    written = json.loads((out_dir / "export" / "manifest.json").read_text())
+    described = ("model_config", "input_layout", "normalization", "class_names", "dataset", "slicing_plan")
+    assert {key: written[key] for key in described} == {key: manifest[key] for key in described}
+    assert (written["input_layout"], written["name"]) == ("NCHW", "lenet300_mnist")
+    assert written["source"].endswith("model.pt") and manifest["source"] == str(out_dir / FINETUNED_MODEL)
     original_ts = torch.jit.load(str(out_dir / "export" / "model.ts"))
     again_ts = torch.jit.load(str(exported.paths["torchscript"]))
     example = torch.randn(4, 1, 28, 28)

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch.distributions import Bernoulli
 
-from deepiot.compressor import Compressor, CompressorConfig, GroupSpec, MaskDistribution, score_variance
+from deepiot.compression.compressor import (
+    Compressor,
+    CompressorConfig,
+    GroupSpec,
+    MaskDistribution,
+    score_variance,
+)
 
 SPECS = [
     GroupSpec("conv1", "conv", 26, 20),
@@ -141,7 +147,7 @@ def test_score_variance_matches_hand_computed_per_sample_gradients():
 
 def test_reinforce_steps_lower_the_keep_probability_of_a_penalised_group():
     """Toy problem: the reward counts the kept elements of group "fc1" as a cost; group "conv1" is free."""
-    from deepiot.critic import EMABaseline
+    from deepiot.compression.reward import EMABaseline
 
     torch.manual_seed(0)
     compressor = Compressor(SPECS)

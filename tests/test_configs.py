@@ -1,14 +1,21 @@
 from __future__ import annotations
 
+import dataclasses
+import json
+import typing
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from deepiot.cli import CONFIG_DIR, compose_config
+from deepiot.cli.compress import compression_config
+from deepiot.compression import CompressionConfig, CriticConfig
+from deepiot.compression.config import CONFIG_GROUPS
 from deepiot.data import DataError
-from deepiot.train import check_train_config, result_config, train
-from deepiot.utils import ConfigError
+from deepiot.train import TrainerConfig, check_train_config, result_config, train
+from deepiot.utils import ConfigError, config_to_dataclass
 
 EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
 EXPECTED = {
@@ -97,3 +104,68 @@ def test_result_config_ignores_presentation_keys(tmp_path):
     as_dict = lambda cfg: result_config(OmegaConf.to_container(cfg, resolve=True))  # noqa: E731
     assert as_dict(base) == as_dict(cosmetic)
     assert as_dict(base) != as_dict(changed)
+
+
+# ---------------------------------------------------------------------------------------------- settings defined once
+
+SETTINGS_GROUPS = {
+    group: typing.get_type_hints(CompressionConfig)[name] for name, group in CONFIG_GROUPS.items()
+}
+REPORT_ONLY = {
+    "compress": {"latency_threads"}
+}  # read by the report, not by a dataclass (check_report_settings)
+FROM_OTHER_GROUPS = {"critic": {"cost"}}  # critic.cost is the cost group's name
+GROUP_FILES = [
+    (group, path.stem) for group in SETTINGS_GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_FILES)
+def test_every_yaml_setting_is_a_dataclass_field_and_every_field_is_set_in_yaml(group, option, tmp_path):
+    cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}"])
+    schema = SETTINGS_GROUPS[group]
+    keys = set(cfg[group]) - REPORT_ONLY.get(group, set())
+    assert keys == {field.name for field in dataclasses.fields(schema)} - FROM_OTHER_GROUPS.get(group, set())
+    built = getattr(compression_config(cfg), next(n for n, g in CONFIG_GROUPS.items() if g == group))
+    yaml_values = OmegaConf.to_container(cfg[group], resolve=True)
+    assert {key: json.loads(json.dumps(getattr(built, key))) for key in keys} == {
+        key: yaml_values[key] for key in keys
+    }
+    if group == "critic":
+        assert built.cost == cfg.cost.name
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_the_trainer_group_is_exactly_trainer_config(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+    assert set(cfg.trainer) == {field.name for field in dataclasses.fields(TrainerConfig)}
+    values = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert dataclasses.asdict(config_to_dataclass(TrainerConfig, values, "trainer")) == values
+
+
+def test_an_unknown_trainer_setting_is_refused_before_training(tmp_path):
+    cfg = compose_config(["+trainer.learning_rate=0.1", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(
+        ConfigError, match=r"config key trainer\.learning_rate is unknown: expected one of .*lr"
+    ):
+        train(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_to_dataclass_fills_tuples_and_names_a_bad_key_or_value():
+    critic = config_to_dataclass(CriticConfig, {"lr": 0.01, "betas": [0.8, 0.99]}, "critic")
+    assert (critic.lr, critic.betas) == (0.01, (0.8, 0.99))
+    with pytest.raises(ConfigError, match=r"config key critic\.bogus is unknown: expected one of .*baseline"):
+        config_to_dataclass(CriticConfig, {"bogus": 1}, "critic")
+    with pytest.raises(ConfigError, match=r"critic\.lr='fast' has the wrong type: expected"):
+        config_to_dataclass(CriticConfig, {"lr": "fast"}, "critic")
+    with pytest.raises(
+        ConfigError, match=r"invalid critic config: critic\.lr and critic\.value_lr must be > 0"
+    ):
+        config_to_dataclass(CriticConfig, {"lr": -1.0}, "critic")
+
+
+def test_an_unknown_compression_setting_on_the_command_line_is_refused(tmp_path):
+    cfg = compose_config(["+schedule.final_tua=0.5", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"config key schedule\.final_tua is unknown"):
+        compression_config(cfg)

@@ -14,11 +14,11 @@ import torch
 
 import deepiot
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
-from deepiot.compressor import Compressor, MaskDistribution
-from deepiot.critic import Reward, build_baselines, structure_features
+from deepiot.compression import STATE_FILE, CompressionConfig, LoopConfig, compress_model
+from deepiot.compression.compressor import Compressor, MaskDistribution
+from deepiot.compression.reward import Reward, build_baselines, structure_features
 from deepiot.runtime import BatchStream, model_device, resolve_device
 from deepiot.structure import Structure, slice_model
-from deepiot.trainer import STATE_FILE, CompressionConfig, LoopConfig, compress_model
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
@@ -187,11 +187,8 @@ def test_api_takes_a_device_and_reports_on_the_host(trained_model, data, tmp_pat
 
 PACKAGE = Path(deepiot.__file__).parent
 COMPRESSION_PATH = [
-    "trainer.py",
+    *(f"compression/{path.name}" for path in sorted((PACKAGE / "compression").glob("*.py"))),
     "finetune.py",
-    "compressor.py",
-    "critic.py",
-    "budget.py",
     "runtime.py",
     *(f"structure/{name}.py" for name in ("graph", "cost", "slicing", "masking", "recurrent", "layout")),
 ]
@@ -201,15 +198,19 @@ CPU_TENSOR = re.compile(
 # Tensors made on the CPU on purpose: index sets and seeds built on the host (moved where they are used),
 # the original's cost (a float), and results copied to the host.
 INTENDED = {
-    "compressor.py": ["nn.init.trunc_normal_(torch.empty(shape)"],  # initialised on the CPU, then moved
-    "critic.py": ["full = {group.name: torch.ones(1, group.size)"],  # the original's cost, a Python float
+    "compression/compressor.py": [
+        "nn.init.trunc_normal_(torch.empty(shape)"
+    ],  # initialised on the CPU, then moved
+    "compression/reward.py": [
+        "full = {group.name: torch.ones(1, group.size)"
+    ],  # the original's cost, a Python float
     "runtime.py": [
         "self.generator = torch.Generator().manual_seed(seed)",  # batch order: the same on every device
         "torch.randperm(len(",
         "torch.stack([torch.as_tensor(item[0])",  # reading a dataset
         "labels = torch.as_tensor([int(item[1])",
     ],
-    "trainer.py": ["torch.sigmoid(logits).cpu()"],  # ranking elements on the host
+    "compression/loop.py": ["torch.sigmoid(logits).cpu()"],  # ranking elements on the host
     "structure/slicing.py": ["torch.empty(0))"],  # only for a BatchNorm without any tensor
     "structure/graph.py": ["torch.arange(group.size)", "indices = torch.as_tensor(value)"],
     "structure/layout.py": ["torch.arange(offset, offset", "within = torch.arange(", "torch.zeros(0, dtype"],

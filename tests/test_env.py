@@ -130,7 +130,7 @@ def test_sliced_model_matches_the_judged_structure(env: gymnasium.Env) -> None:
     sliced = unwrapped.sliced_model()
     assert sum(parameter.numel() for parameter in sliced.parameters()) == info["params"]
     assert (sliced.fc1.out_features, sliced.fc2.out_features) == (75, 50)
-    _, sliced_accuracy = evaluate(sliced, unwrapped.eval_inputs, unwrapped.eval_labels, EVAL_BATCH_SIZE)
+    sliced_accuracy = evaluate(sliced, unwrapped.eval_inputs, unwrapped.eval_labels, EVAL_BATCH_SIZE).accuracy
     assert sliced_accuracy == info["accuracy"]
     plan = unwrapped.slicing_plan()
     assert {name: len(indices) for name, indices in plan.kept.items()} == info["kept_counts"]
@@ -166,6 +166,13 @@ def test_export_writes_models_plan_and_manifest(env: gymnasium.Env, tmp_path) ->
     plan = json.loads(result.paths["slicing_plan"].read_text())
     assert manifest["cost"]["params"] == info["params"]
     assert manifest["metrics"]["val_accuracy"] == info["accuracy"]
+    bundle = env.unwrapped.bundle
+    assert (manifest["source"], manifest["dataset"], manifest["slicing_plan"]) == (
+        "deepiot/Compress-v0",
+        bundle.name,
+        "slicing_plan.json",
+    )
+    assert manifest["class_names"] == list(bundle.class_names)
     assert {name: len(indices) for name, indices in plan["kept"].items()} == info["kept_counts"]
     assert max(result.max_abs_diff.values()) < 1e-4
 

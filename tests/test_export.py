@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from deepiot.cost.counter import measure_cost
-from deepiot.export import TOLERANCE, ExportError, auto_onnx_exporters, export_model, input_layout
+from deepiot.export import (
+    TOLERANCE,
+    ExportError,
+    auto_onnx_exporters,
+    export_model,
+    input_layout,
+    manifest_entries,
+)
 from deepiot.models import DeepSense, LeNet5, LSTMClassifier
 
 SMALL_MODELS = [
@@ -180,6 +187,38 @@ def test_manifest_extra_and_extra_files_are_recorded(tmp_path):
     assert manifest["class_names"] == ["walk", "sit"]
     assert manifest["metrics"] == {"test_accuracy": 0.91}
     assert manifest["files"]["slicing_plan.json"]["bytes"] == 2
+
+
+def test_manifest_entries_describe_the_model_its_data_and_its_origin():
+    model_config = {"_target_": "deepiot.models.LSTMClassifier", "input_shape": (16, 6), "num_classes": 3}
+    data = {
+        "name": "hapt",
+        "class_names": ["walk", "sit", "lie"],
+        "normalization": {"mean": [0.0], "std": [1.0]},
+    }
+    entries = manifest_entries(
+        model_config, {"test_accuracy": 0.9}, {**data, "channel_axis": -1}, sliced=True, source="a.pt"
+    )
+    assert entries == {
+        "model_config": {**model_config, "input_shape": [16, 6]},  # plain JSON values (tuples as lists)
+        "input_layout": "NTC",
+        "normalization": {"mean": [0.0], "std": [1.0], "channel_axis": -1},
+        "class_names": ["walk", "sit", "lie"],
+        "dataset": "hapt",
+        "metrics": {"test_accuracy": 0.9},
+        "slicing_plan": "slicing_plan.json",
+        "source": "a.pt",
+    }
+    unknown = manifest_entries({"input_shape": [1, 28, 28]}, {}, None, sliced=False)
+    assert set(unknown) == set(entries)  # every manifest has the same entries; unknown ones are None
+    assert (
+        unknown["normalization"],
+        unknown["class_names"],
+        unknown["dataset"],
+        unknown["slicing_plan"],
+    ) == (None,) * 4
+    assert unknown["input_layout"] == "N + 3 sample axes, channels at sample axis None"
+    assert manifest_entries({"_target_": "mypkg.Net"}, {}, sliced=True)["input_layout"] is None
 
 
 def test_restores_training_mode(tmp_path):

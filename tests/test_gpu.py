@@ -8,14 +8,13 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from deepiot import trainer
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import compose_config
 from deepiot.cli.compress import FINETUNED_MODEL, run_compress
+from deepiot.compression import STATE_FILE, CompressionConfig, LoopConfig, compress_model, loop
 from deepiot.export import load_sliced_model
 from deepiot.finetune import FinetuneConfig
 from deepiot.runtime import model_device
-from deepiot.trainer import STATE_FILE, CompressionConfig, LoopConfig, compress_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -82,7 +81,7 @@ def test_a_killed_cuda_run_resumes_to_the_uninterrupted_result(trained_model, da
         whole = compress_model(
             trained_model.cpu(), *data, short_config(), device="cuda", run_dir=tmp_path / "a"
         )
-        real_step, calls = trainer.compressor_critic_step, {"count": 0}
+        real_step, calls = loop.compressor_critic_step, {"count": 0}
 
         def killed_after_17_steps(*args, **kwargs):
             calls["count"] += 1
@@ -90,10 +89,10 @@ def test_a_killed_cuda_run_resumes_to_the_uninterrupted_result(trained_model, da
                 raise KeyboardInterrupt
             return real_step(*args, **kwargs)
 
-        monkeypatch.setattr(trainer, "compressor_critic_step", killed_after_17_steps)
+        monkeypatch.setattr(loop, "compressor_critic_step", killed_after_17_steps)
         with pytest.raises(KeyboardInterrupt):
             compress_model(trained_model.cpu(), *data, short_config(), device="cuda", run_dir=tmp_path / "b")
-        monkeypatch.setattr(trainer, "compressor_critic_step", real_step)
+        monkeypatch.setattr(loop, "compressor_critic_step", real_step)
         resumed = compress_model(
             trained_model.cpu(), *data, short_config(), device="cuda", run_dir=tmp_path / "b"
         )

@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from deepiot.api import OutputOptions, compress
+from deepiot.compression import CompressionConfig, LoopConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.cost.counter import measure_cost
 from deepiot.export import TOLERANCE
 from deepiot.finetune import FinetuneConfig
-from deepiot.schedules import ScheduleConfig
 from deepiot.structure import SlicingPlan, Structure, StructureError, build_sliced_model
-from deepiot.trainer import CompressionConfig, LoopConfig
 
 STEPS, CHANNELS, CLASSES = 8, 6, 3
 

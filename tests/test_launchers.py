@@ -17,8 +17,8 @@ from deepiot import train as train_module
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.cli import CONFIG_DIR, compose_config
 from deepiot.cli.compress import FINETUNED_MODEL, finished_report
+from deepiot.compression import CompressionConfig, LoopConfig
 from deepiot.report import REPORT_JSON
-from deepiot.trainer import CompressionConfig, LoopConfig
 
 TINY_TRAIN = [
     "experiment=lenet300_mnist",

@@ -17,18 +17,13 @@ from deepiot import train as train_module
 from deepiot.checkpoint import load_checkpoint
 from deepiot.cli import CONFIG_DIR, compose_config
 from deepiot.cli.compress import compression_config
+from deepiot.compression import CompressionConfig, LoopConfig, compress_model
+from deepiot.compression.step import LoopState, check_finite
 from deepiot.data import load_npz
 from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON, write_report
+from deepiot.runtime import CompressionError
 from deepiot.train import TrainingError, ensure_trained, train
-from deepiot.trainer import (
-    CompressionConfig,
-    CompressionError,
-    LoopConfig,
-    LoopState,
-    check_finite,
-    compress_model,
-)
 from deepiot.utils import ConfigError, remove_stale_temporaries
 
 LSTM = ["data=npz", "model=lstm", "model.hidden_size=8", "model.num_layers=1", "trainer.progress_bar=false"]
@@ -128,7 +123,7 @@ def test_compression_without_a_bar_prints_a_line_per_evaluation(caplog):
     config = CompressionConfig(
         loop=LoopConfig(max_iterations=20, eval_every=10, batch_size=16), finetune=FinetuneConfig(steps=0)
     )
-    with caplog.at_level(logging.INFO, logger="deepiot.trainer"):
+    with caplog.at_level(logging.INFO, logger="deepiot.compression.loop"):
         compress_model(model, data, data, data, config, progress=False)
     lines = [record.message for record in caplog.records if record.message.startswith("iteration ")]
     assert [line.split()[1] for line in lines] == ["10/20", "20/20"]

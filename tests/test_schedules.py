@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from deepiot.schedules import AccuracyGuardedThreshold, PaperThreshold, ScheduleConfig, build_schedule
+from deepiot.compression.schedules import (
+    AccuracyGuardedThreshold,
+    PaperThreshold,
+    ScheduleConfig,
+    build_schedule,
+)
 
 
 def test_paper_schedule_is_the_papers_staircase():

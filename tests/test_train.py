@@ -13,7 +13,8 @@ import deepiot.train as train_module
 from deepiot.checkpoint import load_checkpoint, load_trained_model
 from deepiot.cli import compose_config
 from deepiot.data import load_mnist
-from deepiot.train import ensure_trained, evaluate, train
+from deepiot.runtime import evaluate_loader
+from deepiot.train import ensure_trained, train
 from deepiot.utils import ConfigError
 
 # small data, one thread (the machine is shared: oversubscribed threads are many times slower)
@@ -59,7 +60,7 @@ def test_train_writes_a_self_describing_model_whose_accuracy_reproduces(tmp_path
     assert checkpoint["model_config"]["_target_"] == "deepiot.models.LeNet300"
     assert checkpoint["config"]["name"] == "lenet300_mnist"
     test_loader = torch.utils.data.DataLoader(load_mnist(limit=256).test, batch_size=100)
-    accuracy, _ = evaluate(model, test_loader, torch.device("cpu"), None)
+    accuracy = evaluate_loader(model, test_loader, torch.device("cpu")).accuracy
     assert accuracy == metrics["test_accuracy"]
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["metrics"] == metrics and [row["epoch"] for row in record["history"]] == [1, 2]

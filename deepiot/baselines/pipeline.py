@@ -20,13 +20,13 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from deepiot import trainer
 from deepiot.api import OutputOptions, save_outputs
 from deepiot.baselines import reference, selection, unstructured
+from deepiot.compression import CompressionResult, slice_checked
 from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.report import build_report, write_report
+from deepiot.runtime import accuracy, dataset_tensors
 from deepiot.structure import SlicingPlan, Structure
-from deepiot.trainer import CompressionResult
 
 METHODS = ("magnitude", "random", "torch_pruning", "unstructured")
 FINETUNE_STATE = "finetune_state.pt"
@@ -109,9 +109,9 @@ class Splits(NamedTuple):
     def of(cls, train_data: Dataset, val_data: Dataset, test_data: Dataset | None) -> Splits:
         """Tensors of the datasets; the test split defaults to the validation split."""
         return cls(
-            trainer.dataset_tensors(train_data, "train"),
-            trainer.dataset_tensors(val_data, "val"),
-            trainer.dataset_tensors(val_data if test_data is None else test_data, "test"),
+            dataset_tensors(train_data, "train"),
+            dataset_tensors(val_data, "val"),
+            dataset_tensors(val_data if test_data is None else test_data, "test"),
         )
 
 
@@ -169,7 +169,7 @@ def finish(
         plan = SlicingPlan.from_structure(structure, dict(outputs.model_config), choice.kept)
     result = CompressionResult(tuned.model, plan, report)
     if out_dir is not None:
-        write_outputs(result, example_inputs, Path(out_dir), outputs.manifest_extra)
+        write_outputs(result, example_inputs, Path(out_dir), outputs)
     return result
 
 
@@ -220,7 +220,7 @@ def structured_choice(
             if method == "magnitude"
             else selection.random_at_counts(structure, counts, seed)
         )
-    sliced, difference = trainer.slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
+    sliced, difference = slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
     details["sliced_vs_masked_max_abs_diff"] = difference
     return Choice(sliced, kept, None, details)
 
@@ -261,10 +261,10 @@ def method_report(
         "kept_counts": selection.counts_of(kept),
         "kept": {name: list(indices) for name, indices in kept.items()},
         "accuracy": {
-            "original_val": trainer.accuracy(original, *splits.val, batch),
-            "original_test": trainer.accuracy(original, *splits.test, batch),
+            "original_val": accuracy(original, *splits.val, batch),
+            "original_test": accuracy(original, *splits.test, batch),
             "compressed_val": tuned.best_val_accuracy,
-            "compressed_test": trainer.accuracy(tuned.model, *splits.test, batch),
+            "compressed_test": accuracy(tuned.model, *splits.test, batch),
         },
         "wall_time_s": wall_time_s,
         "sliced_vs_masked_max_abs_diff": 0.0,
@@ -297,11 +297,11 @@ def method_details(
 
 
 def write_outputs(
-    result: CompressionResult, example_inputs: Tensor, out_dir: Path, manifest_extra: Mapping[str, Any]
+    result: CompressionResult, example_inputs: Tensor, out_dir: Path, outputs: OutputOptions
 ) -> None:
     """Structured: plan + export + report (as `deepiot.compress` writes them); unstructured: the report only."""
     if result.plan is not None:
-        save_outputs(result, result.report, example_inputs, out_dir, manifest_extra)
+        save_outputs(result, result.report, example_inputs, out_dir, outputs)
     else:
         result.report["files"] = {
             kind: str(path) for kind, path in write_report(result.report, out_dir).items()

@@ -25,7 +25,7 @@ from deepiot.baselines.pipeline import METHODS
 from deepiot.baselines.run import RECIPES, compose_baseline_config, run_baseline
 from deepiot.checkpoint import load_trained_model
 from deepiot.cost.latency import measure_onnx_latency
-from deepiot.export import export_model
+from deepiot.export import export_model, manifest_entries
 from deepiot.train import ensure_trained
 from deepiot.utils import atomic_write
 
@@ -177,9 +177,19 @@ def original_reference(grid: Grid) -> dict[str, Any]:
         return json.loads(path.read_text())
     cfg = compose_baseline_config([f"experiment={grid.task}", *grid.overrides, f"paths.output_dir={folder}"])
     torch.set_num_threads(1)
-    model, checkpoint = load_trained_model(ensure_trained(cfg))
+    original_path = ensure_trained(cfg)
+    model, checkpoint = load_trained_model(original_path)
     example = torch.zeros(1, *checkpoint["data"]["input_shape"])
-    exported = export_model(model, example, folder / "export", manifest_extra={"name": grid.task})
+    description = manifest_entries(
+        checkpoint["model_config"],
+        checkpoint["metrics"],
+        checkpoint["data"],
+        sliced=False,
+        source=str(original_path),
+    )
+    exported = export_model(
+        model, example, folder / "export", manifest_extra={**description, "name": grid.task}
+    )
     record = {
         "task": grid.task,
         "test_accuracy": float(checkpoint["metrics"]["test_accuracy"]),

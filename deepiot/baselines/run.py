@@ -20,14 +20,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from deepiot import trainer
 from deepiot.api import OutputOptions, compress
 from deepiot.baselines.pipeline import prune
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR
+from deepiot.compression import CompressionResult
 from deepiot.finetune import FinetuneConfig
 from deepiot.train import ensure_trained, load_bundle, show_progress
-from deepiot.utils import ConfigError
+from deepiot.utils import ConfigError, config_to_dataclass
 
 RECIPES = ("equal", "best")
 
@@ -50,10 +50,7 @@ def finetune_config(cfg: DictConfig) -> FinetuneConfig | None:
         if changes is None:
             return None
         values.update(changes)
-    try:
-        return FinetuneConfig(**values)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid fine-tuning config: {err}") from err
+    return config_to_dataclass(FinetuneConfig, values, "finetune")
 
 
 def run_baseline(cfg: DictConfig) -> dict[str, Any]:
@@ -89,7 +86,7 @@ def run_deepiot(
     recipe: FinetuneConfig | None,
     out_dir: Path,
     outputs: OutputOptions,
-) -> trainer.CompressionResult:
+) -> CompressionResult:
     """DeepIoT's budget-driven search with the budget as its target, then its fine-tuning of the sliced model
     with `recipe` (the shared one; None keeps the compress config's own `finetune` group)."""
     from deepiot.cli.compress import compression_config  # deferred: the CLI module imports Hydra's main

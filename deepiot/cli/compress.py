@@ -24,21 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, reported_errors
-from deepiot.compressor import CompressorConfig
-from deepiot.critic import CriticConfig
-from deepiot.export import SLICED_MODEL_KIND, input_layout
-from deepiot.finetune import FinetuneConfig
+from deepiot.compression import STATE_FILE, CompressionConfig, CompressionResult
+from deepiot.compression.state import read_saved_state
+from deepiot.export import SLICED_MODEL_KIND
 from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
-from deepiot.schedules import ScheduleConfig
 from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
-from deepiot.trainer import STATE_FILE, CompressionConfig, CompressionResult, LoopConfig, read_saved_state
-from deepiot.utils import (
-    ConfigError,
-    atomic_write,
-    check_dataclass_types,
-    remove_stale_temporaries,
-)
+from deepiot.utils import ConfigError, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +40,17 @@ REPORT_KEYS = ("latency_threads",)
 
 
 def compression_config(cfg: DictConfig) -> CompressionConfig:
-    """Build and validate the compression settings from the Hydra groups; ConfigError names a bad value."""
+    """Build and validate the compression settings from the Hydra groups; ConfigError names a bad value.
+
+    Each group fills its dataclass (`CompressionConfig.from_groups`); only the two settings kept outside the
+    dataclasses are handled here: compress.latency_threads (for the report) and cost.name (critic.cost).
+    """
     groups = OmegaConf.to_container(cfg, resolve=True)
+    check_report_settings(groups)
     loop = {key: value for key, value in groups["compress"].items() if key not in REPORT_KEYS}
     loop.setdefault("seed", groups["seed"])  # compress.seed defaults to ${seed} in configs/compress/*.yaml
-    check_group_types({**groups, "compress": loop})
-    check_report_settings(groups)
-    try:
-        return CompressionConfig(
-            loop=LoopConfig(**loop),
-            compressor=CompressorConfig(**groups["compressor"]),
-            critic=CriticConfig(
-                **{**groups["critic"], "betas": tuple(groups["critic"]["betas"])}, cost=groups["cost"]["name"]
-            ),
-            schedule=ScheduleConfig(**groups["schedule"]),
-            finetune=FinetuneConfig(**{**groups["finetune"], "betas": tuple(groups["finetune"]["betas"])}),
-        )
-    except (TypeError, ValueError) as err:
-        raise ConfigError(
-            f"invalid compression config: {err} Fix it in configs/ or override it on the command line."
-        ) from err
-
-
-def check_group_types(groups: dict[str, Any]) -> None:
-    """Every value of the compress/compressor/critic/schedule/finetune groups must fit its dataclass's field types."""
-    schemas = {
-        "compress": LoopConfig,
-        "compressor": CompressorConfig,
-        "critic": CriticConfig,
-        "schedule": ScheduleConfig,
-        "finetune": FinetuneConfig,
-    }
-    for group, schema in schemas.items():
-        check_dataclass_types(schema, groups[group], group)
+    critic = {**groups["critic"], "cost": groups["cost"]["name"]}
+    return CompressionConfig.from_groups({**groups, "compress": loop, "critic": critic})
 
 
 def check_report_settings(groups: dict[str, Any]) -> None:
@@ -172,18 +142,11 @@ def finished_report(out_dir: Path, config: CompressionConfig) -> dict[str, Any] 
 def output_options(cfg: DictConfig, checkpoint: dict[str, Any], original_path: Path) -> OutputOptions:
     """Model description, manifest entries and report entries of a run on the original `checkpoint`
     (shared by deepiot-compress and deepiot-baseline)."""
-    data = checkpoint["data"]
-    description = {
-        "name": cfg.name,
-        "dataset": data["name"],
-        "input_layout": input_layout(data["input_shape"], data["channel_axis"]),
-        "normalization": {**data["normalization"], "channel_axis": data["channel_axis"]},
-        "class_names": data["class_names"],
-        "source_checkpoint": str(original_path),
-    }
     return OutputOptions(
         model_config=checkpoint["model_config"],
-        manifest_extra=description,
+        data=checkpoint["data"],
+        source=str(original_path),
+        manifest_extra={"name": cfg.name},
         report_extra={
             "name": cfg.name,
             "original_training_wall_time_s": checkpoint["metrics"].get("wall_time_s"),

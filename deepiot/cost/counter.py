@@ -23,9 +23,9 @@ ExampleInputs = Tensor | tuple[Any, ...]
 
 # Gate blocks per hidden unit and step of the cell types (modules: `RNN_GATES` by mode).
 _GATES_BY_CELL: tuple[tuple[type[nn.RNNCellBase], int], ...] = (
-    (nn.LSTMCell, 4),
-    (nn.GRUCell, 3),
-    (nn.RNNCell, 1),
+    (nn.LSTMCell, RNN_GATES["LSTM"]),
+    (nn.GRUCell, RNN_GATES["GRU"]),
+    (nn.RNNCell, RNN_GATES["RNN_TANH"]),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch.utils.data import TensorDataset
 
@@ -26,3 +27,14 @@ class DatasetBundle:
     normalization: dict[str, list[float]] = field(default_factory=lambda: {"mean": [], "std": []})
     channel_axis: int = 0  # axis of input_shape the statistics apply to (0 for [C,H,W], -1 for [T,C])
     source: str = ""  # file or directory the data came from
+
+    def describe(self) -> dict[str, Any]:
+        """The dataset in plain values (name, shapes, classes, normalisation), as checkpoints and manifests keep it."""
+        return {
+            "name": self.name,
+            "input_shape": [int(size) for size in self.input_shape],
+            "num_classes": int(self.num_classes),
+            "class_names": [str(name) for name in self.class_names],
+            "normalization": {key: [float(v) for v in values] for key, values in self.normalization.items()},
+            "channel_axis": int(self.channel_axis),
+        }

@@ -16,12 +16,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepiot.cost.types import RNN_GATES
 from deepiot.structure import Structure
 from deepiot.structure.cost import LinearForm
 from deepiot.structure.layout import tile
 
 LAYER_KINDS = ("linear", "conv1d", "conv2d", "lstm", "gru")
-GATES = {"lstm": 4, "gru": 3}
+GATES = {
+    "lstm": RNN_GATES["LSTM"],
+    "gru": RNN_GATES["GRU"],
+}  # gate blocks per hidden unit (the cost contract's)
 FEATURE_NAMES = ("macs", "params", "traffic", "unfolded", "steps")
 Number = float | Tensor
 

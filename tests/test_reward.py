@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from deepiot.cost.types import Cost
-from deepiot.critic import (
+from deepiot.compression.reward import (
     COST_FUNCTIONS,
     CriticConfig,
     EMABaseline,
-    LearnedCritic,
+    LearnedBaseline,
     Reward,
     get_cost_function,
     register_cost,
     structure_features,
 )
+from deepiot.cost.types import Cost
 
 
 class _Group:
@@ -101,32 +101,34 @@ def test_ema_baseline_state_round_trip():
     torch.testing.assert_close(restored.advantages(rewards, None), baseline.advantages(rewards, None))
 
 
-def test_learned_critic_learns_the_reward_of_a_structure():
+def test_learned_baseline_learns_the_reward_of_a_structure():
     torch.manual_seed(0)
-    critic = LearnedCritic(num_features=2, hidden=16, lr=1e-2)
+    baseline = LearnedBaseline(num_features=2, hidden=16, lr=1e-2)
     for _ in range(400):
         features = torch.rand(64, 2)
         rewards = -3.0 * features[:, 0] + features[:, 1]
-        critic.advantages(rewards, features)
+        baseline.advantages(rewards, features)
     test_features = torch.rand(256, 2)
-    error = (critic.predict(test_features) - (-3.0 * test_features[:, 0] + test_features[:, 1])).abs().mean()
+    error = (
+        (baseline.predict(test_features) - (-3.0 * test_features[:, 0] + test_features[:, 1])).abs().mean()
+    )
     assert error.item() < 0.1
-    # a well-fitted critic leaves advantages much smaller than the reward spread
-    advantages = critic.advantages(-3.0 * test_features[:, 0] + test_features[:, 1], test_features)
+    # a well-fitted baseline leaves advantages much smaller than the reward spread
+    advantages = baseline.advantages(-3.0 * test_features[:, 0] + test_features[:, 1], test_features)
     assert advantages.std().item() < 0.2
 
 
-def test_learned_critic_control_variate_reaches_the_keep_probabilities_not_the_network():
-    critic = LearnedCritic(num_features=3)
-    critic.advantages(torch.randn(8), torch.rand(8, 3))
-    critic.optimizer.zero_grad(set_to_none=True)
+def test_learned_baseline_control_variate_reaches_the_keep_probabilities_not_the_network():
+    baseline = LearnedBaseline(num_features=3)
+    baseline.advantages(torch.randn(8), torch.rand(8, 3))
+    baseline.optimizer.zero_grad(set_to_none=True)
     keep_probs = {
         "a": torch.full((4,), 0.5, requires_grad=True),
         "b": torch.full((3,), 0.7, requires_grad=True),
     }
-    critic.control_variate(keep_probs, Reward(ToyStructure(), cost="params")).backward()
+    baseline.control_variate(keep_probs, Reward(ToyStructure(), cost="params")).backward()
     assert keep_probs["a"].grad.abs().sum() > 0 and keep_probs["b"].grad.abs().sum() > 0
-    assert all(param.grad is None for param in critic.net.parameters())
+    assert all(param.grad is None for param in baseline.net.parameters())
 
 
 def test_ema_baseline_needs_no_control_variate():

@@ -6,7 +6,7 @@ max(1, s). With λ = 0 this is exactly the paper's (ℓ_i − b_ℓ)/max(1, s) d
 
 Baselines b:
 - `EMABaseline` (the paper): b = EMA (decay 0.9) of the batch-mean reward, s = EMA of the batch std.
-- `LearnedCritic`: a small MLP Q(features of z) predicting the reward of a sampled structure from its
+- `LearnedBaseline`: a small MLP Q(features of z) predicting the reward of a sampled structure from its
   per-group kept fractions and cost. A baseline that depends on the sampled z biases REINFORCE, so it is
   used as a control variate: the estimate gains the term ∇ E_z[Q(z)] ≈ ∇ Q(features of E[z] = p')
   (exact for a Q linear in the kept fractions; the delta-method approximation otherwise).
@@ -95,8 +95,8 @@ class CriticConfig:
     ema_decay: float = 0.9
     lam: float = 0.0  # weight of the cost term in the reward
     cost: str = "params"  # a name in COST_FUNCTIONS
-    value_hidden: int = 64  # LearnedCritic width
-    value_lr: float = 1e-3  # LearnedCritic Adam learning rate
+    value_hidden: int = 64  # LearnedBaseline width
+    value_lr: float = 1e-3  # LearnedBaseline Adam learning rate
     distill_weight: float = (
         0.0  # a: the critic's loss is (1−a)·CE + a·T²·KL(original ‖ critic); 0 = the paper
     )
@@ -185,7 +185,7 @@ class Reward:
 
 
 def structure_features(masks: Mapping[str, Tensor], cost_ratio: Tensor) -> Tensor:
-    """The learned critic's input: per-group kept fractions and the cost ratio, [N, groups + 1]."""
+    """The learned baseline's input: per-group kept fractions and the cost ratio, [N, groups + 1]."""
     fractions = [mask.mean(dim=-1) for mask in masks.values()]  # each [N, size] → [N]
     return torch.stack([*fractions, cost_ratio], dim=1)  # [N, G + 1]
 
@@ -264,7 +264,7 @@ class EMABaseline:
         self.std.load_state_dict(state["std"])
 
 
-class LearnedCritic:
+class LearnedBaseline:
     """A small MLP Q(kept fractions, cost ratio) → reward, trained by MSE on every batch it judges.
 
     adv_i = (r_i − Q(f(z_i))) / max(1, s) with s the EMA batch std of the rewards (as `EMABaseline`), plus
@@ -342,7 +342,7 @@ def build_baselines(
     on the same batches so the two gradient variances can be compared. The learned one lives on `device`."""
     return {
         "ema": EMABaseline(config.ema_decay),
-        "learned": LearnedCritic(
+        "learned": LearnedBaseline(
             num_groups + 1, config.value_hidden, config.value_lr, config.ema_decay, device=device
         ),
     }

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepiot.critic import Reward
+from deepiot.compression.reward import Reward
 from deepiot.structure import Structure
 
 BUDGET_PRESSURES = ("elasticity", "marginal")

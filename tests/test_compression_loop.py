@@ -11,24 +11,17 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import deepiot.trainer as trainer
+import deepiot.compression.loop as loop
 from deepiot.api import compress
 from deepiot.checkpoint import load_checkpoint
-from deepiot.critic import CriticConfig
+from deepiot.compression import STATE_FILE, CompressionConfig, LoopConfig, compress_model
+from deepiot.compression.reward import CriticConfig
+from deepiot.compression.schedules import ScheduleConfig
+from deepiot.compression.step import build_parts, compressor_critic_step, fresh_state
 from deepiot.finetune import FinetuneConfig
 from deepiot.models import LeNet300
-from deepiot.schedules import ScheduleConfig
+from deepiot.runtime import CompressionError
 from deepiot.structure import SlicingPlan, Structure, build_sliced_model
-from deepiot.trainer import (
-    STATE_FILE,
-    CompressionConfig,
-    CompressionError,
-    LoopConfig,
-    build_parts,
-    compress_model,
-    compressor_critic_step,
-    fresh_state,
-)
 
 
 def small_config(finetune_steps: int = 20, **loop: object) -> CompressionConfig:
@@ -105,7 +98,7 @@ def test_same_seed_same_result_and_killed_run_resumes_identically(tmp_path, data
     config = small_config()
     uninterrupted = compress_model(trained_model, *data, config, run_dir=tmp_path / "a")
 
-    real_step = trainer.compressor_critic_step
+    real_step = loop.compressor_critic_step
     calls = {"count": 0}
 
     def killed_after_27_steps(*args, **kwargs):
@@ -114,11 +107,11 @@ def test_same_seed_same_result_and_killed_run_resumes_identically(tmp_path, data
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "compressor_critic_step", killed_after_27_steps)
+    monkeypatch.setattr(loop, "compressor_critic_step", killed_after_27_steps)
     with pytest.raises(KeyboardInterrupt):
         compress_model(trained_model, *data, config, run_dir=tmp_path / "b")
     assert load_checkpoint(tmp_path / "b" / STATE_FILE)["loop"]["iteration"] == 20  # last evaluation
-    monkeypatch.setattr(trainer, "compressor_critic_step", real_step)
+    monkeypatch.setattr(loop, "compressor_critic_step", real_step)
     resumed = compress_model(trained_model, *data, config, run_dir=tmp_path / "b")
 
     assert resumed.report["history"] == uninterrupted.report["history"]
@@ -145,7 +138,7 @@ def test_resuming_with_another_config_is_refused(tmp_path, data, trained_model):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(
     tmp_path, data, trained_model, monkeypatch
 ):
-    real_step = trainer.compressor_critic_step
+    real_step = loop.compressor_critic_step
 
     def poisoned_after_first_evaluation(parts, state, measure_variance=False):
         if state.iteration == 15:
@@ -153,7 +146,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(
                 parts.critic.fc1.weight.fill_(math.nan)
         return real_step(parts, state, measure_variance)
 
-    monkeypatch.setattr(trainer, "compressor_critic_step", poisoned_after_first_evaluation)
+    monkeypatch.setattr(loop, "compressor_critic_step", poisoned_after_first_evaluation)
     with pytest.raises(
         CompressionError, match=r"critic loss became nan at iteration 15 .*last good state \(iteration 10\)"
     ):

@@ -7,10 +7,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from deepiot.api import compress
+from deepiot.compression import CompressionConfig, LoopConfig
+from deepiot.compression.schedules import ScheduleConfig
 from deepiot.cost.counter import measure_cost
 from deepiot.finetune import FinetuneConfig
-from deepiot.schedules import ScheduleConfig
-from deepiot.trainer import CompressionConfig, LoopConfig
 
 
 class SensorNet(nn.Module):

@@ -1,0 +1,122 @@
+"""Compression settings: the loop's (`LoopConfig`) and the whole run's (`CompressionConfig`, one field per
+config group: compress, compressor, critic, schedule, finetune), compared before a run resumes."""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from deepiot.compression.budget import BUDGET_PRESSURES
+from deepiot.compression.compressor import CompressorConfig
+from deepiot.compression.reward import CriticConfig
+from deepiot.compression.schedules import ScheduleConfig
+from deepiot.finetune import FinetuneConfig
+from deepiot.utils import config_to_dataclass
+
+# The config group (configs/<group>/*.yaml) that fills each field of CompressionConfig.
+CONFIG_GROUPS = {
+    "loop": "compress",
+    "compressor": "compressor",
+    "critic": "critic",
+    "schedule": "schedule",
+    "finetune": "finetune",
+}
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Loop settings. Targets are fractions of the original left (e.g. 0.07 = 7% of the parameters).
+
+    Stop rule (checked every `eval_every` iterations): every set size target met and validation accuracy ≥ the
+    floor, where the floor is the higher of `min_val_accuracy` and original − `max_accuracy_drop` (unset parts
+    are ignored); or the kept set unchanged for `patience` evaluations once τ is at its limit; or
+    `max_iterations`. Then the sliced model is fine-tuned (`CompressionConfig.finetune`).
+    """
+
+    max_iterations: int = 2000
+    batch_size: int = 64
+    eval_every: int = 200
+    target_params: float | None = None
+    target_macs: float | None = None
+    min_val_accuracy: float | None = None
+    max_accuracy_drop: float | None = None
+    patience: int = 5
+    warmup_iterations: int = 0  # Algorithm 1, phase 1: compressor-only iterations, critic frozen, τ = 0
+    budget_lr: float = 0.05  # dual-ascent step of the budget prices λ (0: fixed λ = 0, targets only stop)
+    budget_pressure: str = (
+        "elasticity"  # "elasticity" | "marginal" (see deepiot.compression.budget.BudgetController)
+    )
+    fit_to_budget: bool = True
+    # after the run, also fine-tune the L1-magnitude choice at the same per-group counts (same recipe, same
+    # steps) and report both: how the search compares with the simplest baseline at the same size
+    compare_magnitude: bool = False  # after the search, fit the kept set to the targets by keep probability
+    eval_batch_size: int = 512
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_iterations", "seed"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"compress.{name} must be an integer, got {getattr(self, name)!r}.")
+        for name in (
+            "max_iterations",
+            "batch_size",
+            "eval_every",
+            "patience",
+            "eval_batch_size",
+            "log_every",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"compress.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.warmup_iterations < 0 or not self.budget_lr >= 0:
+            raise ValueError(
+                f"compress.warmup_iterations and compress.budget_lr must be >= 0, got {self.warmup_iterations} "
+                f"and {self.budget_lr}."
+            )
+        if self.budget_pressure not in BUDGET_PRESSURES:
+            raise ValueError(
+                f"compress.budget_pressure must be one of {BUDGET_PRESSURES}, got {self.budget_pressure!r}."
+            )
+        if self.seed < 0:
+            raise ValueError(f"compress.seed must be >= 0, got {self.seed}.")
+        for name in ("target_params", "target_macs"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(
+                    f"compress.{name} is a fraction of the original left and must be in (0, 1], got {value}."
+                )
+        for name in ("min_val_accuracy", "max_accuracy_drop"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"compress.{name} must be in [0, 1], got {value}.")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Everything that decides what a compression computes (compared before resuming a run)."""
+
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    compressor: CompressorConfig = field(default_factory=CompressorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-like dict (tuples as lists), as stored in the checkpoint."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_groups(cls, groups: Mapping[str, Mapping[str, Any]]) -> CompressionConfig:
+        """The settings from plain config groups ({"compress": {...}, "critic": {...}, ...}, see CONFIG_GROUPS),
+        each filled into its dataclass by `config_to_dataclass`; ConfigError names an unknown key or bad value."""
+        hints = typing.get_type_hints(cls)
+        return cls(
+            **{
+                name: config_to_dataclass(hints[name], groups[group], group)
+                for name, group in CONFIG_GROUPS.items()
+            }
+        )
