@@ -34,7 +34,18 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from deepiot.budget import BUDGET_PRESSURES, BudgetController, budgets_of, cost_ratios, fit_to_budget
+from deepiot.budget import (
+    BUDGET_COSTS,
+    BUDGET_PRESSURES,
+    BudgetController,
+    LatencyProfile,
+    attach_profile,
+    budget_fractions,
+    cost_ratios,
+    fit_to_budget,
+    kept_values,
+    needs_latency,
+)
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.compressor import Compressor, CompressorConfig, MaskDistribution, score_variance
 from deepiot.critic import Baseline, CriticConfig, Reward, build_baselines, structure_features
@@ -62,9 +73,11 @@ SLICED_TOLERANCE = 1e-4  # max |sliced − masked| logit difference accepted (fl
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """Loop settings. Targets are fractions of the original left (e.g. 0.07 = 7% of the parameters).
+    """Loop settings. Targets (budgets) are fractions of the original left (e.g. 0.07 = 7% of the parameters) or
+    limits in device units: batch-1 latency in ms predicted by a device profile, serialised fp32 weights (flash)
+    and peak activation memory (RAM) in KiB (see `deepiot.budget`).
 
-    Stop rule (checked every `eval_every` iterations): every set size target met and validation accuracy ≥ the
+    Stop rule (checked every `eval_every` iterations): every set target met and validation accuracy ≥ the
     floor, where the floor is the higher of `min_val_accuracy` and original − `max_accuracy_drop` (unset parts
     are ignored); or the kept set unchanged for `patience` evaluations once τ is at its limit; or
     `max_iterations`. Then the sliced model is fine-tuned (`CompressionConfig.finetune`).
@@ -75,6 +88,9 @@ class LoopConfig:
     eval_every: int = 200
     target_params: float | None = None
     target_macs: float | None = None
+    target_latency_ms: float | None = None  # needs CompressionConfig.latency_profile
+    target_model_kb: float | None = None
+    target_peak_activation_kb: float | None = None
     min_val_accuracy: float | None = None
     max_accuracy_drop: float | None = None
     patience: int = 5
@@ -121,6 +137,10 @@ class LoopConfig:
                 raise ValueError(
                     f"compress.{name} is a fraction of the original left and must be in (0, 1], got {value}."
                 )
+        for name in ("target_latency_ms", "target_model_kb", "target_peak_activation_kb"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"compress.{name} is a limit in device units and must be > 0, got {value}.")
         for name in ("min_val_accuracy", "max_accuracy_drop"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -136,6 +156,18 @@ class CompressionConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    latency_profile: LatencyProfile = field(default_factory=LatencyProfile)  # prices `latency`
+
+    def latency_needed_by(self) -> str | None:
+        """The setting that needs predicted latency (a latency budget or cost=latency), or None."""
+        return needs_latency(self.critic.cost, asdict(self.loop))
+
+    def check_latency_profile(self) -> None:
+        """BudgetError now, before any work, when latency is needed and the profile is missing or made for
+        another runtime or thread count."""
+        needed_by = self.latency_needed_by()
+        if needed_by is not None:
+            self.latency_profile.load(needed_by)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (tuples as lists), as stored in the checkpoint."""
@@ -333,6 +365,7 @@ def compress_model(
         kept elements, modelled cost ratios, accuracies (original and compressed) and wall times.
     """
     config = config or CompressionConfig()
+    config.check_latency_profile()
     device = model_device(model) if device is None else resolve_device(device)
     train_inputs, train_labels = (t.to(device) for t in dataset_tensors(train_data, "train"))
     val_inputs, val_labels = (t.to(device) for t in dataset_tensors(val_data, "val"))
@@ -448,10 +481,15 @@ def progress_line(
     seconds = time.perf_counter() - session_start
     per_iteration = seconds / max(1, state.iteration - first_iteration)
     eta = per_iteration * (loop.max_iterations - state.iteration)
+    device_ratios = "".join(
+        f"{cost.replace('_', ' ')} left {100 * record[f'{cost}_ratio']:.1f}%  "
+        for cost in ("latency", "model_bytes", "activation_bytes")
+        if f"{cost}_ratio" in record
+    )
     return (
         f"iteration {state.iteration}/{loop.max_iterations}  τ {record['tau']:.3f}  "
         f"val_accuracy {record['val_accuracy']:.4f}  params left {100 * record['params_ratio']:.1f}%  "
-        f"MACs left {100 * record['macs_ratio']:.1f}%  elapsed {state.wall_time_s['compress']:.0f} s  "
+        f"MACs left {100 * record['macs_ratio']:.1f}%  {device_ratios}elapsed {state.wall_time_s['compress']:.0f} s  "
         f"ETA ≤ {eta:.0f} s (+ fine-tuning)"
     )
 
@@ -466,7 +504,13 @@ def evaluate_and_decide(
     val_accuracy = accuracy(
         parts.network, *validation, loop.eval_batch_size, parts.structure.masks_from_kept(kept, parts.device)
     )
-    ratios = ratio_record(parts.structure, kept)
+    ratios = {
+        **ratio_record(parts.structure, kept),
+        **{
+            f"{cost}_ratio": ratio
+            for cost, ratio in cost_ratios(parts.structure, kept, parts.budget.budgets).items()
+        },
+    }
     record = {
         "iteration": state.iteration,
         "tau": tau,
@@ -499,7 +543,7 @@ def final_kept_set(parts: LoopParts, state: LoopState) -> dict[str, list[int]]:
     # ranked element by element on the host: one copy instead of a device sync per element
     probs = {name: torch.sigmoid(logits).cpu() for name, logits in state.keep_logits.items()}
     fitted = fit_to_budget(parts.structure, state.kept, probs, budgets)
-    before, after = cost_ratios(parts.structure, state.kept), cost_ratios(parts.structure, fitted)
+    before, after = (cost_ratios(parts.structure, kept, budgets) for kept in (state.kept, fitted))
     log.info(
         "kept set fitted to the budget: %s",
         ", ".join(
@@ -512,8 +556,7 @@ def final_kept_set(parts: LoopParts, state: LoopState) -> dict[str, list[int]]:
 def stop_reason(parts: LoopParts, state: LoopState, record: Mapping[str, float]) -> str:
     """Why compression stops now ("" to go on): target met, converged, or out of iterations."""
     loop = parts.config.loop
-    targets = {"params_ratio": loop.target_params, "macs_ratio": loop.target_macs}
-    size_targets = {key: value for key, value in targets.items() if value is not None}
+    size_targets = {f"{cost}_ratio": fraction for cost, fraction in parts.budget.budgets.items()}
     accurate = record["val_accuracy"] >= accuracy_floor(loop, state.original["val_accuracy"])
     if size_targets and accurate and all(record[key] <= value for key, value in size_targets.items()):
         return "target met: " + ", ".join(
@@ -615,6 +658,7 @@ def compression_result(
         "kept_counts": {name: len(indices) for name, indices in state.kept.items()},
         "kept": plan.kept,
         **{"modelled_" + key: value for key, value in ratio_record(parts.structure, state.kept).items()},
+        "budgets": budget_record(parts, state.kept),
         "accuracy": {
             "original_val": state.original["val_accuracy"],
             "original_test": state.original["test_accuracy"],
@@ -627,6 +671,26 @@ def compression_result(
         "finetune_history": tuned.history,
     }
     return CompressionResult(tuned.model, plan, report)
+
+
+def budget_record(parts: LoopParts, kept: Mapping[str, list[int]]) -> dict[str, Any]:
+    """Every budget of the run (its setting, the fraction of the original it allows, the result's fraction) and
+    the original's and the result's latency (predicted, when a profile is attached), model and peak activation
+    KiB, so a budget in device units can be checked against what the run kept."""
+    loop = asdict(parts.config.loop)
+    everything = {group.name: range(group.size) for group in parts.structure.groups}
+    budgets = {}
+    for key, (cost, unit, _) in BUDGET_COSTS.items():
+        if loop.get(key) is not None:
+            result = cost_ratios(parts.structure, kept, [cost])[cost]
+            budgets[key] = {"cost": cost, "value": loop[key], "unit": unit or "fraction of the original",
+                            "fraction": parts.budget.budgets[cost], "result_fraction": result}  # fmt: skip
+    return {
+        "targets": budgets,
+        "original": kept_values(parts.structure, everything),
+        "compressed": kept_values(parts.structure, kept),
+        "latency_profile": parts.config.latency_profile.profile if parts.config.latency_needed_by() else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -642,6 +706,8 @@ def build_parts(
     """Create compressor, optimizers, baselines, reward, schedule and random streams for `critic`, on
     `device` (default: the critic's); modules are initialised on the CPU, then moved (same start anywhere)."""
     device = model_device(critic) if device is None else device
+    attach_profile(structure, critic, config.latency_profile, config.latency_needed_by())
+    budgets = budget_fractions(structure, asdict(config.loop))  # BudgetError: already met, or impossible
     torch.manual_seed(config.loop.seed)
     compressor = Compressor.for_structure(structure, critic, config.compressor).to(device)
     critic_config = config.critic
@@ -663,9 +729,7 @@ def build_parts(
         compressor_optimizer=torch.optim.RMSprop(compressor.parameters(), lr=config.compressor.lr),
         baselines=build_baselines(critic_config, len(structure.groups), device),
         reward=Reward(structure, critic_config.cost, critic_config.lam),
-        budget=BudgetController(
-            structure, budgets_of(asdict(config.loop)), config.loop.budget_lr, config.loop.budget_pressure
-        ),
+        budget=BudgetController(structure, budgets, config.loop.budget_lr, config.loop.budget_pressure),
         schedule=build_schedule(config.schedule),
         batches=BatchStream(*train, config.loop.batch_size, seed=config.loop.seed),
         mask_generator=torch.Generator(device=device).manual_seed(config.loop.seed + 1),

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from deepiot.api import OutputOptions, compress
+from deepiot.budget import LatencyProfile
 from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, reported_errors
 from deepiot.compressor import CompressorConfig
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 FINETUNED_MODEL = "finetuned_model.pt"
 # keys of the compress group that are not loop settings
 REPORT_KEYS = ("latency_threads",)
+# keys of the cost group that choose the device profile (deepiot.budget.LatencyProfile); `name` is critic.cost
+PROFILE_KEYS = ("profile", "runtime", "threads")
 
 
 def compression_config(cfg: DictConfig) -> CompressionConfig:
@@ -63,6 +66,7 @@ def compression_config(cfg: DictConfig) -> CompressionConfig:
             ),
             schedule=ScheduleConfig(**groups["schedule"]),
             finetune=FinetuneConfig(**{**groups["finetune"], "betas": tuple(groups["finetune"]["betas"])}),
+            latency_profile=LatencyProfile(**{key: groups["cost"][key] for key in PROFILE_KEYS}),
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(
@@ -95,6 +99,12 @@ def check_report_settings(groups: dict[str, Any]) -> None:
         raise ConfigError(
             f"config value cost.name={groups['cost'].get('name')!r} is invalid: expected a string."
         )
+    profile = groups["cost"].get("profile")
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError(
+            f"config value cost.profile={profile!r} is invalid: expected null or the path of a "
+            "device_profile.json (or its folder) made by deepiot-profile."
+        )
 
 
 def config_device(cfg: DictConfig) -> torch.device:
@@ -114,6 +124,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
     """
     check_train_config(cfg)
     config = compression_config(cfg)
+    config.check_latency_profile()  # before the original is trained or loaded
     device = config_device(cfg)
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_report(out_dir, config)
@@ -217,9 +228,11 @@ def main(cfg: DictConfig) -> float:
     with reported_errors("deepiot-compress"):
         report = run_compress(cfg)
     left, accuracy = report["cost"]["left"], report["accuracy"]
+    predicted = report.get("budgets", {}).get("compressed", {})
+    latency = f"predicted latency {predicted['latency_ms']:.4f} ms  " if "latency_ms" in predicted else ""
     print(
         f"[deepiot-compress] {cfg.name}: params left {100 * left['params']:.2f}%  MACs left {100 * left['macs']:.2f}%  "
-        f"test accuracy {accuracy['original_test']:.4f} → {accuracy['compressed_test']:.4f}  "
+        f"{latency}test accuracy {accuracy['original_test']:.4f} → {accuracy['compressed_test']:.4f}  "
         f"({report['stop_reason']})  report {cfg.paths.output_dir}/report.md"
     )
     return accuracy["compressed_val"]
