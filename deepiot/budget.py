@@ -6,6 +6,7 @@ device units (`compress.target_latency_ms`: batch-1 latency predicted by a devic
 the largest layer input + output at batch 1, the RAM it needs; 1 KiB = 1024 bytes). `budget_fractions` turns
 every budget into the fraction of the original's cost it allows, after checking that the original does not
 already fit and that the smallest structure the model can have (one element per group) does.
+
 - `BudgetController` adds Σ_k λ_k · E[cost_k(z)]/cost_k(original) to the compressor's objective, with the
   expected cost differentiable in the (threshold-decayed) keep probabilities, and adapts each λ_k by dual
   ascent on the log budget violation: λ_k ← max(0, λ_k + η · log(E[cost_k ratio] / budget_k)). A budget that
@@ -79,10 +80,8 @@ class LatencyProfile:
 
     def load(self, needed_by: str) -> dict[str, Any]:
         """The profile document, checked to be for this runtime and thread count; BudgetError otherwise."""
-        from deepiot.device.profile import (
-            ProfileError,
-            load_profile,
-        )  # deferred: numpy/onnx side of the package
+        # deferred: the device side of the package is only needed for latency
+        from deepiot.device.profile import ProfileError, load_profile
 
         if self.profile is None:
             raise BudgetError(
