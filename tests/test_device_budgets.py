@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from deepiot.baselines import prune
-from deepiot.baselines.run import budget_setting, compose_baseline_config
+from deepiot.baselines.run import budget_setting, compose_baseline_config, run_baseline
 from deepiot.budget import BudgetError, LatencyProfile, attach_profile, budget_fractions, cost_ratios
 from deepiot.cli import compose_config
 from deepiot.cli.compress import compression_config
@@ -170,3 +170,13 @@ def test_cost_ratios_price_latency_like_the_profile(tmp_path, trained_model):
     attach_profile(structure, trained_model, LatencyProfile(write_profile(tmp_path)), "a test")
     ratios = cost_ratios(structure, {"fc1": range(20), "fc2": range(5)}, ["latency", "params"])
     assert ratios["latency"] == pytest.approx(hand_latency_ms(20, 5) / hand_latency_ms(60, 30))
+
+
+def test_deepiot_baseline_refuses_a_latency_budget_without_a_profile_before_training(tmp_path):
+    cfg = compose_baseline_config(
+        [f"paths.output_dir={tmp_path / 'run'}", f"paths.original_dir={tmp_path / 'no_original'}",
+         "budget.cost=latency_ms", "budget.limit=0.02"]
+    )  # fmt: skip
+    with pytest.raises(BudgetError, match="a latency_ms budget needs a device profile"):
+        run_baseline(cfg)
+    assert not (tmp_path / "no_original").exists()  # nothing was trained

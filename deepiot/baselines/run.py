@@ -62,6 +62,9 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     recipe = finetune_config(cfg)
+    budget, cost = budget_setting(cfg)
+    if cost == "latency_ms":  # a missing or mismatched profile is refused before the original is trained
+        latency_profile(cfg).load(f"a {cost} budget")
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path)
     bundle = load_bundle(cfg)
@@ -70,7 +73,6 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
 
     outputs = output_options(cfg, checkpoint, original_path)
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    budget, cost = budget_setting(cfg)
     if method["name"] == "deepiot":
         return run_deepiot(cfg, model, bundle, recipe, out_dir, outputs).report
     result = prune(

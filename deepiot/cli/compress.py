@@ -4,6 +4,8 @@ Examples:
     deepiot-compress                                    # LeNet-5/MNIST, quick schedule → outputs/compress/lenet5_mnist
     deepiot-compress experiment=deepsense_hapt_activity compress=paper
     deepiot-compress -m critic.lam=0,0.1 cost=macs       # a sweep: one run folder per override set
+    deepiot-compress compress.target_params=null compress.target_latency_ms=0.02 \
+        cost.profile=experiments/device/host_ort_1thread/device_profile.json   # a latency budget on this machine
 
 The run folder receives compress_state.pt (resume state: rerunning the same command resumes), report.json,
 report.md, kept_elements.png, progress.png, slicing_plan.json, finetuned_model.pt (the fine-tuned sliced
