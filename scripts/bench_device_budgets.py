@@ -2,7 +2,8 @@
 
 For every task: the original (exported here from outputs/train/<task>/model.pt) and the exports of finished
 `deepiot-compress` runs are timed in one interleaved loop (`time_interleaved`: rounds over all models, so load
-changes on a shared machine hit every model alike). Writes results.json, table.md and latency.png into --out.
+changes on a shared machine hit every model alike). Writes results.json, table.md and latency.png into --out; labels starting with "params" / "latency" are
+drawn blue / orange.
 
     python scripts/bench_device_budgets.py \
         --run lenet5_mnist:params=outputs/device_budgets/lenet5_mnist_params \
@@ -28,6 +29,8 @@ from deepiot.device import attach_latency_model
 from deepiot.export import export_model
 from deepiot.report import _pyplot
 from deepiot.structure import Structure
+
+COLORS = {"original": "0.6", "params": "tab:blue", "latency": "tab:orange"}  # by the label's first word
 
 
 def parse_runs(values: list[str]) -> dict[str, dict[str, Path]]:
@@ -116,28 +119,36 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
-    """Measured latency (bars, p10–p90 whiskers) per model and task, accuracy written on each bar."""
+    """Measured median latency per model and task (whiskers p10–p90, cut at the axis), the profile's prediction
+    as a cross, test accuracy and latency cut written on each bar; params budgets blue, latency budgets orange."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    widths = [1.6 + 1.1 * len(records) for records in results.values()]
+    figure, axes = plt.subplots(
+        1, len(results), figsize=(sum(widths), 4.5), squeeze=False, width_ratios=widths
+    )
     for axis, (task, records) in zip(axes[0], results.items(), strict=True):
         labels = list(records)
         medians = np.array([records[k]["measured_ms"] for k in labels])
         errors = np.array([[records[k]["measured_ms"] - records[k]["p10_ms"] for k in labels],
                            [records[k]["p90_ms"] - records[k]["measured_ms"] for k in labels]])  # fmt: skip
-        bars = axis.bar(
-            labels, medians, yerr=errors, capsize=4, color=["0.6", "tab:blue", "tab:orange"][: len(labels)]
-        )
+        colors = [COLORS.get(label.split("_")[0], "0.6") for label in labels]
+        bars = axis.bar(labels, medians, yerr=errors, capsize=4, color=colors)
         axis.scatter(labels, [records[k]["predicted_ms"] for k in labels], color="k", marker="x", zorder=3,
                      label="predicted by the profile")  # fmt: skip
+        top = 1.35 * float(medians.max())
         for bar, label in zip(bars, labels, strict=True):
             r = records[label]
-            axis.annotate(f"{100 * r['test_accuracy']:.2f}%\n−{100 * r['latency_cut']:.0f}% time" if label != "original"
-                          else f"{100 * r['test_accuracy']:.2f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                          ha="center", va="bottom", fontsize=8, xytext=(0, 6), textcoords="offset points")  # fmt: skip
-        axis.set_title(f"{task}: ONNX Runtime, batch 1, 1 thread")
-        axis.set_ylabel("median latency (ms)")
-        axis.set_ylim(0, 1.3 * float((medians + errors[1]).max()))
-        axis.legend(fontsize=8)
+            text = f"{100 * r['test_accuracy']:.2f}%" + (
+                f"\n−{100 * r['latency_cut']:.1f}%" if label != "original" else ""
+            )
+            height = min(r["p90_ms"], 0.8 * top)  # above the whisker, inside the axes
+            axis.annotate(text, (bar.get_x() + bar.get_width() / 2, height), ha="center", va="bottom", fontsize=8,
+                          xytext=(0, 3), textcoords="offset points")  # fmt: skip
+        axis.set_title(f"{task}\nONNX Runtime, batch 1, 1 thread (median, p10–p90)", fontsize=10)
+        axis.set_ylabel("latency (ms)")
+        axis.set_ylim(0, top)
+        axis.tick_params(axis="x", labelrotation=30, labelsize=8)
+        axis.legend(fontsize=8, loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
