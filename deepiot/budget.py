@@ -4,8 +4,9 @@ Budgets are fractions of the original's cost left (`compress.target_params`, `co
 device units (`compress.target_latency_ms`: batch-1 latency predicted by a device profile's latency model;
 `compress.target_model_kb`: serialised fp32 weights, the flash a model needs; `compress.target_peak_activation_kb`:
 the largest layer input + output at batch 1, the RAM it needs; 1 KiB = 1024 bytes). `budget_fractions` turns
-every budget into the fraction of the original's cost it allows, after checking that the original does not
-already fit and that the smallest structure the model can have (one element per group) does.
+every budget into the fraction of the original's cost it allows, after checking that a budget in device units
+is not already met by the original and is not below the smallest structure the model can have (one element per
+group).
 
 - `BudgetController` adds Σ_k λ_k · E[cost_k(z)]/cost_k(original) to the compressor's objective, with the
   expected cost differentiable in the (threshold-decayed) keep probabilities, and adapts each λ_k by dual
@@ -138,44 +139,44 @@ def budget_fractions(structure: Structure, loop_settings: Mapping[str, Any]) -> 
     """{cost: fraction of the original left} for every budget set in the loop settings (see `BUDGET_COSTS`).
 
     BudgetError, before any work, when a budget in device units is already met by the original (nothing to
-    compress) or when a budget is below the smallest structure the model can have (one element per group).
+    compress) or is below the smallest structure the model can have (one element per group). A fraction below
+    that structure is kept as it was: the search ends at one element per group (small test models and the
+    experiments' default 1.98% rely on it).
     A latency budget needs the profile attached first (`attach_profile`).
     """
     full = dict(structure.group_sizes)
-    smallest = dict.fromkeys(full, 1)
     fractions = {}
     for key, (cost, unit, scale) in BUDGET_COSTS.items():
         value = loop_settings.get(key)
         if value is None:
             continue
         original = cost_of(structure, cost, full)
-        limit = value * scale if unit is not None else value * original  # in the cost's own units
-        shown = f"{value:g} {unit}" if unit is not None else f"{value:g} of the original {cost}"
-        if unit is not None and original <= limit:
-            raise BudgetError(
-                f"compress.{key}={value:g}: the original model already fits ({describe(cost, original, unit, scale)}), "
-                f"so there is nothing to compress for this budget. Expected a budget below "
-                f"{original / scale:.4g} {unit}; or use the original as it is."
-            )
-        floor = cost_of(structure, cost, smallest)
-        if floor > limit * (1 + 1e-9):
-            raise BudgetError(
-                f"compress.{key}={value:g} cannot be met: the smallest structure the model can have (one element "
-                f"per group; the layers deepiot does not compress stay whole) costs "
-                f"{describe(cost, floor, unit, scale, original)}, more than the budget of {shown}. Expected a budget "
-                f"of at least {floor / scale if unit else floor / original:.4g}"
-                f"{' ' + unit if unit else ' (a fraction)'}."
-            )
-        fractions[cost] = limit / original
+        if unit is None:
+            fractions[cost] = value
+            continue
+        check_device_budget(structure, f"compress.{key}={value:g}", cost, value, unit, scale, original)
+        fractions[cost] = value * scale / original
     return fractions
 
 
-def describe(cost: str, value: float, unit: str | None, scale: float, original: float | None = None) -> str:
-    """A cost value in words: '0.031 ms predicted by the device profile', '41.2 KiB', '1.6% of the original'."""
-    if unit is None:
-        return f"{value / original:.4%} of the original {cost}" if original else f"{value:g} {cost}"
+def check_device_budget(
+    structure: Structure, setting: str, cost: str, value: float, unit: str, scale: float, original: float
+) -> None:
+    """BudgetError when a budget of `value` `unit`s is met by the original or below the smallest structure."""
     source = " predicted by the device profile" if cost == "latency" else f" of {cost.replace('_', ' ')}"
-    return f"{value / scale:.4g} {unit}{source}"
+    if original <= value * scale:
+        raise BudgetError(
+            f"{setting}: the original model already fits ({original / scale:.4g} {unit}{source}), so there is "
+            f"nothing to compress for this budget. Expected a budget below {original / scale:.4g} {unit}; or use "
+            "the original as it is."
+        )
+    floor = cost_of(structure, cost, dict.fromkeys(structure.group_sizes, 1))
+    if floor > value * scale * (1 + 1e-9):
+        raise BudgetError(
+            f"{setting} cannot be met: the smallest structure the model can have (one element per group; the layers "
+            f"deepiot does not compress stay whole) costs {floor / scale:.4g} {unit}{source}, more than the budget "
+            f"of {value:g} {unit}. Expected a budget of at least {floor / scale:.4g} {unit}."
+        )
 
 
 class BudgetController:
