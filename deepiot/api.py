@@ -55,6 +55,10 @@ def compress(
     *,
     example_inputs: Tensor | None = None,
     target: float | None = None,
+    latency_ms: float | None = None,
+    model_kb: float | None = None,
+    peak_activation_kb: float | None = None,
+    profile: str | os.PathLike[str] | None = None,
     cost: str | None = None,
     lam: float | None = None,
     baseline: str | None = None,
@@ -81,6 +85,12 @@ def compress(
         example_inputs: one input batch for structure tracing and export (default: the first training sample).
         target: the budget, a fraction of the parameters to keep in (0, 1]: the search is driven to it (a
             dual-ascent price on the expected size), stops once it is met, and the result is fitted to it.
+        latency_ms: a latency budget: batch-1 latency (ms) predicted by `profile`'s latency model.
+        model_kb: a flash budget: KiB (1024 bytes) of serialised fp32 weights (parameters and buffers).
+        peak_activation_kb: a RAM budget: KiB of the largest layer input + output at batch 1 (fp32).
+        profile: device_profile.json (or its folder) made by deepiot-profile on the target device, for
+            `latency_ms` and cost="latency"; its runtime and threads must be `config.latency_profile`'s
+            (default ONNX Runtime, 1 thread).
         cost: resource cost in the reward ("params", "macs", "activation_bytes", "model_bytes" or registered).
         lam: weight λ of the cost in the reward (0 = the paper).
         baseline: "ema" (the paper) or "learned" (value critic).
@@ -123,6 +133,10 @@ def compress(
     config = _with_overrides(
         config or CompressionConfig(),
         target=target,
+        latency_ms=latency_ms,
+        model_kb=model_kb,
+        peak_activation_kb=peak_activation_kb,
+        profile=profile,
         cost=cost,
         lam=lam,
         baseline=baseline,
@@ -130,6 +144,7 @@ def compress(
         max_iterations=max_iterations,
         seed=seed,
     )
+    config.check_latency_profile()  # a latency budget without a usable profile: refused before any work
     outputs = outputs or OutputOptions()
     device = model_device(model) if device is None else resolve_device(device)
     host_model = on_host(model)
@@ -273,6 +288,9 @@ def _with_overrides(config: CompressionConfig, **overrides: Any) -> CompressionC
     loop = dataclasses.replace(
         loop,
         target_params=values.get("target", loop.target_params),
+        target_latency_ms=values.get("latency_ms", loop.target_latency_ms),
+        target_model_kb=values.get("model_kb", loop.target_model_kb),
+        target_peak_activation_kb=values.get("peak_activation_kb", loop.target_peak_activation_kb),
         max_iterations=values.get("max_iterations", loop.max_iterations),
         seed=values.get("seed", loop.seed),
     )
@@ -286,4 +304,9 @@ def _with_overrides(config: CompressionConfig, **overrides: Any) -> CompressionC
     chosen = values.get("schedule", schedule)
     if isinstance(chosen, str):
         chosen = dataclasses.replace(schedule, name=chosen)
-    return dataclasses.replace(config, loop=loop, critic=critic, schedule=chosen, finetune=tuning)
+    profile = config.latency_profile
+    if "profile" in values:
+        profile = dataclasses.replace(profile, profile=str(values["profile"]))
+    return dataclasses.replace(
+        config, loop=loop, critic=critic, schedule=chosen, finetune=tuning, latency_profile=profile
+    )

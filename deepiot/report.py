@@ -69,6 +69,8 @@ def build_report(
     }
     if "magnitude_at_same_counts" in loop_report:
         report["magnitude_at_same_counts"] = dict(loop_report["magnitude_at_same_counts"])
+    if "budgets" in loop_report:
+        report["budgets"] = dict(loop_report["budgets"])
     if latency_threads is not None:
         before = measure_latency(original, example_inputs, threads=latency_threads).median_ms
         after = measure_latency(sliced, example_inputs, threads=latency_threads).median_ms
@@ -111,6 +113,26 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
     return paths
 
 
+def budget_lines(budgets: Mapping[str, Any] | None) -> list[str]:
+    """Table rows of the device-unit values (predicted latency, model and peak activation KiB) and of each budget."""
+    if not budgets:
+        return []
+    units = {"latency_ms": "predicted latency (ms)", "model_kb": "model KiB (fp32 weights)",
+             "peak_activation_kb": "peak activation KiB"}  # fmt: skip
+    lines = [
+        f"| {label} | {budgets['original'][key]:.4g} | {budgets['compressed'][key]:.4g} | "
+        f"{100 * budgets['compressed'][key] / budgets['original'][key]:.1f}% |"
+        for key, label in units.items()
+        if key in budgets["original"]
+    ]
+    for key, target in budgets["targets"].items():
+        lines.append(
+            f"| budget {key} = {target['value']:g} {target['unit']} | — | {100 * target['result_fraction']:.2f}% of "
+            f"the original | allowed {100 * target['fraction']:.2f}% |"
+        )
+    return lines
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """A human-readable summary table of the report."""
     cost, accuracy = report["cost"], report["accuracy"]
@@ -131,6 +153,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             f"| host latency, batch 1, {latency['threads']} thread(s) (ms) | {latency['original']:.3f} | "
             f"{latency['compressed']:.3f} | {100 * latency['left']:.1f}% |"
         )
+    lines += budget_lines(report.get("budgets"))
     lines.append(
         f"| test accuracy | {accuracy['original_test']:.4f} | {accuracy['compressed_test']:.4f} | "
         f"Δ {accuracy['compressed_test'] - accuracy['original_test']:+.4f} |"

@@ -4,7 +4,8 @@
     python scripts/reproduce.py task=lenet5_mnist methods=magnitude,random,torch_pruning,unstructured \
         budgets=0.01,0.02,0.035 seeds=0,1,2 recipes=equal,best finetune.steps=3000
 
-Grid keys: task, methods, budgets, seeds, recipes (equal | best), cost (params | macs), runs_dir
+Grid keys: task, methods, budgets, seeds, recipes (equal | best), cost (params | macs: budgets are fractions;
+latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with cost.profile=... among the overrides), runs_dir
 (default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only.
 Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
 compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);

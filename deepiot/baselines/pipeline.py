@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from deepiot.api import OutputOptions, save_outputs
 from deepiot.baselines import reference, selection, unstructured
 from deepiot.compression import CompressionResult, slice_checked
+from deepiot.compression.budget import DEVICE_BUDGETS, LatencyProfile, attach_profile, budget_fractions
 from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.report import build_report, write_report
 from deepiot.runtime import accuracy, dataset_tensors
@@ -46,6 +47,7 @@ def prune(
     counts: Mapping[str, int] | None = None,
     fraction: float | None = None,
     normalizer: str = "mean",
+    profile: LatencyProfile | None = None,
     finetune_config: FinetuneConfig | None = None,
     teacher: nn.Module | None = None,
     seed: int = 0,
@@ -64,11 +66,15 @@ def prune(
             (Torch-Pruning's global group-magnitude pruner; no recurrent layers) or "unstructured" (global
             weight magnitude; a sparse model, not a smaller dense one).
         budget: fraction of the original `cost` left, in (0, 1] (magnitude: global ranking normalised per group;
-            random: the per-group counts magnitude picks at this budget; torch_pruning: its global ratio).
-        cost: "params" or "macs" (unstructured: params only).
+            random: the per-group counts magnitude picks at this budget; torch_pruning: its global ratio); for a
+            cost in device units, the limit in that unit.
+        cost: "params" or "macs" (fractions; unstructured: params only), or a budget in device units (magnitude
+            and random): "latency_ms" (predicted by `profile`), "model_kb" (fp32 weights, KiB) or
+            "peak_activation_kb" (largest layer input + output at batch 1, KiB).
         counts: kept elements per group (magnitude, random), instead of a budget.
         fraction: kept fraction of every group (magnitude, random), instead of a budget.
         normalizer: magnitude's per-group score normaliser for a budget, "mean" or "max".
+        profile: the device profile for cost="latency_ms" (see `deepiot.compression.budget.LatencyProfile`).
         finetune_config: the shared recipe (default `FinetuneConfig()`; `steps=0` skips fine-tuning).
         teacher: distillation teacher when `finetune_config.distill_weight > 0` (default: `model` itself).
         seed: random's seed.
@@ -87,8 +93,20 @@ def prune(
         choice, structure = unstructured_choice(original, budget, cost), None
     else:
         structure = structure or Structure.from_model(original, splits.train[0][:2])
+        fraction_budget, fraction_cost = budget, cost
+        if cost in DEVICE_BUDGETS and budget is not None:
+            fraction_cost, fraction_budget = device_budget(original, structure, method, budget, cost, profile)
         choice = structured_choice(
-            original, structure, splits, method, budget, cost, counts, fraction, normalizer, seed
+            original,
+            structure,
+            splits,
+            method,
+            fraction_budget,
+            fraction_cost,
+            counts,
+            fraction,
+            normalizer,
+            seed,
         )
     details = method_details(method, budget, cost, counts, fraction, normalizer, seed)
     return finish(
@@ -223,6 +241,28 @@ def structured_choice(
     sliced, difference = slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
     details["sliced_vs_masked_max_abs_diff"] = difference
     return Choice(sliced, kept, None, details)
+
+
+def device_budget(
+    model: nn.Module,
+    structure: Structure,
+    method: str,
+    limit: float,
+    cost: str,
+    profile: LatencyProfile | None,
+) -> tuple[str, float]:
+    """(structure cost, fraction of the original) that a budget in device units allows; BudgetError when the
+    original already fits, the budget is impossible, or a latency budget has no usable profile."""
+    if method not in ("magnitude", "random"):
+        raise ValueError(
+            f"method {method} takes a params or macs budget only; a {cost} budget works with magnitude, random "
+            "and deepiot."
+        )
+    setting = f"target_{cost}"
+    needed_by = f"a {cost} budget" if cost == "latency_ms" else None
+    attach_profile(structure, model, profile or LatencyProfile(), needed_by)
+    ((fraction_cost, fraction),) = budget_fractions(structure, {setting: limit}).items()
+    return fraction_cost, fraction
 
 
 def unstructured_choice(model: nn.Module, budget: float | None, cost: str) -> Choice:

@@ -24,6 +24,7 @@ import torch
 from deepiot.baselines.pipeline import METHODS
 from deepiot.baselines.run import RECIPES, compose_baseline_config, run_baseline
 from deepiot.checkpoint import load_trained_model
+from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.export import export_model, manifest_entries
 from deepiot.train import ensure_trained
@@ -90,8 +91,11 @@ class Grid:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}.")
         if set(self.recipes) - set(RECIPES):
             raise ValueError(f"recipes must be among {', '.join(RECIPES)}, got {list(self.recipes)}.")
-        if self.cost not in ("params", "macs"):
-            raise ValueError(f"cost must be params or macs, got {self.cost!r}.")
+        if self.cost not in ("params", "macs", *DEVICE_BUDGETS):
+            raise ValueError(
+                f"cost must be params or macs (budgets are fractions) or one of {', '.join(DEVICE_BUDGETS)} "
+                f"(budgets in device units), got {self.cost!r}."
+            )
 
     def runs(self) -> list[Run]:
         return [
@@ -133,7 +137,7 @@ class Run:
             f"experiment={self.grid.task}",
             f"method={self.method}",
             f"budget.cost={self.grid.cost}",
-            f"budget.fraction={self.budget}",
+            f"budget.{'limit' if self.grid.cost in DEVICE_BUDGETS else 'fraction'}={self.budget}",
             f"recipe={self.recipe}",
             f"run_seed={self.seed}",
             "trainer.num_threads=1",
@@ -296,6 +300,13 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def budget_text(budget: float, cost: str) -> str:
+    """'2% params' for a fraction, '40 KiB model_kb' for a budget in device units."""
+    if cost in DEVICE_BUDGETS:
+        return f"{budget:g} {DEVICE_BUDGETS[cost].unit} {cost.rsplit('_', 1)[0]}"
+    return f"{100 * budget:g}% {cost}"
+
+
 def table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str, Any] | None) -> str:
     """Markdown: our rows (mean ± std over seeds), then the paper's rows for the task."""
     lines = [f"# {task}", ""]
@@ -312,7 +323,7 @@ def table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str
     for row in summary:
         note = " (nonzero, sparse)" if row["sparse"] else ""
         lines.append(
-            f"| {row['recipe']} | {row['method']} | {100 * row['budget']:g}% {row['cost']} | {row['seeds']} | "
+            f"| {row['recipe']} | {row['method']} | {budget_text(row['budget'], row['cost'])} | {row['seeds']} | "
             f"{100 * row['params_left']:.2f}%{note} | {100 * row['macs_left']:.2f}% | "
             f"{100 * row['test_accuracy']:.2f} ± {100 * row['test_accuracy_std']:.2f}% | "
             f"{row['latency_ms']:.3f} ± {row['latency_ms_std']:.3f} | {100 * row['latency_left']:.1f}% |"

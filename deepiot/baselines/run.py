@@ -25,6 +25,7 @@ from deepiot.baselines.pipeline import prune
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR
 from deepiot.compression import CompressionResult
+from deepiot.compression.budget import DEVICE_BUDGETS, LatencyProfile
 from deepiot.finetune import FinetuneConfig
 from deepiot.train import ensure_trained, load_bundle, show_progress
 from deepiot.utils import ConfigError, config_to_dataclass
@@ -58,6 +59,9 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     recipe = finetune_config(cfg)
+    budget, cost = budget_setting(cfg)
+    if cost == "latency_ms":  # a missing or mismatched profile is refused before the original is trained
+        latency_profile(cfg).load(f"a {cost} budget")
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path)
     bundle = load_bundle(cfg)
@@ -66,17 +70,44 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
 
     outputs = output_options(cfg, checkpoint, original_path)
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    budget, cost = float(cfg.budget.fraction), str(cfg.budget.cost)
     if method["name"] == "deepiot":
         return run_deepiot(cfg, model, bundle, recipe, out_dir, outputs).report
     result = prune(
         model, bundle.train, bundle.val, bundle.test, method=method["name"],
         budget=None if method.get("fraction") or method.get("counts") else budget, cost=cost,
         counts=method.get("counts"), fraction=method.get("fraction"), normalizer=method.get("normalizer", "mean"),
-        finetune_config=recipe, seed=int(cfg.run_seed), out_dir=out_dir, outputs=outputs,
+        profile=latency_profile(cfg), finetune_config=recipe, seed=int(cfg.run_seed), out_dir=out_dir, outputs=outputs,
         progress=show_progress(cfg.trainer),
     )  # fmt: skip
     return result.report
+
+
+def budget_setting(cfg: DictConfig) -> tuple[float, str]:
+    """(budget, cost): budget.fraction for a params/macs budget, budget.limit for one in device units."""
+    cost, limit = str(cfg.budget.cost), cfg.budget.get("limit")
+    if cost in DEVICE_BUDGETS:
+        if limit is None:
+            raise ConfigError(
+                f"budget.cost={cost} is a budget in {DEVICE_BUDGETS[cost].unit}: expected budget.limit=<value in "
+                f"{DEVICE_BUDGETS[cost].unit}> (budget.fraction is for params and macs budgets)."
+            )
+        return float(limit), cost
+    if limit is not None:
+        raise ConfigError(
+            f"budget.limit={limit} is for budgets in device units ({', '.join(DEVICE_BUDGETS)}), but budget.cost="
+            f"{cost}: expected budget.fraction for it, or budget.cost=<one of {', '.join(DEVICE_BUDGETS)}>."
+        )
+    return float(cfg.budget.fraction), cost
+
+
+def latency_profile(cfg: DictConfig) -> LatencyProfile:
+    """The device profile settings of the cost group (cost.profile, cost.runtime, cost.threads)."""
+    try:
+        return LatencyProfile(
+            cfg.cost.get("profile"), cfg.cost.get("runtime", "onnxruntime"), cfg.cost.get("threads", 1)
+        )
+    except ValueError as err:
+        raise ConfigError(f"invalid device profile settings: {err}") from err
 
 
 def run_deepiot(
@@ -92,11 +123,11 @@ def run_deepiot(
     from deepiot.cli.compress import compression_config  # deferred: the CLI module imports Hydra's main
 
     config = compression_config(cfg)
+    budget, cost = budget_setting(cfg)
+    targets = {key: None for key in ("params", "macs", *DEVICE_BUDGETS)}
+    targets[cost] = budget
     loop = dataclasses.replace(
-        config.loop,
-        seed=int(cfg.run_seed),
-        target_params=cfg.budget.fraction if cfg.budget.cost == "params" else None,
-        target_macs=cfg.budget.fraction if cfg.budget.cost == "macs" else None,
+        config.loop, seed=int(cfg.run_seed), **{f"target_{key}": value for key, value in targets.items()}
     )
     config = dataclasses.replace(config, loop=loop, finetune=recipe or config.finetune)
     return compress(

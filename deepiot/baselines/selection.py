@@ -15,10 +15,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from deepiot.compression.budget import cost_of
 from deepiot.structure import Structure
 
 Kept = dict[str, list[int]]
-COSTS = ("params", "macs")
+COSTS = ("params", "macs", "latency", "model_bytes", "activation_bytes")  # latency: a profile attached
 NORMALIZERS = ("mean", "max")
 
 
@@ -90,14 +91,15 @@ def shortest_prefix_within_budget(
     structure: Structure, order: list[tuple[str, int]], budget: float, cost: str
 ) -> int:
     """Fewest removals (a prefix of `order`) leaving at most `budget` of the original cost (binary search:
-    the cost falls monotonically along the order); ValueError when even the whole order is not enough."""
-    original = getattr(structure.cost(), cost)
+    the cost falls monotonically along the order — a latency model's nearly so; the prefix found always meets the
+    budget); ValueError when even the whole order is not enough."""
+    original = cost_of(structure, cost, structure.group_sizes)
 
     def fraction_left(removed: int) -> float:
         counts = dict(structure.group_sizes)
         for name, _ in order[:removed]:
             counts[name] -= 1
-        return getattr(structure.cost(counts), cost) / original
+        return cost_of(structure, cost, counts) / original
 
     if fraction_left(len(order)) > budget:
         raise ValueError(

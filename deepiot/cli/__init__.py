@@ -45,6 +45,14 @@ def seed_suffix(seed: int | str) -> str:
 OmegaConf.register_new_resolver("deepiot.seed_suffix", seed_suffix, replace=True)
 
 
+def budget_amount(fraction: float | None, limit: float | None) -> str:
+    """The budget's number in a run folder name: the limit (device units) when set, else the fraction."""
+    return str(fraction if limit is None else limit)
+
+
+OmegaConf.register_new_resolver("deepiot.budget_amount", budget_amount, replace=True)
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose the root config with command-line style overrides, without running anything.
 

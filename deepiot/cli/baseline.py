@@ -6,6 +6,8 @@ Examples:
     deepiot-baseline method=torch_pruning budget.fraction=0.035
     deepiot-baseline method=unstructured finetune.distill_weight=0.5
     deepiot-baseline -m method=magnitude,random budget.fraction=0.01,0.02
+    deepiot-baseline budget.cost=model_kb budget.limit=32          # at most 32 KiB of fp32 weights
+    deepiot-baseline budget.cost=latency_ms budget.limit=0.02 cost.profile=experiments/device/host_ort_1thread
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Examples:
     deepiot-compress                                    # LeNet-5/MNIST, quick schedule → outputs/compress/lenet5_mnist
     deepiot-compress experiment=deepsense_hapt_activity compress=paper
     deepiot-compress -m critic.lam=0,0.1 cost=macs       # a sweep: one run folder per override set
+    deepiot-compress compress.target_params=null compress.target_latency_ms=0.02 \
+        cost.profile=experiments/device/host_ort_1thread/device_profile.json   # a latency budget on this machine
 
 The run folder receives compress_state.pt (resume state: rerunning the same command resumes), report.json,
 report.md, kept_elements.png, progress.png, slicing_plan.json, finetuned_model.pt (the fine-tuned sliced
@@ -65,6 +67,12 @@ def check_report_settings(groups: dict[str, Any]) -> None:
         raise ConfigError(
             f"config value cost.name={groups['cost'].get('name')!r} is invalid: expected a string."
         )
+    profile = groups["cost"].get("profile")
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError(
+            f"config value cost.profile={profile!r} is invalid: expected null or the path of a "
+            "device_profile.json (or its folder) made by deepiot-profile."
+        )
 
 
 def config_device(cfg: DictConfig) -> torch.device:
@@ -84,6 +92,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
     """
     check_train_config(cfg)
     config = compression_config(cfg)
+    config.check_latency_profile()  # before the original is trained or loaded
     device = config_device(cfg)
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_report(out_dir, config)
@@ -180,9 +189,11 @@ def main(cfg: DictConfig) -> float:
     with reported_errors("deepiot-compress"):
         report = run_compress(cfg)
     left, accuracy = report["cost"]["left"], report["accuracy"]
+    predicted = report.get("budgets", {}).get("compressed", {})
+    latency = f"predicted latency {predicted['latency_ms']:.4f} ms  " if "latency_ms" in predicted else ""
     print(
         f"[deepiot-compress] {cfg.name}: params left {100 * left['params']:.2f}%  MACs left {100 * left['macs']:.2f}%  "
-        f"test accuracy {accuracy['original_test']:.4f} → {accuracy['compressed_test']:.4f}  "
+        f"{latency}test accuracy {accuracy['original_test']:.4f} → {accuracy['compressed_test']:.4f}  "
         f"({report['stop_reason']})  report {cfg.paths.output_dir}/report.md"
     )
     return accuracy["compressed_val"]

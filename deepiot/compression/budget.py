@@ -1,6 +1,13 @@
 """Budget-driven search: the user's budget steers the compressor and decides the final kept set.
 
-Budgets are fractions of the original's cost left (`compress.target_params`, `compress.target_macs`).
+Budgets are fractions of the original's cost left (`compress.target_params`, `compress.target_macs`) or limits in
+device units (`compress.target_latency_ms`: batch-1 latency predicted by a device profile's latency model;
+`compress.target_model_kb`: serialised fp32 weights, the flash a model needs; `compress.target_peak_activation_kb`:
+the largest layer input + output at batch 1, the RAM it needs; 1 KiB = 1024 bytes). `budget_fractions` turns
+every budget into the fraction of the original's cost it allows, after checking that a budget in device units
+is not already met by the original and is not below the smallest structure the model can have (one element per
+group).
+
 - `BudgetController` adds Σ_k λ_k · E[cost_k(z)]/cost_k(original) to the compressor's objective, with the
   expected cost differentiable in the (threshold-decayed) keep probabilities, and adapts each λ_k by dual
   ascent on the log budget violation: λ_k ← max(0, λ_k + η · log(E[cost_k ratio] / budget_k)). A budget that
@@ -13,18 +20,165 @@ Budgets are fractions of the original's cost left (`compress.target_params`, `co
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from deepiot.compression.reward import Reward
+from deepiot.compression.reward import Reward, get_cost_function
+from deepiot.cost.types import Cost
 from deepiot.structure import Structure
+from deepiot.utils import ConfigError
 
 BUDGET_PRESSURES = ("elasticity", "marginal")
-# loop settings → the structure cost each budget is measured in
-BUDGET_COSTS = {"target_params": "params", "target_macs": "macs"}
+LATENCY_RUNTIMES = ("onnxruntime", "torch")
+# keys of the cost group that choose the device profile (LatencyProfile); the group's `name` is critic.cost
+PROFILE_KEYS = ("profile", "runtime", "threads")
+
+
+class BudgetUnit(NamedTuple):
+    """How a budget setting is measured: the cost it limits, and its unit (None: a fraction of the original)."""
+
+    cost: str
+    unit: str | None = None
+    scale: float = 1.0  # the cost's own units per budget unit (bytes per KiB)
+
+
+# loop settings → the cost each budget limits and its unit
+BUDGET_COSTS = {
+    "target_params": BudgetUnit("params"),
+    "target_macs": BudgetUnit("macs"),
+    "target_latency_ms": BudgetUnit("latency", "ms"),
+    "target_model_kb": BudgetUnit("model_bytes", "KiB", 1024.0),
+    "target_peak_activation_kb": BudgetUnit("activation_bytes", "KiB", 1024.0),
+}
+
+
+# budgets in device units by their short name (deepiot-baseline budget.cost=<name>): latency_ms, model_kb, ...
+DEVICE_BUDGETS = {
+    key.removeprefix("target_"): unit for key, unit in BUDGET_COSTS.items() if unit.unit is not None
+}
+
+
+class BudgetError(ConfigError):
+    """A budget that cannot steer a search: no profile for it, already met by the original, or impossible."""
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """The device profile whose latency model prices the `latency` cost (`cost=latency`, `target_latency_ms`),
+    and the runtime and thread count it must have been made with (`cost.profile`, `cost.runtime`, `cost.threads`)."""
+
+    profile: str | None = None  # device_profile.json or its folder (made by deepiot-profile)
+    runtime: str = "onnxruntime"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.runtime not in LATENCY_RUNTIMES:
+            raise ValueError(f"cost.runtime must be one of {LATENCY_RUNTIMES}, got {self.runtime!r}.")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
+            raise ValueError(f"cost.threads must be an integer >= 1, got {self.threads!r}.")
+
+    def load(self, needed_by: str) -> dict[str, Any]:
+        """The profile document, checked to be for this runtime and thread count; BudgetError otherwise."""
+        # deferred: the device side of the package is only needed for latency
+        from deepiot.device.profile import ProfileError, load_profile
+
+        if self.profile is None:
+            raise BudgetError(
+                f"{needed_by} needs a device profile to predict latency, and none is set: expected "
+                "cost.profile=<device_profile.json> (in Python: LatencyProfile(profile=...)); make one on the "
+                "target device with `deepiot-profile runtime=onnxruntime threads=1`, e.g. "
+                "experiments/device/host_ort_1thread/device_profile.json for this project's machine."
+            )
+        try:
+            document = load_profile(self.profile)
+        except ProfileError as err:
+            raise BudgetError(f"{needed_by}: cost.profile={self.profile!r} cannot be used: {err}") from err
+        made = document.get("environment", {})
+        if (made.get("runtime"), made.get("threads")) != (self.runtime, self.threads):
+            raise BudgetError(
+                f"{needed_by}: the device profile {self.profile} was made for runtime={made.get('runtime')} with "
+                f"threads={made.get('threads')}, but latency is asked for runtime={self.runtime} with "
+                f"threads={self.threads}; latencies do not carry over between runtimes or thread counts. Expected a "
+                "profile of the same runtime and threads: profile again with `deepiot-profile "
+                f"runtime={self.runtime} threads={self.threads}`, or set cost.runtime / cost.threads to the profile's."
+            )
+        return document
+
+
+def needs_latency(cost: str, loop_settings: Mapping[str, Any]) -> str | None:
+    """What asks for predicted latency (`critic.cost=latency` or a latency budget), or None."""
+    if loop_settings.get("target_latency_ms") is not None:
+        return f"compress.target_latency_ms={loop_settings['target_latency_ms']}"
+    return "cost=latency" if cost == "latency" else None
+
+
+def attach_profile(
+    structure: Structure, model: nn.Module, settings: LatencyProfile, needed_by: str | None
+) -> None:
+    """Attach `settings`' latency model to `structure` (layers read from `model`) when something needs it."""
+    if needed_by is None:
+        return
+    from deepiot.device.cost import attach_latency_model  # deferred: registers the `latency` cost
+
+    attach_latency_model(structure, model, settings.load(needed_by))
+
+
+def cost_of(structure: Structure, cost: str, counts: Mapping[str, int]) -> float:
+    """`cost` (a structure cost field or a registered cost such as latency) with `counts[g]` elements kept."""
+    if cost in Cost._fields:
+        return float(getattr(structure.cost(counts), cost))
+    masks = {}
+    for group in structure.groups:  # [1, size] with the first counts[g] elements kept
+        masks[group.name] = (torch.arange(group.size) < int(counts[group.name])).float().unsqueeze(0)
+    return float(get_cost_function(cost)(structure, masks)[0])
+
+
+def budget_fractions(structure: Structure, loop_settings: Mapping[str, Any]) -> dict[str, float]:
+    """{cost: fraction of the original left} for every budget set in the loop settings (see `BUDGET_COSTS`).
+
+    BudgetError, before any work, when a budget in device units is already met by the original (nothing to
+    compress) or is below the smallest structure the model can have (one element per group). A fraction below
+    that structure is kept as it was: the search ends at one element per group (small test models and the
+    experiments' default 1.98% rely on it).
+    A latency budget needs the profile attached first (`attach_profile`).
+    """
+    full = dict(structure.group_sizes)
+    fractions = {}
+    for key, (cost, unit, scale) in BUDGET_COSTS.items():
+        value = loop_settings.get(key)
+        if value is None:
+            continue
+        original = cost_of(structure, cost, full)
+        if unit is None:
+            fractions[cost] = value
+            continue
+        check_device_budget(structure, f"compress.{key}={value:g}", cost, value, unit, scale, original)
+        fractions[cost] = value * scale / original
+    return fractions
+
+
+def check_device_budget(
+    structure: Structure, setting: str, cost: str, value: float, unit: str, scale: float, original: float
+) -> None:
+    """BudgetError when a budget of `value` `unit`s is met by the original or below the smallest structure."""
+    source = " predicted by the device profile" if cost == "latency" else f" of {cost.replace('_', ' ')}"
+    if original <= value * scale:
+        raise BudgetError(
+            f"{setting}: the original model already fits ({original / scale:.4g} {unit}{source}), so there is "
+            f"nothing to compress for this budget. Expected a budget below {original / scale:.4g} {unit}; or use "
+            "the original as it is."
+        )
+    floor = cost_of(structure, cost, dict.fromkeys(structure.group_sizes, 1))
+    if floor > value * scale * (1 + 1e-9):
+        raise BudgetError(
+            f"{setting} cannot be met: the smallest structure the model can have (one element per group; the layers "
+            f"deepiot does not compress stay whole) costs {floor / scale:.4g} {unit}{source}, more than the budget "
+            f"of {value:g} {unit}. Expected a budget of at least {floor / scale:.4g} {unit}."
+        )
 
 
 class BudgetController:
@@ -72,18 +226,32 @@ class BudgetController:
         self.prices = {name: float(state["prices"][name]) for name in self.budgets}
 
 
-def budgets_of(loop_settings: Mapping[str, Any]) -> dict[str, float]:
-    """{cost name: fraction} of the budgets that are set in the loop settings."""
-    return {
-        cost: loop_settings[key] for key, cost in BUDGET_COSTS.items() if loop_settings.get(key) is not None
-    }
+def cost_ratios(
+    structure: Structure, kept: Mapping[str, Iterable[int]], costs: Iterable[str] = Cost._fields
+) -> dict[str, float]:
+    """Each of `costs` left as a fraction of the original ({'params': …, 'macs': …, …}; registered costs such
+    as 'latency' too)."""
+    counts = {name: len(list(indices)) for name, indices in kept.items()}
+    full = dict(structure.group_sizes)
+    return {cost: cost_of(structure, cost, counts) / cost_of(structure, cost, full) for cost in costs}
 
 
-def cost_ratios(structure: Structure, kept: Mapping[str, list[int]]) -> dict[str, float]:
-    """Every structure cost left as a fraction of the original ({'params': …, 'macs': …, …})."""
-    original = structure.cost()
-    pruned = structure.cost({name: len(indices) for name, indices in kept.items()})
-    return {name: getattr(pruned, name) / getattr(original, name) for name in original._fields}
+def kept_values(structure: Structure, kept: Mapping[str, Iterable[int]]) -> dict[str, float]:
+    """Latency (when a profile is attached), model KiB and peak activation KiB of a kept set, in device units."""
+    counts = {name: len(list(indices)) for name, indices in kept.items()}
+    values = {}
+    for key, (cost, unit, scale) in BUDGET_COSTS.items():
+        if unit is None or (cost == "latency" and not has_latency(structure)):
+            continue
+        values[key.removeprefix("target_")] = cost_of(structure, cost, counts) / scale
+    return values
+
+
+def has_latency(structure: Structure) -> bool:
+    """Whether a device profile's latency model is attached to `structure`."""
+    from deepiot.device.cost import is_attached
+
+    return is_attached(structure)
 
 
 def fit_to_budget(
@@ -108,7 +276,7 @@ def fit_to_budget(
     )
 
     def fits() -> bool:
-        ratios = cost_ratios(structure, kept_sets)
+        ratios = cost_ratios(structure, kept_sets, budgets)
         return all(ratios[name] <= budget + 1e-12 for name, budget in budgets.items())
 
     for _, name, index in reversed(ranked):  # lowest score first

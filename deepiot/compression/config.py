@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deepiot.compression.budget import BUDGET_PRESSURES
+from deepiot.compression.budget import BUDGET_PRESSURES, PROFILE_KEYS, LatencyProfile, needs_latency
 from deepiot.compression.compressor import CompressorConfig
 from deepiot.compression.reward import CriticConfig
 from deepiot.compression.schedules import ScheduleConfig
@@ -28,9 +28,11 @@ CONFIG_GROUPS = {
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """Loop settings. Targets are fractions of the original left (e.g. 0.07 = 7% of the parameters).
+    """Loop settings. Targets (budgets) are fractions of the original left (e.g. 0.07 = 7% of the parameters) or
+    limits in device units: batch-1 latency in ms predicted by a device profile, serialised fp32 weights (flash)
+    and peak activation memory (RAM) in KiB (see `deepiot.compression.budget`).
 
-    Stop rule (checked every `eval_every` iterations): every set size target met and validation accuracy ≥ the
+    Stop rule (checked every `eval_every` iterations): every set target met and validation accuracy ≥ the
     floor, where the floor is the higher of `min_val_accuracy` and original − `max_accuracy_drop` (unset parts
     are ignored); or the kept set unchanged for `patience` evaluations once τ is at its limit; or
     `max_iterations`. Then the sliced model is fine-tuned (`CompressionConfig.finetune`).
@@ -41,6 +43,9 @@ class LoopConfig:
     eval_every: int = 200
     target_params: float | None = None
     target_macs: float | None = None
+    target_latency_ms: float | None = None  # needs CompressionConfig.latency_profile
+    target_model_kb: float | None = None
+    target_peak_activation_kb: float | None = None
     min_val_accuracy: float | None = None
     max_accuracy_drop: float | None = None
     patience: int = 5
@@ -89,6 +94,10 @@ class LoopConfig:
                 raise ValueError(
                     f"compress.{name} is a fraction of the original left and must be in (0, 1], got {value}."
                 )
+        for name in ("target_latency_ms", "target_model_kb", "target_peak_activation_kb"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"compress.{name} is a limit in device units and must be > 0, got {value}.")
         for name in ("min_val_accuracy", "max_accuracy_drop"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -104,6 +113,20 @@ class CompressionConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    latency_profile: LatencyProfile = field(
+        default_factory=LatencyProfile
+    )  # prices `latency` (the cost group)
+
+    def latency_needed_by(self) -> str | None:
+        """The setting that needs predicted latency (a latency budget or cost=latency), or None."""
+        return needs_latency(self.critic.cost, asdict(self.loop))
+
+    def check_latency_profile(self) -> None:
+        """BudgetError now, before any work, when latency is needed and the profile is missing or made for
+        another runtime or thread count."""
+        needed_by = self.latency_needed_by()
+        if needed_by is not None:
+            self.latency_profile.load(needed_by)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-like dict (tuples as lists), as stored in the checkpoint."""
@@ -114,9 +137,11 @@ class CompressionConfig:
         """The settings from plain config groups ({"compress": {...}, "critic": {...}, ...}, see CONFIG_GROUPS),
         each filled into its dataclass by `config_to_dataclass`; ConfigError names an unknown key or bad value."""
         hints = typing.get_type_hints(cls)
+        profile = {key: groups["cost"][key] for key in PROFILE_KEYS if key in groups.get("cost", {})}
         return cls(
             **{
                 name: config_to_dataclass(hints[name], groups[group], group)
                 for name, group in CONFIG_GROUPS.items()
-            }
+            },
+            latency_profile=config_to_dataclass(LatencyProfile, profile, "cost"),
         )

@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from deepiot.checkpoint import save_checkpoint
-from deepiot.compression.budget import cost_ratios, fit_to_budget
+from deepiot.compression.budget import BUDGET_COSTS, cost_ratios, fit_to_budget, kept_values
 from deepiot.compression.config import CompressionConfig, LoopConfig
 from deepiot.compression.state import (
     FINETUNE_STATE_FILE,
@@ -110,6 +110,7 @@ def compress_model(
         kept elements, modelled cost ratios, accuracies (original and compressed) and wall times.
     """
     config = config or CompressionConfig()
+    config.check_latency_profile()
     device = model_device(model) if device is None else resolve_device(device)
     train_inputs, train_labels = (t.to(device) for t in dataset_tensors(train_data, "train"))
     val_inputs, val_labels = (t.to(device) for t in dataset_tensors(val_data, "val"))
@@ -225,10 +226,15 @@ def progress_line(
     seconds = time.perf_counter() - session_start
     per_iteration = seconds / max(1, state.iteration - first_iteration)
     eta = per_iteration * (loop.max_iterations - state.iteration)
+    device_ratios = "".join(
+        f"{cost.replace('_', ' ')} left {100 * record[f'{cost}_ratio']:.1f}%  "
+        for cost in ("latency", "model_bytes", "activation_bytes")
+        if f"{cost}_ratio" in record
+    )
     return (
         f"iteration {state.iteration}/{loop.max_iterations}  τ {record['tau']:.3f}  "
         f"val_accuracy {record['val_accuracy']:.4f}  params left {100 * record['params_ratio']:.1f}%  "
-        f"MACs left {100 * record['macs_ratio']:.1f}%  elapsed {state.wall_time_s['compress']:.0f} s  "
+        f"MACs left {100 * record['macs_ratio']:.1f}%  {device_ratios}elapsed {state.wall_time_s['compress']:.0f} s  "
         f"ETA ≤ {eta:.0f} s (+ fine-tuning)"
     )
 
@@ -243,7 +249,13 @@ def evaluate_and_decide(
     val_accuracy = accuracy(
         parts.network, *validation, loop.eval_batch_size, parts.structure.masks_from_kept(kept, parts.device)
     )
-    ratios = ratio_record(parts.structure, kept)
+    ratios = {
+        **ratio_record(parts.structure, kept),
+        **{
+            f"{cost}_ratio": ratio
+            for cost, ratio in cost_ratios(parts.structure, kept, parts.budget.budgets).items()
+        },
+    }
     record = {
         "iteration": state.iteration,
         "tau": tau,
@@ -276,7 +288,7 @@ def final_kept_set(parts: LoopParts, state: LoopState) -> dict[str, list[int]]:
     # ranked element by element on the host: one copy instead of a device sync per element
     probs = {name: torch.sigmoid(logits).cpu() for name, logits in state.keep_logits.items()}
     fitted = fit_to_budget(parts.structure, state.kept, probs, budgets)
-    before, after = cost_ratios(parts.structure, state.kept), cost_ratios(parts.structure, fitted)
+    before, after = (cost_ratios(parts.structure, kept, budgets) for kept in (state.kept, fitted))
     log.info(
         "kept set fitted to the budget: %s",
         ", ".join(
@@ -289,8 +301,7 @@ def final_kept_set(parts: LoopParts, state: LoopState) -> dict[str, list[int]]:
 def stop_reason(parts: LoopParts, state: LoopState, record: Mapping[str, float]) -> str:
     """Why compression stops now ("" to go on): target met, converged, or out of iterations."""
     loop = parts.config.loop
-    targets = {"params_ratio": loop.target_params, "macs_ratio": loop.target_macs}
-    size_targets = {key: value for key, value in targets.items() if value is not None}
+    size_targets = {f"{cost}_ratio": fraction for cost, fraction in parts.budget.budgets.items()}
     accurate = record["val_accuracy"] >= accuracy_floor(loop, state.original["val_accuracy"])
     if size_targets and accurate and all(record[key] <= value for key, value in size_targets.items()):
         return "target met: " + ", ".join(
@@ -392,6 +403,7 @@ def compression_result(
         "kept_counts": {name: len(indices) for name, indices in state.kept.items()},
         "kept": plan.kept,
         **{"modelled_" + key: value for key, value in ratio_record(parts.structure, state.kept).items()},
+        "budgets": budget_record(parts, state.kept),
         "accuracy": {
             "original_val": state.original["val_accuracy"],
             "original_test": state.original["test_accuracy"],
@@ -404,6 +416,26 @@ def compression_result(
         "finetune_history": tuned.history,
     }
     return CompressionResult(tuned.model, plan, report)
+
+
+def budget_record(parts: LoopParts, kept: Mapping[str, list[int]]) -> dict[str, Any]:
+    """Every budget of the run (its setting, the fraction of the original it allows, the result's fraction) and
+    the original's and the result's latency (predicted, when a profile is attached), model and peak activation
+    KiB, so a budget in device units can be checked against what the run kept."""
+    loop = dataclasses.asdict(parts.config.loop)
+    everything = {group.name: range(group.size) for group in parts.structure.groups}
+    budgets = {}
+    for key, (cost, unit, _) in BUDGET_COSTS.items():
+        if loop.get(key) is not None:
+            result = cost_ratios(parts.structure, kept, [cost])[cost]
+            budgets[key] = {"cost": cost, "value": loop[key], "unit": unit or "fraction of the original",
+                            "fraction": parts.budget.budgets[cost], "result_fraction": result}  # fmt: skip
+    return {
+        "targets": budgets,
+        "original": kept_values(parts.structure, everything),
+        "compressed": kept_values(parts.structure, kept),
+        "latency_profile": parts.config.latency_profile.profile if parts.config.latency_needed_by() else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- helpers

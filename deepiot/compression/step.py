@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepiot.compression.budget import BudgetController, budgets_of
+from deepiot.compression.budget import BudgetController, attach_profile, budget_fractions
 from deepiot.compression.compressor import Compressor, MaskDistribution, score_variance
 from deepiot.compression.config import CompressionConfig
 from deepiot.compression.reward import Baseline, Reward, build_baselines, structure_features
@@ -189,6 +189,8 @@ def build_parts(
     """Create compressor, optimizers, baselines, reward, schedule and random streams for `critic`, on
     `device` (default: the critic's); modules are initialised on the CPU, then moved (same start anywhere)."""
     device = model_device(critic) if device is None else device
+    attach_profile(structure, critic, config.latency_profile, config.latency_needed_by())
+    budgets = budget_fractions(structure, asdict(config.loop))  # BudgetError: already met, or impossible
     torch.manual_seed(config.loop.seed)
     compressor = Compressor.for_structure(structure, critic, config.compressor).to(device)
     critic_config = config.critic
@@ -210,9 +212,7 @@ def build_parts(
         compressor_optimizer=torch.optim.RMSprop(compressor.parameters(), lr=config.compressor.lr),
         baselines=build_baselines(critic_config, len(structure.groups), device),
         reward=Reward(structure, critic_config.cost, critic_config.lam),
-        budget=BudgetController(
-            structure, budgets_of(asdict(config.loop)), config.loop.budget_lr, config.loop.budget_pressure
-        ),
+        budget=BudgetController(structure, budgets, config.loop.budget_lr, config.loop.budget_pressure),
         schedule=build_schedule(config.schedule),
         batches=BatchStream(*train, config.loop.batch_size, seed=config.loop.seed),
         mask_generator=torch.Generator(device=device).manual_seed(config.loop.seed + 1),

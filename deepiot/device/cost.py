@@ -79,6 +79,11 @@ def predict_latency(structure: Structure, kept_counts: Mapping[str, Number] | No
     return _predictor(structure).predict(counts)
 
 
+def is_attached(structure: Structure) -> bool:
+    """Whether `attach_latency_model` gave `structure` a latency model."""
+    return structure in _ATTACHED
+
+
 def _predictor(structure: Structure) -> LatencyPredictor:
     if structure not in _ATTACHED:
         raise ValueError(
