@@ -204,6 +204,9 @@ INTENDED = {
     "compression/reward.py": [
         "full = {group.name: torch.ones(1, group.size)"
     ],  # the original's cost, a Python float
+    "compression/budget.py": [
+        "(torch.arange(group.size) < int(counts[group.name]))"
+    ],  # a budget's cost at given counts, a Python float computed once on the host
     "runtime.py": [
         "self.generator = torch.Generator().manual_seed(seed)",  # batch order: the same on every device
         "torch.randperm(len(",
