@@ -225,6 +225,41 @@ def test_user_windows_never_straddle_the_time_split(raw_root: Path, split: str) 
     assert uses_unlabelled == uses_transitions == (split == "recording")
 
 
+@pytest.mark.parametrize("split", ["bout", "recording"])
+def test_train_overlap_densifies_train_only_and_keeps_val_test_identical(raw_root: Path, split: str) -> None:
+    kwargs = {"window": USER_WINDOW, "overlap": OVERLAP, "split": split}
+    plain = load_hapt_user(str(raw_root), **kwargs)
+    dense = load_hapt_user(str(raw_root), train_overlap=0.875, **kwargs)
+    for name in ("val", "test"):
+        for plain_tensor, dense_tensor in zip(
+            getattr(plain, name).tensors, getattr(dense, name).tensors, strict=True
+        ):
+            assert torch.equal(plain_tensor, dense_tensor)
+    assert dense.normalization == plain.normalization
+    lengths = {experiment: length for experiment, _, length in experiments()}
+    train = origins(dense, "train")
+    expected = sum(
+        len(window_starts(upper - lower, USER_WINDOW, window_step(USER_WINDOW, 0.875)))
+        for _, _, length in experiments()
+        for lower, upper in (part_of_segment(*seg, 0) for seg in user_segments_of(length, split))
+    )
+    assert len(train) == expected > 3 * len(plain.train)
+    for window in train:  # every train window lies inside the train part of its segment: no val/test time
+        lower, upper = next(
+            part_of_segment(*seg, 0)
+            for seg in user_segments_of(lengths[window[0, 2]], split)
+            if seg[0] <= window[0, 0] < seg[1]
+        )
+        assert lower <= window[0, 0] and window[-1, 0] < upper
+    held_out = {(w[0, 2], s) for name in ("val", "test") for w in origins(plain, name) for s in w[:, 0]}
+    assert not {(w[0, 2], s) for w in train for s in w[:, 0]} & held_out
+
+
+def test_train_overlap_is_checked(raw_root: Path) -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        load_hapt_user(str(raw_root), window=USER_WINDOW, train_overlap=1.0)
+
+
 def test_activity_bouts_are_the_maximal_basic_activity_runs() -> None:
     labels = np.array([-1, 1, 1, 7, 7, 4, 4, 4, 5, -1, 5, 5, 12])
     assert activity_bouts(labels) == [(1, 3), (5, 8), (8, 9), (10, 12)]

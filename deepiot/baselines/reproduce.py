@@ -329,7 +329,9 @@ def table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str
             f"{row['latency_ms']:.3f} ± {row['latency_ms_std']:.3f} | {100 * row['latency_left']:.1f}% |"
         )
     paper = PAPER_ROWS.get(task, [])
-    if paper:
+    if not paper:
+        lines += ["", "The paper (PAPER.md) reports no result for this task."]
+    else:
         lines += ["", "The paper (PAPER.md; parameters counted as weights only, its own original):", ""]
         lines += ["| method | params left | test accuracy (original) |", "|-|-|-|"]
         for row in paper:

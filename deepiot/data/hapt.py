@@ -62,6 +62,7 @@ def load_hapt_user(
     root: str | None = None,
     window: int = 128,
     overlap: float = 0.5,
+    train_overlap: float | None = None,
     train_frac: float = 0.6,
     val_frac: float = 0.2,
     split: str = "bout",
@@ -77,10 +78,14 @@ def load_hapt_user(
     transitions are dropped (a transition, ~3 s, is too short to give a window in each part). `split="recording"`
     cuts whole recordings and uses all samples, but every HAPT recording follows one protocol (postures first,
     walking later), so its train part is mostly postures and its test part mostly walking: it measures
-    identification across activities. `limit` caps each split (drawn with `seed`).
+    identification across activities. `train_overlap` cuts the train part's windows denser than `overlap` (more
+    training windows from the same time spans, none crossing into val/test); val/test keep `overlap`, and the
+    statistics that normalise every split stay those of the train windows at `overlap`, so val/test tensors are
+    the same whatever `train_overlap`. `limit` caps each split (drawn with `seed`).
     """
     check_limit(limit)
     step = window_step(window, overlap)
+    train_step = step if train_overlap is None else window_step(window, train_overlap)
     check_time_fractions(train_frac, val_frac)
     if split not in USER_SPLITS:
         raise ValueError(f"split must be one of {USER_SPLITS} for load_hapt_user, got {split!r}")
@@ -88,8 +93,18 @@ def load_hapt_user(
     segments = user_segments(recordings, split)
     parts = [user_windows(segments, window, step, train_frac, val_frac, part) for part in range(3)]
     splits = dict(zip(("train", "val", "test"), parts, strict=True))
+    statistics_inputs = splits["train"][0]  # [N, window, 6] train windows at `overlap`
+    if train_step != step:
+        splits["train"] = user_windows(segments, window, train_step, train_frac, val_frac, part=0)
     return make_bundle(
-        "hapt_user", splits, USER_NAMES, channel_axis=-1, source=str(source), limit=limit, seed=seed
+        "hapt_user",
+        splits,
+        USER_NAMES,
+        channel_axis=-1,
+        source=str(source),
+        limit=limit,
+        seed=seed,
+        statistics_inputs=statistics_inputs if train_step != step else None,
     )
 
 

@@ -96,10 +96,13 @@ def make_bundle(
     source: str,
     limit: int | None = None,
     seed: int = 0,
+    statistics_inputs: np.ndarray | None = None,
 ) -> DatasetBundle:
     """Validate, subset and normalise train/val/test (statistics from train only) into a DatasetBundle.
 
-    `channel_axis` indexes one sample's shape (0 for [C, H, W], -1 for [T, C]).
+    `channel_axis` indexes one sample's shape (0 for [C, H, W], -1 for [T, C]). `statistics_inputs` (training
+    inputs, e.g. the train windows at a sparser overlap) replaces the train split as the source of the
+    normalisation statistics.
     """
     for split_name, (x, y) in splits.items():
         what = f"{name} data from {source} ({split_name} split)"
@@ -112,7 +115,9 @@ def make_bundle(
             f"{name} data from {source} gives an empty training split. Expected at least one sample."
         )
     batch_axis = channel_axis + 1 if channel_axis >= 0 else channel_axis
-    mean, std = channel_stats(splits["train"][0], batch_axis)
+    mean, std = channel_stats(
+        splits["train"][0] if statistics_inputs is None else statistics_inputs, batch_axis
+    )
     datasets = {
         s: TensorDataset(
             torch.from_numpy(np.ascontiguousarray(normalize(x, mean, std, batch_axis), dtype=np.float32)),
