@@ -169,3 +169,17 @@ def test_an_unknown_compression_setting_on_the_command_line_is_refused(tmp_path)
     cfg = compose_config(["+schedule.final_tua=0.5", f"paths.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"config key schedule\.final_tua is unknown"):
         compression_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lr", "schedule"),
+    [
+        (["compress=paper"], 0.003, "cosine"),  # compress=paper picks finetune=long
+        (["compress=paper", "finetune=paper"], 0.0001, "constant"),  # parity stays reachable
+        (["finetune=paper"], 0.0001, "constant"),
+        ([], 0.001, "cosine"),
+    ],
+)
+def test_compress_paper_fine_tunes_long_unless_the_paper_optimiser_is_asked_for(overrides, lr, schedule):
+    finetune = compose_config(overrides).finetune
+    assert (finetune.lr, finetune.schedule) == (lr, schedule)
