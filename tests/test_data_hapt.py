@@ -260,6 +260,29 @@ def test_train_overlap_is_checked(raw_root: Path) -> None:
         load_hapt_user(str(raw_root), window=USER_WINDOW, train_overlap=1.0)
 
 
+def test_activities_keep_only_the_chosen_bouts(raw_root: Path) -> None:
+    kwargs = {"window": USER_WINDOW, "overlap": OVERLAP}
+    walking = load_hapt_user(str(raw_root), activities=[1], **kwargs)
+    every = load_hapt_user(str(raw_root), **kwargs)
+    present = load_hapt_user(str(raw_root), activities=[1, 4, 5], **kwargs)  # every basic activity there is
+    first, last = SEGMENTS[0][1] - 1, SEGMENTS[0][2] - 1  # activity 1: samples 0..99 (0-based, inclusive)
+    for name in SPLIT_NAMES:
+        windows = origins(walking, name)
+        assert len(windows) and ((windows[..., 0] >= first) & (windows[..., 0] <= last)).all()
+        assert set(windows[:, 0, 1]) == set(USERS)
+        assert 0 < len(windows) < len(getattr(every, name)) / 3
+        for tensor, same in zip(getattr(present, name).tensors, getattr(every, name).tensors, strict=True):
+            assert torch.equal(tensor, same)
+
+
+def test_activities_are_checked(raw_root: Path) -> None:
+    for bad in ([], [0], [7], [1, 12]):
+        with pytest.raises(ValueError, match=r"activities must be a non-empty list of basic activity ids"):
+            load_hapt_user(str(raw_root), window=USER_WINDOW, activities=bad)
+    with pytest.raises(ValueError, match=r"needs split='bout'"):
+        load_hapt_user(str(raw_root), window=USER_WINDOW, activities=[1], split="recording")
+
+
 def test_activity_bouts_are_the_maximal_basic_activity_runs() -> None:
     labels = np.array([-1, 1, 1, 7, 7, 4, 4, 4, 5, -1, 5, 5, 12])
     assert activity_bouts(labels) == [(1, 3), (5, 8), (8, 9), (10, 12)]
@@ -341,6 +364,13 @@ def test_real_user_identification_covers_30_users_in_each_split(real_user: Datas
     assert 4 < sizes[0] / sizes[2] < 7 and abs(sizes[1] - sizes[2]) <= 0.02 * sizes[2]
     for split in (real_user.train, real_user.val, real_user.test):
         assert torch.equal(torch.unique(split.tensors[1]), torch.arange(30))
+
+
+def test_real_gait_identification_has_every_user_in_each_split(real_user: DatasetBundle) -> None:
+    gait = load_hapt_user(activities=[1, 2, 3])  # the deepsense_hapt_user experiment's walking-type bouts
+    for split, every in zip((gait.train, gait.val, gait.test), (real_user.train, real_user.val, real_user.test)):
+        assert torch.equal(torch.unique(split.tensors[1]), torch.arange(30))
+        assert 0.2 < len(split) / len(every) < 0.5  # walking-type bouts: about a third of the windows
 
 
 def test_real_bouts_give_every_activity_windows_in_every_split() -> None:

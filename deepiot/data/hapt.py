@@ -66,6 +66,7 @@ def load_hapt_user(
     train_frac: float = 0.6,
     val_frac: float = 0.2,
     split: str = "bout",
+    activities: Sequence[int] | None = None,
     seed: int = 0,
     limit: int | None = None,
 ) -> DatasetBundle:
@@ -81,7 +82,10 @@ def load_hapt_user(
     identification across activities. `train_overlap` cuts the train part's windows denser than `overlap` (more
     training windows from the same time spans, none crossing into val/test); val/test keep `overlap`, and the
     statistics that normalise every split stay those of the train windows at `overlap`, so val/test tensors are
-    the same whatever `train_overlap`. `limit` caps each split (drawn with `seed`).
+    the same whatever `train_overlap`. `activities` (with `split="bout"`) keeps only the bouts of these activities
+    (1..6, see ACTIVITY_NAMES), e.g. (1, 2, 3) for identification by gait on the walking-type bouts, where a
+    user's identity shows in how they move rather than in how the phone sits on a still body. `limit` caps
+    each split (drawn with `seed`).
     """
     check_limit(limit)
     step = window_step(window, overlap)
@@ -89,8 +93,9 @@ def load_hapt_user(
     check_time_fractions(train_frac, val_frac)
     if split not in USER_SPLITS:
         raise ValueError(f"split must be one of {USER_SPLITS} for load_hapt_user, got {split!r}")
+    check_activities(activities, split)
     recordings, source = read_recordings(root)
-    segments = user_segments(recordings, split)
+    segments = user_segments(recordings, split, activities)
     parts = [user_windows(segments, window, step, train_frac, val_frac, part) for part in range(3)]
     splits = dict(zip(("train", "val", "test"), parts, strict=True))
     statistics_inputs = splits["train"][0]  # [N, window, 6] train windows at `overlap`
@@ -106,6 +111,23 @@ def load_hapt_user(
         seed=seed,
         statistics_inputs=statistics_inputs if train_step != step else None,
     )
+
+
+def check_activities(activities: Sequence[int] | None, split: str) -> None:
+    """Reject activity ids that are not basic activities, an empty choice, or a choice with whole recordings."""
+    if activities is None:
+        return
+    basic = range(1, NUM_BASIC_ACTIVITIES + 1)
+    chosen = {int(activity) for activity in activities}
+    if not chosen or not chosen <= set(basic):
+        names = ", ".join(f"{i} {ACTIVITY_NAMES[i - 1]}" for i in basic)
+        raise ValueError(
+            f"activities must be a non-empty list of basic activity ids ({names}), got {list(activities)}"
+        )
+    if split != "bout":
+        raise ValueError(
+            f"activities={sorted(chosen)} needs split='bout' (whole recordings mix activities), got {split!r}"
+        )
 
 
 def window_step(window: int, overlap: float) -> int:
@@ -168,11 +190,19 @@ def activity_bouts(labels: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts[basic].tolist(), ends[basic].tolist(), strict=True))
 
 
-def user_segments(recordings: list[Recording], split: str) -> list[Segment]:
-    """The (recording, start, end) segments split by time: activity bouts, or whole recordings."""
+def user_segments(
+    recordings: list[Recording], split: str, activities: Sequence[int] | None = None
+) -> list[Segment]:
+    """The (recording, start, end) segments split by time: activity bouts (of `activities` only, if given), or
+    whole recordings."""
     if split == "recording":
         return [(recording, 0, len(recording.labels)) for recording in recordings]
-    return [(recording, *bout) for recording in recordings for bout in activity_bouts(recording.labels)]
+    return [
+        (recording, start, end)
+        for recording in recordings
+        for start, end in activity_bouts(recording.labels)
+        if activities is None or recording.labels[start] in activities
+    ]
 
 
 def user_windows(
