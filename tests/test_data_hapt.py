@@ -368,7 +368,8 @@ def test_real_user_identification_covers_30_users_in_each_split(real_user: Datas
 
 def test_real_gait_identification_has_every_user_in_each_split(real_user: DatasetBundle) -> None:
     gait = load_hapt_user(activities=[1, 2, 3])  # the deepsense_hapt_user experiment's walking-type bouts
-    for split, every in zip((gait.train, gait.val, gait.test), (real_user.train, real_user.val, real_user.test)):
+    for name in SPLIT_NAMES:
+        split, every = getattr(gait, name), getattr(real_user, name)
         assert torch.equal(torch.unique(split.tensors[1]), torch.arange(30))
         assert 0.2 < len(split) / len(every) < 0.5  # walking-type bouts: about a third of the windows
 
