@@ -1,6 +1,10 @@
-"""Test accuracy of the DeepSense/HAPT user original per activity of the test window (where identity lives).
+"""Test accuracy of a DeepSense/HAPT user model per activity of the test window (where identity lives).
 
-    python experiments/originals/hapt_user_by_activity.py [outputs/train/deepsense_hapt_user/model.pt]
+    python experiments/originals/hapt_user_by_activity.py [outputs/train/deepsense_hapt_user_all_activities/model.pt]
+
+The default is the original trained on all six activities (before deepsense_hapt_user kept only the walking-type
+bouts); given the gait original (outputs/train/deepsense_hapt_user/model.pt) it shows how that one does on the
+postures it never saw.
 
 Test windows are those of `load_hapt_user()` defaults (bout split, 50% overlap; `train_overlap` does not change
 them); each window's activity is its bout's, recovered in the loader's own order.
@@ -49,4 +53,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/train/deepsense_hapt_user/model.pt")
+    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/train/deepsense_hapt_user_all_activities/model.pt")
