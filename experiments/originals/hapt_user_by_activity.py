@@ -2,9 +2,9 @@
 
     python experiments/originals/hapt_user_by_activity.py [outputs/train/deepsense_hapt_user_all_activities/model.pt]
 
-The default is the original trained on all six activities (before deepsense_hapt_user kept only the walking-type
-bouts); given the gait original (outputs/train/deepsense_hapt_user/model.pt) it shows how that one does on the
-postures it never saw.
+For the original trained on all six activities (before deepsense_hapt_user kept only the walking-type bouts):
+the windows are normalised with the all-activity training statistics, so a model trained on other windows (the
+gait original) does not apply.
 
 Test windows are those of `load_hapt_user()` defaults (bout split, 50% overlap; `train_overlap` does not change
 them); each window's activity is its bout's, recovered in the loader's own order.
