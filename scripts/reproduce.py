@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from deepiot.baselines.reproduce import Grid, aggregate, parse_values, run_grid
+from deepiot.baselines.reproduce import Grid, GridError, aggregate, parse_values, run_grid
 
 GRID_KEYS = {
     "methods": lambda text: parse_values(text, str),
@@ -62,7 +62,10 @@ def main() -> None:
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     grid, aggregate_only = parse(sys.argv[1:])
-    records = aggregate(grid) if aggregate_only else run_grid(grid)
+    try:
+        records = aggregate(grid) if aggregate_only else run_grid(grid)
+    except GridError as error:
+        raise SystemExit(f"reproduce.py: error: {error}") from error
     print(f"[reproduce] {grid.task}: {len(records)} runs → {grid.results_dir / grid.task / 'table.md'}")
 
 

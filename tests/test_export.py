@@ -13,6 +13,7 @@ from torch import nn
 
 from deepiot.cost.counter import measure_cost
 from deepiot.export import (
+    RELATIVE_TOLERANCE,
     TOLERANCE,
     ExportError,
     auto_onnx_exporters,
@@ -156,6 +157,22 @@ def test_failed_check_leaves_previous_export_intact(tmp_path):
         export_fast(BatchSizeDependent(), torch.randn(1, 4), out_dir)
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]  # no staging folder left
+
+
+def test_check_allows_float32_rounding_relative_to_large_outputs(tmp_path):
+    torch.manual_seed(0)
+    layers = [nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)]
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(20)  # logits in the thousands: ONNX Runtime's rounding is ~1e-3 absolute there
+        assert model(torch.randn(3, 256)).abs().max() > 1000
+    result = export_fast(model, torch.randn(1, 256), tmp_path)
+    assert result.max_abs_diff["onnx"] < 1e-5 * 2000  # float32 rounding, not a wrong graph
+    tolerance = read_manifest(tmp_path)["check"]["tolerance"]
+    assert tolerance == {
+        name: {"abs": TOLERANCE[name], "rel": RELATIVE_TOLERANCE[name]} for name in tolerance
+    }
 
 
 def test_unchecked_export_records_no_differences(tmp_path):

@@ -11,6 +11,8 @@ from hydra.core.global_hydra import GlobalHydra
 from deepiot.baselines import reproduce
 from deepiot.baselines.reproduce import Grid, run_grid
 from deepiot.baselines.run import compose_baseline_config, finetune_config, run_baseline
+from deepiot.export import ExportError
+from deepiot.utils import ConfigError
 
 TINY = (
     "data.dataset.limit=256",
@@ -83,6 +85,42 @@ def test_a_run_interrupted_before_its_result_is_rerun(tmp_path):
     (run.folder / reproduce.RESULT_FILE).unlink()  # as if killed before result.json was written
     again = run_grid(grid)
     assert again[0]["test_accuracy"] == first["test_accuracy"]  # fine-tuning resumed from its finished state
+
+
+def test_a_failing_run_does_not_stop_the_grid(tmp_path, monkeypatch):
+    grid = tiny_grid(tmp_path, methods=("magnitude",))
+    real_run_baseline = reproduce.run_baseline
+
+    def fails_for_seed_0(cfg):
+        if cfg.run_seed == 0:
+            raise ExportError("exported model differs from PyTorch (as a run may fail for its own reasons)")
+        return real_run_baseline(cfg)
+
+    monkeypatch.setattr(reproduce, "run_baseline", fails_for_seed_0)
+    with pytest.raises(
+        reproduce.GridError, match=r"(?s)1 of 2 runs .* failed.*seed0: ExportError: exported model"
+    ):
+        run_grid(grid)
+    seed0, seed1 = (run.folder / reproduce.RESULT_FILE for run in grid.runs())
+    assert not seed0.exists() and seed1.is_file()  # the run after the failure ran
+    summary = json.loads((tmp_path / "results" / "lenet300_mnist" / "results.json").read_text())["summary"]
+    assert [row["seeds"] for row in summary] == [1]  # what finished was aggregated
+    monkeypatch.setattr(reproduce, "run_baseline", real_run_baseline)
+    assert [record["seed"] for record in run_grid(grid)] == [0, 1]  # rerunning retries the failed run only
+
+
+def test_a_configuration_error_stops_the_grid_at_once(tmp_path, monkeypatch):
+    grid = tiny_grid(tmp_path, methods=("magnitude",))
+    calls = []
+
+    def bad_config(cfg):
+        calls.append(cfg.run_seed)
+        raise ConfigError("finetune.steps must be positive")
+
+    monkeypatch.setattr(reproduce, "run_baseline", bad_config)
+    with pytest.raises(ConfigError, match="finetune.steps"):
+        run_grid(grid)
+    assert calls == [0]
 
 
 def test_recipes_equal_and_best(tmp_path):

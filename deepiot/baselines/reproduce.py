@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines.pipeline import METHODS
 from deepiot.baselines.run import RECIPES, compose_baseline_config, run_baseline
@@ -28,7 +30,7 @@ from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.export import export_model, manifest_entries
 from deepiot.train import ensure_trained
-from deepiot.utils import atomic_write
+from deepiot.utils import ConfigError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -147,16 +149,39 @@ class Run:
         ]
 
 
+class GridError(RuntimeError):
+    """Some runs of a grid failed (the others finished and were aggregated)."""
+
+
 def run_grid(grid: Grid) -> list[dict[str, Any]]:
-    """Run every missing run of the grid (finished ones are skipped), then aggregate; returns the records."""
+    """Run every missing run of the grid (finished ones are skipped), then aggregate; returns the records.
+
+    A run that fails is logged with its error and the grid goes on with the next one; after aggregating what
+    finished, GridError names every failed run. A configuration error (ConfigError: it would fail every run)
+    stops the grid at once, as does a Hydra or OmegaConf error.
+    """
     original = original_reference(grid)
-    for index, run in enumerate(grid.runs(), start=1):
+    runs, failures = grid.runs(), []
+    for index, run in enumerate(runs, start=1):
         if finished(run):
-            log.info("[%d/%d] %s: done, skipped", index, len(grid.runs()), run.folder)
+            log.info("[%d/%d] %s: done, skipped", index, len(runs), run.folder)
             continue
-        log.info("[%d/%d] %s: running", index, len(grid.runs()), run.folder)
-        execute(run, original)
-    return aggregate(grid)
+        log.info("[%d/%d] %s: running", index, len(runs), run.folder)
+        try:
+            execute(run, original)
+        except (ConfigError, HydraException, OmegaConfBaseException):
+            raise
+        except Exception as error:  # noqa: BLE001 - one broken run must not cost the rest of a long grid
+            log.exception("[%d/%d] %s: failed", index, len(runs), run.folder)
+            failures.append(f"{run.folder}: {type(error).__name__}: {error}")
+    records = aggregate(grid)
+    if failures:
+        raise GridError(
+            f"{len(failures)} of {len(runs)} runs of the {grid.task} grid failed (the rest are aggregated in "
+            f"{grid.results_dir / grid.task}; rerunning the command retries only these):\n"
+            + "\n".join(failures)
+        )
+    return records
 
 
 def finished(run: Run) -> bool:
