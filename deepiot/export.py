@@ -81,7 +81,8 @@ def export_model(
         manifest_extra: extra top-level manifest entries (normalisation, class names, metrics, ...).
         formats: any of "torchscript", "onnx".
         check: reload each file and compare it with PyTorch on random inputs of batch sizes 1 and 3
-            (TorchScript within 1e-5, ONNX Runtime within 1e-4); a larger difference raises ExportError.
+            (numpy.allclose: TorchScript within 1e-5 + 1e-5·|output|, ONNX Runtime within 1e-4 + 1e-4·|output|);
+            a larger difference raises ExportError.
         onnx_exporter: "auto" uses the TorchScript-based exporter (`dynamo=False`) for models with recurrent
             layers — the dynamo exporter takes minutes to unroll even a tiny GRU/LSTM — and
             `torch.onnx.export(dynamo=True)` for the others; either falls back to the other exporter on
