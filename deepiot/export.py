@@ -40,9 +40,10 @@ INT8_NAME = "model.int8.onnx"  # written by deepiot.quantize.export_int8 after a
 # Files an earlier export may have left in the folder; removed when this export does not rewrite them.
 KNOWN_ARTIFACTS = (*FILE_NAMES.values(), PLAN_NAME, INT8_NAME)
 # An export passes its check when every output element is within TOLERANCE + RELATIVE_TOLERANCE * |PyTorch's|
-# (numpy.allclose): float32 rounding grows with the size of the outputs (logits of random inputs reach tens).
-TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
-RELATIVE_TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
+# (numpy.allclose): float32 rounding grows with the size of the outputs (logits of random inputs reach tens),
+# and a frozen TorchScript module folds batch norm into the convolutions (1.3e-5 seen on DeepSense).
+TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4}
+RELATIVE_TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4}
 CHECK_BATCH_SIZES = (1, 3)
 TRACE_BATCH_SIZE = 2  # >1 so the dynamo exporter keeps the batch axis symbolic (size 1 would be specialised)
 OnnxExporter = Literal["auto", "dynamo", "torchscript"]
@@ -81,8 +82,7 @@ def export_model(
         manifest_extra: extra top-level manifest entries (normalisation, class names, metrics, ...).
         formats: any of "torchscript", "onnx".
         check: reload each file and compare it with PyTorch on random inputs of batch sizes 1 and 3
-            (numpy.allclose: TorchScript within 1e-5 + 1e-5·|output|, ONNX Runtime within 1e-4 + 1e-4·|output|);
-            a larger difference raises ExportError.
+            (numpy.allclose: within 1e-4 + 1e-4·|output| for both); a larger difference raises ExportError.
         onnx_exporter: "auto" uses the TorchScript-based exporter (`dynamo=False`) for models with recurrent
             layers — the dynamo exporter takes minutes to unroll even a tiny GRU/LSTM — and
             `torch.onnx.export(dynamo=True)` for the others; either falls back to the other exporter on
