@@ -149,26 +149,11 @@ def test_run_baseline_refuses_torch_pruning_on_a_recurrent_model(tmp_path):
 
 
 def test_paper_rows_in_another_metric_are_tabled_not_plotted(tmp_path):
-    row = {
-        "recipe": "equal",
-        "method": "magnitude",
-        "cost": "params",
-        "budget": 0.1,
-        "seeds": 1,
-        "sparse": False,
-    }
-    for key in (
-        "test_accuracy",
-        "params_left",
-        "macs_left",
-        "model_bytes_left",
-        "latency_ms",
-        "latency_left",
-    ):
-        row |= {key: 0.5, f"{key}_std": 0.0}
+    record = {"recipe": "equal", "method": "magnitude", "cost": "params", "budget": 0.1, "sparse": False}
+    summary = reproduce.summarise([record | dict.fromkeys(reproduce.SUMMARY_KEYS, 0.5)])
     original = {"test_accuracy": 0.9, "latency_ms": 1.0}
-    text = reproduce.table("lstm_hapt_activity", [row], original)
+    text = reproduce.table("lstm_hapt_activity", summary, original)
     assert "| DeepIoT (paper, LibriSpeech 5-layer bi-LSTM) | 9.98% | WER 9.20 (9.31) |" in text
     assert "| equal | magnitude | 10% params | 1 | 50.00% |" in text
-    reproduce.plot_pareto("lstm_hapt_activity", [row], original, tmp_path / "pareto.png")
+    reproduce.plot_pareto("lstm_hapt_activity", summary, original, tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").stat().st_size > 0

@@ -35,6 +35,8 @@ from deepiot.utils import ConfigError, atomic_write
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+# What a task's summary gives as mean ± std over the seeds of each (recipe, method, cost, budget)
+SUMMARY_KEYS = ("test_accuracy", "params_left", "macs_left", "model_bytes_left", "latency_ms", "latency_left")
 ALL_METHODS = ("deepiot", *METHODS)
 
 # The paper's rows (PAPER.md): parameters left (weights only) and accuracy; MNIST/CIFAR tasks are the same
@@ -319,14 +321,7 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"recipe": recipe, "method": method, "cost": cost, "budget": budget}
         row["seeds"] = len(members)
         row["sparse"] = any(member["sparse"] for member in members)
-        for key in (
-            "test_accuracy",
-            "params_left",
-            "macs_left",
-            "model_bytes_left",
-            "latency_ms",
-            "latency_left",
-        ):
+        for key in SUMMARY_KEYS:
             values = np.array([member[key] for member in members], dtype=float)
             row[key] = float(values.mean())
             row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
