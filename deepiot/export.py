@@ -9,6 +9,7 @@ classes, params, MACs, memory, accuracy, exporter, file hashes) and, for a compr
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -95,7 +96,10 @@ def export_model(
     out_dir = Path(out_dir)
     _check_model_and_destination(model, sample_inputs, out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    _remove_abandoned_staging(out_dir)
+    staging = Path(
+        tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp")
+    )
     try:
         with eval_mode(model), _quiet_exporters():
             manifest = _write_formats(model, sample_inputs, staging, formats, onnx_exporter, freeze)
@@ -600,6 +604,27 @@ def _describe_file(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def _remove_abandoned_staging(out_dir: Path) -> None:
+    """Delete staging folders of earlier exports to `out_dir` whose process is gone (killed mid-export)."""
+    prefix = f".{out_dir.name}."
+    for path in out_dir.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = path.name[len(prefix) :].split(".")[0]
+        if path.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate the process there; keep the folder
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _publish(staging: Path, out_dir: Path) -> list[Path]:

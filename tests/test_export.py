@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -173,6 +174,19 @@ def test_check_allows_float32_rounding_relative_to_large_outputs(tmp_path):
     assert tolerance == {
         name: {"abs": TOLERANCE[name], "rel": RELATIVE_TOLERANCE[name]} for name in tolerance
     }
+
+
+def test_staging_left_by_a_killed_export_is_removed_by_the_next(tmp_path):
+    out_dir = tmp_path / "export"
+    dead = tmp_path / ".export.4194305.k1lled.tmp"  # above Linux's largest pid: no such process
+    live = tmp_path / f".export.{os.getpid()}.running.tmp"  # an export still running in a live process
+    other = tmp_path / ".elsewhere.4194305.k1lled.tmp"  # another export folder's staging
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"partial")
+    export_fast(nn.Linear(4, 3), torch.randn(1, 4), out_dir)
+    assert not dead.exists() and live.is_dir() and other.is_dir()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["export", live.name, other.name])
 
 
 def test_unchecked_export_records_no_differences(tmp_path):
