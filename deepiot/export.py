@@ -13,6 +13,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -485,8 +486,14 @@ def auto_onnx_exporters(model: nn.Module) -> tuple[str, str]:
     return ("torchscript", "dynamo") if recurrent else ("dynamo", "torchscript")
 
 
+# The dynamo exporter warns "torchvision is not installed. Skipping torchvision::..." once per torchvision
+# operator it could translate; deepiot's models use none, so a user cannot act on it.
+TORCHVISION_NOTICE_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
 def _export_onnx_dynamo(model: nn.Module, trace_inputs: tuple[Tensor, ...], path: Path) -> None:
     batch = torch.export.Dim("batch")
+    logging.getLogger(TORCHVISION_NOTICE_LOGGER).setLevel(logging.ERROR)
     torch.onnx.export(
         model,
         trace_inputs,

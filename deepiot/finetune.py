@@ -212,7 +212,7 @@ def train_step(
     loss = distillation_loss(
         student(inputs), teacher_logits, labels, config.distill_weight, config.temperature
     )
-    if not torch.isfinite(loss) or float(loss) > DIVERGED_LOSS:
+    if not torch.isfinite(loss) or float(loss.detach()) > DIVERGED_LOSS:
         raise FinetuneError(
             f"the fine-tuning loss became {float(loss.detach())} at step {step + 1} of {config.steps} (expected a "
             f"finite loss below {DIVERGED_LOSS:g}: fine-tuning diverged). With a state_path the last evaluation's "

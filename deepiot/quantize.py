@@ -1,9 +1,18 @@
 """int8 export: post-training static quantisation of an exported (sliced) ONNX model with ONNX Runtime.
 
-`export_int8(export_dir, calibration, test)` writes `model.int8.onnx` next to `model.onnx`: weights int8
-per output channel, activations uint8, in the QDQ format, with activation ranges calibrated (min/max) on
-windows from the *training* split; it then measures accuracy on the test split, file size and batch-1
-latency of both files and records them in the manifest under "int8". ONNX Runtime's static quantisation
+`export_int8(export_dir, calibration, test)` writes `model.int8.onnx` next to `model.onnx`: weights and
+activations uint8 (weights per output channel), in the QDQ format, with activation ranges calibrated (min/max)
+on windows from the *training* split; it then compares int8 with fp32 on held-out windows (the test split):
+accuracy, output error, file size and batch-1 latency, records them in the manifest under "int8", and refuses
+(ExportError, no int8 file left behind) a model whose accuracy falls more than `max_drop_points` below fp32.
+
+Why uint8 weights (U8U8) and not ONNX Runtime's default int8 weights (U8S8): on x86 CPUs with AVX2 but without
+VNNI (e.g. AMD EPYC Rome/Milan, Intel before Cascade Lake), ONNX Runtime's u8s8 kernels multiply-add pairs
+of uint8 × int8 into int16 with saturation (vpmaddubsw), so activations near 255 against weights near ±127
+overflow: measured on a small LSTM classifier, the largest output error was 10.5% of the largest logit under
+an emulated AVX2-only CPU against 0.4% with VNNI. U8U8 kernels widen to 16 bits first and compute the same
+result on every x86 CPU (measured: identical outputs with and without VNNI; see
+`experiments/device/int8/README.md` for the numbers and the emulated-CPU check). ONNX Runtime's static quantisation
 covers Conv/MatMul/Gemm but not LSTM/GRU/RNN, so their weights W and R are stored int8 weight-only
 (symmetric, per gate row) behind a DequantizeLinear: the file shrinks ~4×, the recurrence still computes
 in float.
@@ -66,6 +75,12 @@ def sample_windows(dataset: TensorDataset, count: int, seed: int = 0) -> np.ndar
     return inputs[np.sort(order)].numpy().astype(np.float32)
 
 
+# not QInt8: u8s8 kernels saturate on AVX2 CPUs without VNNI (module docstring)
+WEIGHT_TYPE = QuantType.QUInt8
+# the default bound: int8 is refused when its held-out accuracy is more than this many points below fp32's
+MAX_DROP_POINTS = 1.0
+
+
 def quantize_int8(
     fp32_path: Path,
     int8_path: Path,
@@ -73,7 +88,7 @@ def quantize_int8(
     per_channel: bool = True,
     recurrent_weights: bool = True,
 ) -> Path:
-    """Static QDQ quantisation (int8 weights, uint8 activations, min/max calibration) of `fp32_path`; with
+    """Static QDQ quantisation (uint8 weights and activations, min/max calibration) of `fp32_path`; with
     `recurrent_weights`, LSTM/GRU/RNN weights are stored int8 too (weight-only, dequantised at each run)."""
     input_name = (
         onnxruntime.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
@@ -91,7 +106,7 @@ def quantize_int8(
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=WEIGHT_TYPE,
             calibrate_method=CalibrationMethod.MinMax,
         )
     if recurrent_weights:
@@ -99,16 +114,32 @@ def quantize_int8(
     return int8_path
 
 
-def onnx_accuracy(path: Path, dataset: TensorDataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy of an ONNX classifier (dynamic batch axis) on a TensorDataset."""
+def onnx_logits(path: Path, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs [N, classes] of an ONNX classifier (dynamic batch axis) on float32 inputs [N, ...], one thread."""
     session = make_session(path, threads=1)
     name = session.get_inputs()[0].name
+    batches = [
+        session.run(None, {name: inputs[start : start + batch_size]})[0]
+        for start in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(batches)
+
+
+def onnx_accuracy(path: Path, dataset: TensorDataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy of an ONNX classifier (dynamic batch axis) on a TensorDataset."""
     inputs, labels = dataset.tensors[0].numpy().astype(np.float32), dataset.tensors[1].numpy()
-    correct = 0
-    for start in range(0, len(inputs), batch_size):
-        logits = session.run(None, {name: inputs[start : start + batch_size]})[0]
-        correct += int((logits.argmax(axis=1) == labels[start : start + batch_size]).sum())
-    return correct / len(inputs)
+    return float((onnx_logits(path, inputs, batch_size).argmax(axis=1) == labels).mean())
+
+
+def output_agreement(fp32: np.ndarray, int8: np.ndarray) -> dict[str, float]:
+    """How far int8 outputs [N, classes] are from fp32 ones: largest absolute error, that error relative to the
+    largest |fp32| output, and the fraction of inputs whose top-1 class is the same."""
+    error = float(np.abs(int8 - fp32).max())
+    return {
+        "max_abs_error": error,
+        "relative_error": error / max(float(np.abs(fp32).max()), np.finfo(np.float32).tiny),
+        "top1_agreement": float((int8.argmax(axis=1) == fp32.argmax(axis=1)).mean()),
+    }
 
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -178,10 +209,13 @@ def initializer_bytes(path: Path) -> int:
 
 
 def compare_int8(
-    fp32_path: Path, int8_path: Path, test: TensorDataset | None, threads: int = 1
+    fp32_path: Path, int8_path: Path, heldout: TensorDataset, threads: int = 1, labelled: bool = True
 ) -> dict[str, Any]:
-    """Accuracy (when `test` is given), file and weight bytes, batch-1 latency (median of 200 calls) of both."""
+    """int8 against fp32 on the held-out windows (accuracy when `labelled`, output error, top-1 agreement),
+    file and weight bytes, batch-1 latency (median of 200 calls) of both."""
     timings = time_suite({"fp32": fp32_path, "int8": int8_path}, threads, warmup=20, repeats=200, rounds=10)
+    inputs, labels = heldout.tensors[0].numpy().astype(np.float32), heldout.tensors[1].numpy()
+    logits = {key: onnx_logits(path, inputs) for key, path in (("fp32", fp32_path), ("int8", int8_path))}
     report: dict[str, Any] = {}
     for key, path in (("fp32", fp32_path), ("int8", int8_path)):
         stats = timings[key]
@@ -192,16 +226,34 @@ def compare_int8(
             "latency_p10_ms": stats["p10_ms"],
             "latency_p90_ms": stats["p90_ms"],
         }
-        if test is not None:
-            report[key]["test_accuracy"] = onnx_accuracy(path, test)
+        if labelled:
+            report[key]["test_accuracy"] = float((logits[key].argmax(axis=1) == labels).mean())
     report["size_ratio"] = report["fp32"]["bytes"] / report["int8"]["bytes"]
     report["weight_size_ratio"] = report["fp32"]["weight_bytes"] / report["int8"]["weight_bytes"]
     report["latency_ratio"] = report["int8"]["latency_ms"] / report["fp32"]["latency_ms"]
-    if test is not None:
+    report["output"] = {"windows": len(inputs), **output_agreement(logits["fp32"], logits["int8"])}
+    if labelled:
         report["accuracy_drop_points"] = 100 * (
             report["fp32"]["test_accuracy"] - report["int8"]["test_accuracy"]
         )
     return report
+
+
+def heldout_windows(
+    calibration: TensorDataset, test: TensorDataset | None, count: int, seed: int
+) -> TensorDataset:
+    """The windows int8 is judged on: the test split, or without one the training windows that were not drawn
+    for calibration (`sample_windows` with the same count and seed)."""
+    if test is not None:
+        return test
+    drawn = np.random.default_rng(seed).permutation(len(calibration))[: min(count, len(calibration))]
+    rest = np.setdiff1d(np.arange(len(calibration)), drawn)
+    if len(rest) == 0:
+        raise ExportError(
+            f"int8 export needs held-out windows to check the int8 model against fp32, but all {len(calibration)} "
+            "training windows were drawn for calibration; pass the test split or use fewer calibration windows."
+        )
+    return TensorDataset(*(tensor[rest] for tensor in calibration.tensors))
 
 
 def export_int8(
@@ -214,16 +266,20 @@ def export_int8(
     per_channel: bool = True,
     recurrent_weights: bool = True,
     threads: int = 1,
+    max_drop_points: float = MAX_DROP_POINTS,
 ) -> Int8Result:
-    """Quantise `<export_dir>/model.onnx` to `model.int8.onnx` and record the comparison in the manifest.
+    """Quantise `<export_dir>/model.onnx` to `model.int8.onnx`, check it against fp32 and record it in the manifest.
 
     Args:
         export_dir: a deepiot export folder (model.onnx + manifest.json), e.g. from `export_compressed`.
         calibration: the training split (calibration windows are drawn from it, never from the test split).
-        test: the test split, for the accuracy of both models (None: size and latency only).
+        test: the held-out split int8 is judged on (accuracy and output error against fp32); None: the training
+            windows not drawn for calibration, and output error only (no accuracy bound is checked).
         windows: number of calibration windows; seed: which ones.
         recurrent_weights: store LSTM/GRU/RNN weights int8 (weight-only): ~4× smaller file, a little slower
             (ONNX Runtime dequantises them at every run rather than folding them).
+        max_drop_points: the bound: int8 is refused (ExportError; the file is removed, the manifest untouched)
+            when its held-out accuracy is more than this many points below fp32's.
     """
     export_dir = Path(export_dir)
     fp32_path, manifest_path = export_dir / FILE_NAMES["onnx"], export_dir / MANIFEST_NAME
@@ -231,6 +287,11 @@ def export_int8(
         raise ExportError(
             f"int8 export needs {fp32_path} and {manifest_path}; export the model to ONNX first."
         )
+    if windows < 1 or len(calibration) == 0:
+        raise ExportError(
+            f"int8 calibration needs at least one window, got windows={windows} of {len(calibration)}."
+        )
+    heldout = heldout_windows(calibration, test, windows, seed)
     int8_path = quantize_int8(
         fp32_path,
         export_dir / INT8_NAME,
@@ -238,7 +299,21 @@ def export_int8(
         per_channel,
         recurrent_weights,
     )
-    report = compare_int8(fp32_path, int8_path, test, threads)
+    report = compare_int8(fp32_path, int8_path, heldout, threads, labelled=test is not None)
+    report["check"] = {
+        "heldout": "test split" if test is not None else "training windows not used for calibration",
+        "max_drop_points": max_drop_points,
+        "passed": test is None or report["accuracy_drop_points"] <= max_drop_points,
+    }
+    if not report["check"]["passed"]:
+        int8_path.unlink()
+        raise ExportError(
+            f"int8 refused: its accuracy on {len(heldout)} held-out windows is {report['int8']['test_accuracy']:.2%} "
+            f"against {report['fp32']['test_accuracy']:.2%} in fp32, {report['accuracy_drop_points']:.2f} points "
+            f"lower, beyond the bound of {max_drop_points} points (largest output error "
+            f"{report['output']['relative_error']:.1%} of the largest logit). The fp32 model.onnx is unaffected; "
+            "ship it, calibrate on more windows (int8_windows=...), or accept a larger drop (int8_max_drop=...)."
+        )
     report["calibration"] = {
         "windows": min(windows, len(calibration)),
         "split": "train",
@@ -246,7 +321,7 @@ def export_int8(
         "method": "minmax",
         "format": "QDQ",
         "recurrent_weights": "int8 weight-only" if recurrent_weights else "fp32",
-        "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+        "weights": "uint8 per-channel" if per_channel else "uint8 per-tensor",
         "activations": "uint8",
         "onnxruntime": onnxruntime.__version__,
     }

@@ -203,17 +203,20 @@ def _pyplot():
 
 
 def plot_kept_elements(groups: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Bar chart: hidden elements per group, original vs kept."""
+    """Bar chart: the kept fraction of every group's hidden elements, labelled "kept/original" (a fraction,
+    so a 20-filter conv layer shows beside a 500-unit FC layer)."""
     plt = _pyplot()
     names = [group["name"] for group in groups]
+    fractions = [100 * group["kept"] / max(group["original"], 1) for group in groups]
     positions = np.arange(len(names))
     figure, axes = plt.subplots(figsize=(max(5.0, 0.8 * len(names) + 2), 3.5))
-    axes.bar(positions - 0.2, [group["original"] for group in groups], 0.4, label="original")
-    axes.bar(positions + 0.2, [group["kept"] for group in groups], 0.4, label="kept")
+    bars = axes.bar(positions, fractions, 0.6, color="tab:orange")
+    labels = [f"{group['kept']}/{group['original']}" for group in groups]
+    axes.bar_label(bars, labels, fontsize=8, padding=2)
     axes.set_xticks(positions, names, rotation=30, ha="right")
-    axes.set_ylabel("hidden elements")
-    axes.set_title("Hidden elements per layer")
-    axes.legend()
+    axes.set_ylim(0, 112)
+    axes.set_ylabel("hidden elements kept (%)")
+    axes.set_title("Kept fraction per layer (kept/original above each bar)")
     figure.tight_layout()
     atomic_write(path, lambda file: figure.savefig(file, dpi=120, format="png"), binary=True)
     plt.close(figure)

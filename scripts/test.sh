@@ -3,5 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if ! command -v qemu-x86_64 >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # lets tests/test_quantize.py run ONNX Runtime's int8 kernels as on an AVX2 CPU without VNNI (they skip without it)
+  echo "[test] installing qemu-user (emulated-CPU int8 check)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; } >/dev/null 2>&1 \
+    || echo "[test] qemu-user could not be installed; the emulated-CPU int8 tests will skip"
+fi
 python3 -m ruff check deepiot tests scripts
 python3 -m pytest -m "not slow" -q "$@"

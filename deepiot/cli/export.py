@@ -42,7 +42,13 @@ def run_export(cfg: DictConfig) -> ExportResult:
         from deepiot.quantize import checkpoint_datasets, export_int8
 
         train, test = checkpoint_datasets(cfg.checkpoint)
-        int8 = export_int8(result.paths["manifest"].parent, train, test, windows=int(cfg.int8_windows))
+        int8 = export_int8(
+            result.paths["manifest"].parent,
+            train,
+            test,
+            windows=int(cfg.int8_windows),
+            max_drop_points=float(cfg.get("int8_max_drop", 1.0)),
+        )
         result.paths["onnx_int8"] = int8.path
     return result
 
