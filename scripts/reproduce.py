@@ -4,7 +4,8 @@
     python scripts/reproduce.py task=lenet5_mnist methods=magnitude,random,torch_pruning,unstructured \
         budgets=0.01,0.02,0.035 seeds=0,1,2 recipes=equal,best finetune.steps=3000
 
-Grid keys: task, methods, budgets, seeds, recipes (equal | best), cost (params | macs: budgets are fractions;
+Grid keys: task, methods, budgets, seeds, folds (e.g. 0-4: cross-validation folds of the data config's fold
+protocol, each with its own original; tables in <results_dir>/<task>/cv/), recipes (equal | best), cost (params | macs: budgets are fractions;
 latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with cost.profile=... among the overrides), runs_dir
 (default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only.
 Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
@@ -18,12 +19,13 @@ import logging
 import sys
 from pathlib import Path
 
-from deepiot.baselines.reproduce import Grid, GridError, aggregate, parse_values, run_grid
+from deepiot.baselines.reproduce import Grid, GridError, aggregate, parse_folds, parse_values, run_grid
 
 GRID_KEYS = {
     "methods": lambda text: parse_values(text, str),
     "budgets": lambda text: parse_values(text, float),
     "seeds": lambda text: parse_values(text, int),
+    "folds": parse_folds,
     "recipes": lambda text: parse_values(text, str),
     "cost": str,
     "runs_dir": Path,

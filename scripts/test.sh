@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if ! python3 -c "import hydra_plugins.hydra_ray_launcher" 2>/dev/null; then
+  # only so that the tests can compose the Ray launcher config; Ray users install the extra: pip install -e ".[ray]"
+  echo "[setup] installing the Hydra Ray launcher plugin (config only, --no-deps)"
+  python3 -m pip install --quiet --no-deps hydra-ray-launcher==1.2.2
+fi
 if ! command -v qemu-x86_64 >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # lets tests/test_quantize.py run ONNX Runtime's int8 kernels as on an AVX2 CPU without VNNI (they skip without it)
   echo "[test] installing qemu-user (emulated-CPU int8 check)"

@@ -157,3 +157,48 @@ def test_paper_rows_in_another_metric_are_tabled_not_plotted(tmp_path):
     assert "| equal | magnitude | 10% params | 1 | 50.00% |" in text
     reproduce.plot_pareto("lstm_hapt_activity", summary, original, tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").stat().st_size > 0
+
+
+def test_fold_runs_have_their_own_folders_originals_and_order(tmp_path):
+    grid = tiny_grid(tmp_path, methods=("scratch", "magnitude", "deepiot"), seeds=(0,), folds=(0, 1))
+    runs = grid.runs()
+    assert [(run.fold, run.method) for run in runs] == [
+        (0, "deepiot"), (0, "magnitude"), (0, "scratch"), (1, "deepiot"), (1, "magnitude"), (1, "scratch"),
+    ]  # fmt: skip
+    assert runs[0].folder == tmp_path / "runs" / "lenet300_mnist" / "fold0" / "equal" / "deepiot" / "params0.2" / "seed0"
+    assert "data.dataset.fold=0" in runs[0].overrides
+    assert f"paths.original_dir={tmp_path / 'runs' / 'lenet300_mnist' / 'fold0' / 'original' / 'train'}" in runs[0].overrides
+    scratch = runs[2]
+    assert f"method.plan={runs[0].folder / 'slicing_plan.json'}" in scratch.overrides  # DeepIoT's architecture
+    assert reproduce.parse_folds("0-2,4") == (0, 1, 2, 4) and reproduce.parse_folds("") == ()
+
+
+def cv_record(method: str, fold: int, seed: int, accuracy: float) -> dict:
+    return {
+        "recipe": "equal", "method": method, "cost": "params", "budget": 0.03, "fold": fold, "seed": seed,
+        "sparse": False, "params": 9000, "test_accuracy": accuracy, "params_left": 0.03, "macs_left": 0.04,
+        "model_bytes_left": 0.03, "latency_ms": 0.1, "latency_left": 0.2,
+    }  # fmt: skip
+
+
+def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
+    deepiot = {0: 0.90, 1: 0.80, 2: 0.95}
+    records = [cv_record("deepiot", fold, 0, accuracy) for fold, accuracy in deepiot.items()]
+    # magnitude: two seeds per fold averaging exactly 2 points below DeepIoT on every fold
+    records += [cv_record("magnitude", fold, seed, accuracy - 0.02 + (0.01 if seed else -0.01))
+                for fold, accuracy in deepiot.items() for seed in (0, 1)]  # fmt: skip
+    summary = {row["method"]: row for row in reproduce.summarise_folds(records)}
+    assert summary["magnitude"]["folds"] == [0, 1, 2] and summary["magnitude"]["seeds"] == 6
+    assert summary["magnitude"]["test_accuracy"] == pytest.approx(sum(deepiot.values()) / 3 - 0.02)
+    difference = summary["magnitude"]["diff_vs_reference"]
+    assert difference["mean"] == pytest.approx(-0.02) and difference["significant"] is True
+    assert summary["deepiot"]["diff_vs_reference"] is None
+    low, high = summary["deepiot"]["test_accuracy_low"], summary["deepiot"]["test_accuracy_high"]
+    assert low < summary["deepiot"]["test_accuracy"] < high
+    original = reproduce.summarise_originals(
+        [{"fold": fold, "test_accuracy": 0.95, "latency_ms": 0.4} for fold in range(3)]
+    )
+    table = reproduce.cv_table("task", list(summary.values()), original)
+    assert "| equal | magnitude | 3% params | 3 | 6 | 9,000 | 3.00% | 4.00% |" in table
+    assert "| -2.00 [-2.00, -2.00] * |" in table
+    assert "fold 0: 95.00%" in table

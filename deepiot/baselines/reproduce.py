@@ -1,4 +1,4 @@
-"""The reproduction harness behind `scripts/reproduce.py`: task × method × budget × seed, resumable, aggregated.
+"""The reproduction harness behind `scripts/reproduce.py`: task × fold × method × budget × seed, resumable.
 
 Each run gets its own folder `<runs>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/` (the full artefacts of
 `run_baseline`) with a `result.json` written last and atomically: a rerun skips every run that has one.
@@ -7,6 +7,14 @@ recipe × method × budget, with the paper's rows beside ours) and Pareto plots 
 MACs left, vs ONNX Runtime latency). Every run of a task compresses the same original: `run_baseline` loads
 `outputs/train/<task>/model.pt` (training it once, on the first run, when it is missing), and the root `seed`
 that decides it stays fixed; the grid's seeds vary the method and fine-tuning only (`run_seed`).
+
+Cross-validation: with `folds` (e.g. 0..4) every run also sets `data.dataset.fold=<k>` (the data config's fold
+protocol: people left out for activity, recordings or time blocks for user identification — choose it with
+the grid's overrides) and lives in `<runs>/<task>/fold<k>/...`; each fold has its own original, trained once in
+`<runs>/<task>/fold<k>/original/train/` and shared by the fold's runs. The table then gives, per method and
+budget, the mean over folds (seeds averaged inside a fold) with its 95% interval and the paired difference to
+DeepIoT on the same folds (`deepiot.baselines.statistics`). The `scratch` method trains the architecture of the
+DeepIoT run of the same fold, budget and seed from a fresh initialisation, so it runs after it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from deepiot.baselines import statistics
 from deepiot.baselines.pipeline import METHODS
 from deepiot.baselines.run import RECIPES, compose_baseline_config, run_baseline
 from deepiot.checkpoint import load_trained_model
@@ -38,6 +47,10 @@ RESULT_FILE = "result.json"
 # What a task's summary gives as mean ± std over the seeds of each (recipe, method, cost, budget)
 SUMMARY_KEYS = ("test_accuracy", "params_left", "macs_left", "model_bytes_left", "latency_ms", "latency_left")
 ALL_METHODS = ("deepiot", *METHODS)
+SCRATCH_SOURCE = (
+    "deepiot"  # the harness's `scratch` runs train this method's architecture of the same run from scratch
+)
+REFERENCE_METHOD = "deepiot"  # paired differences are method − this one
 
 # The paper's rows (PAPER.md): parameters left (weights only) and accuracy; MNIST/CIFAR tasks are the same
 # tasks, the HAPT tasks are stand-ins for the paper's HHAR ones (other data, other original). A row whose
@@ -91,6 +104,7 @@ class Grid:
     methods: tuple[str, ...] = ALL_METHODS
     budgets: tuple[float, ...] = (0.01, 0.02, 0.035)
     seeds: tuple[int, ...] = (0, 1, 2)
+    folds: tuple[int, ...] = ()  # () : the data config's single split; (0, 1, ...): cross-validation folds
     recipes: tuple[str, ...] = ("equal",)
     cost: str = "params"
     overrides: tuple[str, ...] = ()
@@ -111,12 +125,30 @@ class Grid:
             )
 
     def runs(self) -> list[Run]:
+        """Budget by budget (the first budget's table fills first), fold by fold, methods in ALL_METHODS order
+        (DeepIoT before the scratch runs that train its architecture)."""
+        methods = sorted(self.methods, key=ALL_METHODS.index)
         return [
-            Run(self, recipe, method, budget, seed)
+            Run(self, recipe, method, budget, seed, fold)
             for recipe in self.recipes
-            for method in self.methods
             for budget in self.budgets
+            for fold in self.folds or (None,)
             for seed in self.seeds
+            for method in methods
+        ]
+
+    def task_dir(self, fold: int | None) -> Path:
+        """`<runs>/<task>` for the single split, `<runs>/<task>/fold<k>` for a fold."""
+        base = self.runs_dir / self.task
+        return base if fold is None else base / f"fold{fold}"
+
+    def fold_overrides(self, fold: int | None) -> list[str]:
+        """The overrides that select a fold and its own original (none for the single split)."""
+        if fold is None:
+            return []
+        return [
+            f"data.dataset.fold={fold}",
+            f"paths.original_dir={self.task_dir(fold) / 'original' / 'train'}",
         ]
 
 
@@ -127,6 +159,7 @@ class Run:
     method: str
     budget: float
     seed: int
+    fold: int | None = None
     key: tuple[str, str, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -136,8 +169,7 @@ class Run:
     def folder(self) -> Path:
         grid = self.grid
         return (
-            grid.runs_dir
-            / grid.task
+            grid.task_dir(self.fold)
             / self.recipe
             / self.method
             / f"{grid.cost}{self.budget:g}"
@@ -156,8 +188,17 @@ class Run:
             "trainer.num_threads=1",
             "trainer.progress_bar=false",
             "compress.latency_threads=null",  # latency is measured here, in ONNX Runtime
+            *self.grid.fold_overrides(self.fold),
+            *self.scratch_overrides(),
             *self.grid.overrides,
         ]
+
+    def scratch_overrides(self) -> list[str]:
+        """`scratch` trains the architecture of the SCRATCH_SOURCE run with the same fold, budget and seed."""
+        if self.method != "scratch":
+            return []
+        source = Run(self.grid, self.recipe, SCRATCH_SOURCE, self.budget, self.seed, self.fold)
+        return [f"method.plan={source.folder / 'slicing_plan.json'}"]
 
 
 class GridError(RuntimeError):
@@ -171,15 +212,16 @@ def run_grid(grid: Grid) -> list[dict[str, Any]]:
     finished, GridError names every failed run. A configuration error (ConfigError: it would fail every run)
     stops the grid at once, as does a Hydra or OmegaConf error.
     """
-    original = original_reference(grid)
-    runs, failures = grid.runs(), []
+    runs, failures, originals = grid.runs(), [], {}
     for index, run in enumerate(runs, start=1):
         if finished(run):
             log.info("[%d/%d] %s: done, skipped", index, len(runs), run.folder)
             continue
         log.info("[%d/%d] %s: running", index, len(runs), run.folder)
         try:
-            execute(run, original)
+            if run.fold not in originals:
+                originals[run.fold] = original_reference(grid, run.fold)
+            execute(run, originals[run.fold])
         except (ConfigError, HydraException, OmegaConfBaseException):
             raise
         except Exception as error:  # noqa: BLE001 - one broken run must not cost the rest of a long grid
@@ -209,13 +251,16 @@ def finished(run: Run) -> bool:
     return True
 
 
-def original_reference(grid: Grid) -> dict[str, Any]:
-    """Train-or-load the task's original once, export it and measure its ONNX latency (batch 1, 1 thread)."""
-    folder = grid.runs_dir / grid.task / "original"
+def original_reference(grid: Grid, fold: int | None = None) -> dict[str, Any]:
+    """Train-or-load the task's (fold's) original once, export it and measure its ONNX latency (batch 1, 1
+    thread)."""
+    folder = grid.task_dir(fold) / "original"
     path = folder / RESULT_FILE
     if path.is_file():
         return json.loads(path.read_text())
-    cfg = compose_baseline_config([f"experiment={grid.task}", *grid.overrides, f"paths.output_dir={folder}"])
+    cfg = compose_baseline_config(
+        [f"experiment={grid.task}", *grid.fold_overrides(fold), *grid.overrides, f"paths.output_dir={folder}"]
+    )
     torch.set_num_threads(1)
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path)
@@ -232,7 +277,9 @@ def original_reference(grid: Grid) -> dict[str, Any]:
     )
     record = {
         "task": grid.task,
+        "fold": fold,
         "test_accuracy": float(checkpoint["metrics"]["test_accuracy"]),
+        "val_accuracy": float(checkpoint["metrics"].get("val_accuracy", float("nan"))),
         "input_shape": list(checkpoint["data"]["input_shape"]),
         "onnx_path": str(exported.paths["onnx"]),
         "latency_ms": onnx_latency(exported.paths["onnx"], example, grid.latency_repeats),
@@ -258,6 +305,7 @@ def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:
         "cost": run.grid.cost,
         "budget": run.budget,
         "seed": run.seed,
+        "fold": run.fold,
         "overrides": run.overrides,
         "test_accuracy": report["accuracy"]["compressed_test"],
         "val_accuracy": report["accuracy"]["compressed_val"],
@@ -288,36 +336,51 @@ def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int) -> float
 
 
 def aggregate(grid: Grid) -> list[dict[str, Any]]:
-    """Collect every finished run of the task (any grid), write results.json, table.md and the Pareto plots."""
+    """Collect every finished run of the task (any grid), write results.json, table.md and the Pareto plots.
+
+    Runs of the single split and of cross-validation folds are kept apart: the single split's go to
+    `<results>/<task>/`, the folds' to `<results>/<task>/cv/` (table with 95% intervals and paired differences)."""
     task_runs = grid.runs_dir / grid.task
-    records = [json.loads(path.read_text()) for path in sorted(task_runs.glob(f"*/*/*/seed*/{RESULT_FILE}"))]
-    original_path = task_runs / "original" / RESULT_FILE
-    original = json.loads(original_path.read_text()) if original_path.is_file() else None
-    out = grid.results_dir / grid.task
+    single = [json.loads(path.read_text()) for path in sorted(task_runs.glob(f"*/*/*/seed*/{RESULT_FILE}"))]
+    folded = [
+        json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/*/*/*/seed*/{RESULT_FILE}"))
+    ]
+    single = [record for record in single if record.get("fold") is None]
+    if single or not folded:
+        original_path = task_runs / "original" / RESULT_FILE
+        original = json.loads(original_path.read_text()) if original_path.is_file() else None
+        write_results(grid.task, grid.results_dir / grid.task, single, summarise(single), original, table)
+    if folded:
+        originals = [
+            json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/original/{RESULT_FILE}"))
+        ]
+        write_results(grid.task, grid.results_dir / grid.task / "cv", folded, summarise_folds(folded),
+                      summarise_originals(originals), cv_table)  # fmt: skip
+    return single + folded
+
+
+def write_results(
+    task: str,
+    out: Path,
+    records: Sequence[Mapping[str, Any]],
+    summary: list[dict[str, Any]],
+    original: Mapping[str, Any] | None,
+    make_table: Any,
+) -> None:
+    """results.json (every run + summary), table.md and one Pareto plot per recipe into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(records)
-    document = {"task": grid.task, "original": original, "summary": summary, "runs": records}
+    document = {"task": task, "original": original, "summary": summary, "runs": list(records)}
     atomic_write(out / "results.json", lambda file: file.write(json.dumps(document, indent=2) + "\n"))
-    atomic_write(out / "table.md", lambda file: file.write(table(grid.task, summary, original)))
+    atomic_write(out / "table.md", lambda file: file.write(make_table(task, summary, original)))
     for recipe in sorted({row["recipe"] for row in summary}):
-        plot_pareto(
-            grid.task,
-            [row for row in summary if row["recipe"] == recipe],
-            original,
-            out / f"pareto_{recipe}.png",
-        )
-    return records
+        rows = [row for row in summary if row["recipe"] == recipe]
+        plot_pareto(task, rows, original, out / f"pareto_{recipe}.png")
 
 
 def summarise(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds per (recipe, method, cost, budget)."""
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
-    for record in records:
-        groups.setdefault((record["recipe"], record["method"], record["cost"], record["budget"]), []).append(
-            record
-        )
     rows = []
-    for (recipe, method, cost, budget), members in sorted(groups.items()):
+    for (recipe, method, cost, budget), members in sorted(group_runs(records).items()):
         row: dict[str, Any] = {"recipe": recipe, "method": method, "cost": cost, "budget": budget}
         row["seeds"] = len(members)
         row["sparse"] = any(member["sparse"] for member in members)
@@ -327,6 +390,67 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         rows.append(row)
     return rows
+
+
+def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
+    """{(recipe, method, cost, budget): runs}."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for record in records:
+        key = (record["recipe"], record["method"], record["cost"], record["budget"])
+        groups.setdefault(key, []).append(record)
+    return groups
+
+
+def per_fold(members: Iterable[Mapping[str, Any]], key: str) -> dict[int, float]:
+    """{fold: mean of `key` over the fold's seeds}."""
+    values: dict[int, list[float]] = {}
+    for member in members:
+        values.setdefault(member["fold"], []).append(float(member[key]))
+    return statistics.fold_means(values)
+
+
+def summarise_folds(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (recipe, method, cost, budget): mean over folds (seeds averaged inside a fold) with the 95% interval
+    of every SUMMARY_KEYS value, and the paired difference in test accuracy to REFERENCE_METHOD on shared folds."""
+    groups = group_runs(records)
+    rows = []
+    for (recipe, method, cost, budget), members in sorted(groups.items()):
+        row: dict[str, Any] = {"recipe": recipe, "method": method, "cost": cost, "budget": budget}
+        row["folds"] = sorted({member["fold"] for member in members})
+        row["seeds"] = len(members)
+        row["sparse"] = any(member["sparse"] for member in members)
+        row["params"] = float(np.mean([member["params"] for member in members]))
+        for key in SUMMARY_KEYS:
+            interval = statistics.mean_interval(list(per_fold(members, key).values()))
+            row[key], row[f"{key}_low"], row[f"{key}_high"] = interval.mean, interval.low, interval.high
+            row[f"{key}_std"] = (
+                float(np.std(list(per_fold(members, key).values()), ddof=1)) if interval.count > 1 else 0.0
+            )
+        reference = groups.get((recipe, REFERENCE_METHOD, cost, budget))
+        difference = None
+        if reference is not None and method != REFERENCE_METHOD:
+            difference = statistics.paired_difference(
+                per_fold(members, "test_accuracy"), per_fold(reference, "test_accuracy")
+            )
+        row["diff_vs_reference"] = (
+            None if difference is None else difference._asdict() | {"significant": difference.significant}
+        )
+        rows.append(row)
+    return rows
+
+
+def summarise_originals(originals: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The folds' originals: mean test accuracy with its 95% interval, mean latency, and every fold's record."""
+    if not originals:
+        return None
+    accuracy = statistics.mean_interval([original["test_accuracy"] for original in originals])
+    return {
+        "test_accuracy": accuracy.mean,
+        "test_accuracy_low": accuracy.low,
+        "test_accuracy_high": accuracy.high,
+        "latency_ms": float(np.mean([original["latency_ms"] for original in originals])),
+        "folds": list(originals),
+    }
 
 
 def budget_text(budget: float, cost: str) -> str:
@@ -376,6 +500,61 @@ def table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str
     return "\n".join(lines) + "\n"
 
 
+def interval_text(row: Mapping[str, Any], key: str, scale: float = 100.0, digits: int = 2) -> str:
+    """ "94.12 [93.01, 95.23]" (the mean and its 95% interval), or the mean alone without an interval."""
+    mean = f"{scale * row[key]:.{digits}f}"
+    if row.get(f"{key}_low") is None:
+        return mean
+    return f"{mean} [{scale * row[f'{key}_low']:.{digits}f}, {scale * row[f'{key}_high']:.{digits}f}]"
+
+
+def difference_text(difference: Mapping[str, Any] | None) -> str:
+    """ "+1.20 [0.40, 2.00] *" in points (* where the interval excludes 0), "—" without a pairing."""
+    if difference is None:
+        return "—"
+    text = f"{100 * difference['mean']:+.2f}"
+    if difference["low"] is None:
+        return text
+    marker = " *" if difference["significant"] else ""
+    return f"{text} [{100 * difference['low']:+.2f}, {100 * difference['high']:+.2f}]{marker}"
+
+
+def cv_table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str, Any] | None) -> str:
+    """Markdown: per method and budget the mean over folds with its 95% interval and the paired difference
+    to DeepIoT; the originals' accuracy per fold."""
+    lines = [f"# {task}: cross-validation", ""]
+    if original is not None:
+        folds = ", ".join(
+            f"fold {record['fold']}: {100 * record['test_accuracy']:.2f}%" for record in original["folds"]
+        )
+        lines += [
+            f"Originals (one per fold): test accuracy {interval_text(original, 'test_accuracy')}% "
+            f"(mean [95% interval] over {len(original['folds'])} folds; {folds}); ONNX Runtime latency "
+            f"{original['latency_ms']:.3f} ms (batch 1, 1 thread).",
+            "",
+        ]
+    lines += [
+        "Mean over folds (seeds averaged inside a fold) with the 95% Student-t interval; Δ: the paired difference "
+        f"in test accuracy to {REFERENCE_METHOD} on the same folds, in points (* : the interval excludes 0).",
+        "",
+        "| recipe | method | budget | folds | runs | params | params left | MACs left | test accuracy (%) "
+        f"| Δ vs {REFERENCE_METHOD} (points) | ONNX latency (ms) |",
+        "|-|-|-|-|-|-|-|-|-|-|-|",
+    ]
+    for row in summary:
+        note = " (nonzero, sparse)" if row["sparse"] else ""
+        lines.append(
+            f"| {row['recipe']} | {row['method']} | {budget_text(row['budget'], row['cost'])} | {len(row['folds'])} "
+            f"| {row['seeds']} | {row['params']:,.0f} | {100 * row['params_left']:.2f}%{note} "
+            f"| {100 * row['macs_left']:.2f}% | {interval_text(row, 'test_accuracy')} "
+            f"| {difference_text(row['diff_vs_reference'])} | {row['latency_ms']:.3f} |"
+        )
+    if any(row["sparse"] for row in summary):
+        lines += ["", "Unstructured rows count nonzero parameters of a model of the original shape (sparse storage, "
+                  "the original's dense MACs and latency)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def plot_pareto(
     task: str, rows: Sequence[Mapping[str, Any]], original: Mapping[str, Any] | None, path: Path
 ) -> None:
@@ -392,7 +571,7 @@ def plot_pareto(
             axes.errorbar(
                 [scale * row[key] for row in points],
                 [100 * row["test_accuracy"] for row in points],
-                yerr=[100 * row["test_accuracy_std"] for row in points],
+                yerr=np.array([accuracy_error_bar(row) for row in points]).T,
                 marker="o", capsize=3, label=method,
             )  # fmt: skip
         if key == "params_left":
@@ -411,10 +590,28 @@ def plot_pareto(
         axes.set_xlabel(label)
         axes.set_ylabel("test accuracy (%)")
     panels[0].legend(fontsize=7)
-    figure.suptitle(f"{task}: accuracy vs size, compute and latency (mean ± std over seeds)")
+    spread = "95% interval over folds" if any("folds" in row for row in rows) else "± std over seeds"
+    figure.suptitle(f"{task}: accuracy vs size, compute and latency (mean, {spread})")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def accuracy_error_bar(row: Mapping[str, Any]) -> tuple[float, float]:
+    """(below, above) the mean test accuracy in points: the 95% interval when there is one, else ± std."""
+    if row.get("test_accuracy_low") is not None:
+        return (100 * (row["test_accuracy"] - row["test_accuracy_low"]),
+                100 * (row["test_accuracy_high"] - row["test_accuracy"]))  # fmt: skip
+    return (100 * row["test_accuracy_std"], 100 * row["test_accuracy_std"])
+
+
+def parse_folds(text: str) -> tuple[int, ...]:
+    """ "0-4" → (0, 1, 2, 3, 4); "0,2" → (0, 2); "" → () (the single split)."""
+    folds: list[int] = []
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        first, dash, last = part.partition("-")
+        folds += list(range(int(first), int(last) + 1)) if dash else [int(part)]
+    return tuple(folds)
 
 
 def parse_values(text: str, kind: type) -> tuple:
