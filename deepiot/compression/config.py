@@ -16,6 +16,8 @@ from deepiot.compression.schedules import ScheduleConfig
 from deepiot.finetune import FinetuneConfig
 from deepiot.utils import config_to_dataclass
 
+ELEMENT_CHOICES = ("critic", "original", "l1", "auto")
+
 # The config group (configs/<group>/*.yaml) that fills each field of CompressionConfig.
 CONFIG_GROUPS = {
     "loop": "compress",
@@ -61,8 +63,17 @@ class LoopConfig:
     eval_batch_size: int = 512
     log_every: int = 10
     seed: int = 0
+    # which elements and weights fine-tuning starts from, at the searched counts (see loop.choose_elements):
+    # "critic" (the search's own), "original" (same elements, original weights), "l1" (the original's largest-L1
+    # elements), or "auto" (each fine-tuned for choice_steps steps; the best validation accuracy wins)
+    element_choice: str = "critic"
+    choice_steps: int = 500
 
     def __post_init__(self) -> None:
+        if self.element_choice not in ELEMENT_CHOICES:
+            raise ValueError(
+                f"compress.element_choice must be one of {ELEMENT_CHOICES}, got {self.element_choice!r}."
+            )
         for name in ("warmup_iterations", "seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"compress.{name} must be an integer, got {getattr(self, name)!r}.")
@@ -73,6 +84,7 @@ class LoopConfig:
             "patience",
             "eval_batch_size",
             "log_every",
+            "choice_steps",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

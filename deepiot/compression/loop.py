@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -61,10 +62,11 @@ from deepiot.runtime import (
     resolve_device,
 )
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
-from deepiot.utils import ConfigError, flatten
+from deepiot.utils import ConfigError, atomic_write, flatten
 
 log = logging.getLogger(__name__)
 
+CHOICE_FILE = "element_choice.json"  # which candidate fine-tuning started from (see choose_elements)
 SLICED_TOLERANCE = 1e-4  # max |sliced − masked| logit difference accepted (float32 reassociation only)
 
 
@@ -149,8 +151,12 @@ def compress_model(
     if state.phase == "compress":
         run_compression(parts, state, validation, writer, state_path, progress)
     check_inputs = test_inputs[: config.loop.eval_batch_size]
-    sliced, difference = slice_checked(parts.critic, parts.structure, state.kept, check_inputs)
     started = time.perf_counter()
+    choice = choose_elements(
+        parts, state, original, ((train_inputs, train_labels), validation), run_dir, check_inputs
+    )
+    state.kept = choice.kept
+    sliced, difference = slice_checked(choice.source, parts.structure, state.kept, check_inputs)
     tuned = finetune(
         sliced,
         (train_inputs, train_labels),
@@ -164,6 +170,7 @@ def compress_model(
     result = compression_result(
         parts, state, tuned, difference, (test_inputs, test_labels), model_config or {}
     )
+    result.report["element_choice"] = choice.record
     if config.loop.compare_magnitude:
         splits = ((train_inputs, train_labels), validation, (test_inputs, test_labels))
         result.report["magnitude_at_same_counts"] = magnitude_reference(
@@ -324,6 +331,72 @@ def accuracy_floor(loop: LoopConfig, original_val_accuracy: float) -> float:
     if loop.max_accuracy_drop is not None:
         floors.append(original_val_accuracy - loop.max_accuracy_drop)
     return max(floors)
+
+
+class ElementChoice(NamedTuple):
+    """Which elements and weights the search hands to fine-tuning: the model to slice, its kept set, the record."""
+
+    source: nn.Module
+    kept: dict[str, list[int]]
+    record: dict[str, Any]
+
+
+def element_candidates(
+    parts: LoopParts, state: LoopState, original: nn.Module
+) -> dict[str, tuple[nn.Module, dict[str, list[int]]]]:
+    """The searched allocation (kept count per group) filled three ways: {name: (model to slice, kept)}.
+
+    critic: the compressor's kept elements with the critic's weights (trained under masks during the search);
+    original: the same elements with the original's weights (rewinding: the search as a pure architecture and
+    element search); l1: at the same counts, the original's largest-L1 elements and weights."""
+    counts = {name: len(indices) for name, indices in state.kept.items()}
+    largest = {
+        name: parts.structure.largest_l1_elements(original, name, count) for name, count in counts.items()
+    }
+    return {
+        "critic": (parts.critic, dict(state.kept)),
+        "original": (original, dict(state.kept)),
+        "l1": (original, largest),
+    }
+
+
+def choose_elements(
+    parts: LoopParts,
+    state: LoopState,
+    original: nn.Module,
+    splits: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
+    run_dir: str | Path | None,
+    check_inputs: Tensor,
+) -> ElementChoice:
+    """`compress.element_choice`: one candidate of `element_candidates`, or "auto": each candidate sliced and
+    fine-tuned for `compress.choice_steps` steps of the recipe, the best validation accuracy wins (ties: the
+    order critic, original, l1). The choice is written to `<run_dir>/element_choice.json`, so a resumed run
+    fine-tunes the same candidate without trying them again."""
+    loop = parts.config.loop
+    candidates = element_candidates(parts, state, original)
+    saved_path = Path(run_dir) / CHOICE_FILE if run_dir is not None else None
+    if saved_path is not None and saved_path.is_file():
+        record = json.loads(saved_path.read_text())
+    elif loop.element_choice != "auto":
+        record = {"mode": loop.element_choice, "chosen": loop.element_choice}
+    else:
+        train, validation = splits
+        trial = dataclasses.replace(parts.config.finetune, steps=loop.choice_steps,
+                                    eval_every=min(parts.config.finetune.eval_every, loop.choice_steps))  # fmt: skip
+        scores = {}
+        for name, (source, kept) in candidates.items():
+            sliced, _ = slice_checked(copy.deepcopy(source), parts.structure, kept, check_inputs)
+            tuned = finetune(sliced, train, validation, trial,
+                             teacher=original if trial.distill_weight > 0 else None)  # fmt: skip
+            scores[name] = tuned.best_val_accuracy
+        chosen = max(scores, key=lambda name: (scores[name], -list(candidates).index(name)))
+        record = {"mode": "auto", "chosen": chosen, "trial_steps": loop.choice_steps, "val_accuracy": scores}
+        log.info("element choice: %s (validation after %d steps: %s)", chosen, loop.choice_steps,
+                 ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))  # fmt: skip
+    if saved_path is not None:
+        atomic_write(saved_path, lambda file: file.write(json.dumps(record, indent=2) + "\n"))
+    source, kept = candidates[record["chosen"]]
+    return ElementChoice(source, kept, record)
 
 
 def slice_checked(

@@ -81,6 +81,22 @@ def get_cost_function(name: str) -> CostFunction:
     return COST_FUNCTIONS[name]
 
 
+MASK_SCALES = ("none", "inverted")
+MIN_KEEP_SCALE_PROB = 0.1  # inverted scaling divides by at least this (an element kept at p≈0 would explode)
+
+
+def scale_critic_masks(
+    masks: Mapping[str, Tensor], keep_probs: Mapping[str, Tensor], mask_scale: str
+) -> dict[str, Tensor]:
+    """The masks the critic trains under: z as sampled ("none"), or z / max(p, 0.1) ("inverted": inverted dropout,
+    E[z / p] = 1, so the expected activation of every element is the unmasked one). z: [N, size], p: [size]."""
+    if mask_scale == "none":
+        return dict(masks)
+    return {
+        name: mask / keep_probs[name].detach().clamp_min(MIN_KEEP_SCALE_PROB) for name, mask in masks.items()
+    }
+
+
 @dataclass(frozen=True)
 class CriticConfig:
     """How the critic (the model being compressed) trains and how its judgement becomes a reward.
@@ -101,8 +117,13 @@ class CriticConfig:
         0.0  # a: the critic's loss is (1−a)·CE + a·T²·KL(original ‖ critic); 0 = the paper
     )
     temperature: float = 4.0  # T of the distillation
+    # the critic step's masks: "none" multiplies each element by z ~ Bernoulli(p) (the paper's code); "inverted"
+    # by z / max(p, MIN_KEEP_SCALE_PROB), so every element's expected activation is what the full model computes
+    mask_scale: str = "none"
 
     def __post_init__(self) -> None:
+        if self.mask_scale not in MASK_SCALES:
+            raise ValueError(f"critic.mask_scale must be one of {MASK_SCALES}, got {self.mask_scale!r}.")
         if not self.lr > 0 or not self.value_lr > 0:
             raise ValueError(f"critic.lr and critic.value_lr must be > 0, got {self.lr} and {self.value_lr}.")
         if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):

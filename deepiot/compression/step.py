@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from deepiot.compression.budget import BudgetController, attach_profile, budget_fractions
 from deepiot.compression.compressor import Compressor, MaskDistribution, score_variance
 from deepiot.compression.config import CompressionConfig
-from deepiot.compression.reward import Baseline, Reward, build_baselines, structure_features
+from deepiot.compression.reward import (
+    Baseline,
+    Reward,
+    build_baselines,
+    scale_critic_masks,
+    structure_features,
+)
 from deepiot.compression.schedules import ThresholdSchedule, build_schedule
 from deepiot.finetune import distillation_loss
 from deepiot.runtime import BatchStream, CompressionError, model_device, predict_logits
@@ -95,14 +101,16 @@ def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance:
     decay = parts.config.schedule.decay
     batch_size = parts.config.loop.batch_size
 
-    # 1. Critic step: masks from the stored, threshold-decayed keep probabilities (p < τ → γ·p); one optimizer
-    #    step of the critic (the model, through its masks) on the task loss (optionally distilled from the
-    #    original's logits).
+    # 1. Critic step: masks from the stored, threshold-decayed keep probabilities (p < τ → γ·p), optionally
+    #    scaled by 1/p (critic.mask_scale=inverted); one optimizer step of the critic (the model, through its
+    #    masks) on the task loss (optionally distilled from the original's logits).
     critic_loss = torch.tensor(math.nan, device=parts.device)
     if not warming_up:
         indices = parts.batches.next_indices()
         inputs, labels = parts.batches.inputs[indices], parts.batches.labels[indices]
-        masks = MaskDistribution(state.keep_logits, tau, decay).sample(batch_size, parts.mask_generator)
+        sampling = MaskDistribution(state.keep_logits, tau, decay)
+        masks = sampling.sample(batch_size, parts.mask_generator)  # z: {group: [B, size]} of 0/1
+        masks = scale_critic_masks(masks, sampling.keep_probs, parts.config.critic.mask_scale)  # z or z / p
         parts.network.train()
         critic_loss = distillation_loss(
             parts.network(inputs, masks),
