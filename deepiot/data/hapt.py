@@ -59,10 +59,11 @@ def load_hapt_activity(
     """
     check_limit(limit)
     step = window_step(window, overlap)
+    if fold is not None:
+        check_fold(fold, num_folds, minimum_folds=2, what="load_hapt_activity")
     recordings, source = read_recordings(root)
     known = sorted({r.user for r in recordings})
     if fold is not None:
-        check_fold(fold, num_folds, minimum_folds=2, what="load_hapt_activity")
         test_users = activity_fold_users(known, fold, num_folds)
     users = split_users(known, val_users, test_users, num_val_users, seed)
     num_classes = len(ACTIVITY_NAMES) if include_transitions else NUM_BASIC_ACTIVITIES
