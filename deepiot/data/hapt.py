@@ -111,8 +111,8 @@ def load_hapt_user(
     Folds (`fold` is needed by these two splits and refused by the others):
 
     `split="cross_recording"`, `fold` 0 or 1 (`num_folds` ignored: there are two sessions): every user did the
-    protocol twice, and the second session's phone sits differently (its gravity direction while standing
-    differs). Session 1 is a user's first recording (lowest experiment id), session 2 the rest (user 10's
+    protocol twice, and for many users the phone sits at another tilt in the second session (the gravity
+    direction while standing moves by up to ~0.3 g on an axis). Session 1 is a user's first recording (lowest experiment id), session 2 the rest (user 10's
     second protocol is split over two files, experiments 20 (postures) and 21 (walking), which both go to
     session 2). Fold 0 trains on session 1 and tests on session 2; fold 1 the reverse. Bouts are used as in
     "bout"; the training session's bouts give train (their first 1 - `val_frac` samples) and val (their last
