@@ -279,7 +279,7 @@ def test_activities_are_checked(raw_root: Path) -> None:
     for bad in ([], [0], [7], [1, 12]):
         with pytest.raises(ValueError, match=r"activities must be a non-empty list of basic activity ids"):
             load_hapt_user(str(raw_root), window=USER_WINDOW, activities=bad)
-    with pytest.raises(ValueError, match=r"needs split='bout'"):
+    with pytest.raises(ValueError, match=r"needs a bout-based split, not 'recording'"):
         load_hapt_user(str(raw_root), window=USER_WINDOW, activities=[1], split="recording")
 
 
@@ -290,7 +290,10 @@ def test_activity_bouts_are_the_maximal_basic_activity_runs() -> None:
 
 
 def test_unknown_user_split_is_rejected(raw_root: Path) -> None:
-    with pytest.raises(ValueError, match=r"split must be one of \('bout', 'recording'\).*'activity'"):
+    with pytest.raises(
+        ValueError,
+        match=r"split must be one of \('bout', 'recording', 'cross_recording', 'time_folds'\).*'activity'",
+    ):
         load_hapt_user(str(raw_root), split="activity")
 
 
