@@ -146,7 +146,9 @@ def resolve_floors(
         check_counts(structure, floor)
         return {group.name: int(floor.get(group.name, 1)) for group in structure.groups}
     if isinstance(floor, bool) or int(floor) != floor or int(floor) < 1:
-        raise ValueError(f"method.floor must be a positive int, a {{group: count}} mapping or null; got {floor!r}.")
+        raise ValueError(
+            f"method.floor must be a positive int, a {{group: count}} mapping or null; got {floor!r}."
+        )
     return {group.name: min(group.size, int(floor)) for group in structure.groups}
 
 
