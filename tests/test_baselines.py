@@ -506,3 +506,54 @@ def test_prune_runs_the_new_budget_methods_end_to_end(tmp_path, cnn, method):
         assert result.report["cost"]["left"]["params"] <= 0.2
         assert (tmp_path / "slicing_plan.json").is_file()
         assert method in result.report
+
+
+def test_deepiot_baseline_config_selects_the_new_methods(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deepiot.baselines.run import compose_baseline_config
+
+    base = [f"paths.output_dir={tmp_path}"]
+    try:
+        for method in ("magnitude_floor", "uniform", "scratch", "unstructured_fair"):
+            assert pipeline.METHODS.count(method) == 1
+            assert compose_baseline_config([*base, f"method={method}"]).method.name == method
+        floor = compose_baseline_config([*base, "method=magnitude_floor", "method.floor=4"]).method
+        assert (floor.floor, floor.normalizer) == (4, "mean")
+        plan = tmp_path / "slicing_plan.json"
+        scratch = compose_baseline_config([*base, "method=scratch", f"method.plan={plan}"]).method
+        assert (scratch.plan, scratch.counts) == (str(plan), None)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_run_baseline_trains_another_runs_plan_from_scratch(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deepiot.baselines.run import compose_baseline_config, run_baseline
+
+    tiny = [
+        "data.dataset.limit=256",
+        "trainer.epochs=1",
+        "finetune.steps=2",
+        "finetune.eval_every=2",
+        "finetune.batch_size=32",
+        "budget.fraction=0.2",
+        f"paths.original_dir={tmp_path / 'train'}",
+    ]
+    try:
+        magnitude = run_baseline(
+            compose_baseline_config([*tiny, "method=magnitude", f"paths.output_dir={tmp_path / 'magnitude'}"])
+        )
+        plan = tmp_path / "magnitude" / "slicing_plan.json"
+        scratch = run_baseline(
+            compose_baseline_config(
+                [*tiny, "method=scratch", f"method.plan={plan}", f"paths.output_dir={tmp_path / 'scratch'}"]
+            )
+        )
+    finally:
+        GlobalHydra.instance().clear()
+    assert reported_counts(scratch) == reported_counts(magnitude)
+    assert scratch["cost"]["compressed"]["params"] == magnitude["cost"]["compressed"]["params"]
+    assert scratch["scratch"]["plan"] == str(plan)
+    assert (scratch["method"]["name"], scratch["method"]["budget"]) == ("scratch", 0.2)
