@@ -557,3 +557,14 @@ def test_run_baseline_trains_another_runs_plan_from_scratch(tmp_path):
     assert scratch["cost"]["compressed"]["params"] == magnitude["cost"]["compressed"]["params"]
     assert scratch["scratch"]["plan"] == str(plan)
     assert (scratch["method"]["name"], scratch["method"]["budget"]) == ("scratch", 0.2)
+
+
+@pytest.mark.parametrize("method", ["magnitude_floor", "uniform"])
+def test_the_new_structured_methods_take_a_budget_in_device_units(cnn, method):
+    model, _, inputs = cnn
+    full_kb = 4 * sum(parameter.numel() for parameter in model.parameters()) / 1024
+    result = prune(model, toy_data(64, 0), toy_data(32, 1), method=method, budget=full_kb / 4, cost="model_kb",
+                   finetune_config=NO_FINETUNING, outputs=NO_LATENCY)  # fmt: skip
+    assert 4 * measure_cost(result.sliced_model, inputs).params / 1024 <= full_kb / 4
+    with pytest.raises(ValueError, match="takes a budget only"):
+        prune(model, toy_data(64, 0), toy_data(32, 1), method=method, fraction=0.5, finetune_config=RECIPE)
