@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from deepiot.api import OutputOptions
-from deepiot.baselines import prune, reference, selection, unstructured
+from deepiot.baselines import pipeline, prune, reference, selection, unstructured
 from deepiot.compression import slice_checked
 from deepiot.cost import measure_cost
 from deepiot.finetune import FinetuneConfig
@@ -236,3 +236,335 @@ def test_prune_unstructured_reports_nonzero_parameters_and_no_smaller_model(tmp_
 def test_prune_rejects_bad_method_arguments(cnn, kwargs, message):
     with pytest.raises(ValueError, match=message):
         prune(cnn[0], toy_data(32, 0), toy_data(32, 1), finetune_config=RECIPE, **kwargs)
+
+
+# --- magnitude_floor, uniform, scratch, unstructured_fair -----------------------------------------------------
+
+
+class TinyMLP(nn.Module):
+    """2 → fc1 (4) → fc2 (3) → out (2 classes): params with (a, b) kept = 3a + b(a + 1) + 2b + 2 (35 in all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, 4)
+        self.fc2 = nn.Linear(4, 3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def tiny_mlp() -> tuple[nn.Module, Structure]:
+    """fc1 unit i has L1 i + 1 (normalised by the mean 2.5: 0.4, 0.8, 1.2, 1.6); fc2's units 0.1, 0.2, 6
+    (normalised: 0.048, 0.095, 2.86) — plain magnitude removes fc2's two weak units first."""
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]]))
+        model.fc1.bias.zero_()
+        model.fc2.weight.zero_()
+        model.fc2.weight[:, 0] = torch.tensor([0.1, 0.2, 6.0])
+        model.fc2.bias.zero_()
+    return model, Structure.from_model(model, torch.randn(2, 2))
+
+
+def test_magnitude_floor_against_a_hand_computed_case():
+    model, structure = tiny_mlp()
+    assert structure.cost().params == 35
+    # budget 0.6 = 21 params. Plain order: fc2.0, fc2.1 → (4, 1) = 12 + 5 + 4 = 21: fc2 collapses to one unit.
+    assert selection.magnitude_at_budget(model, structure, 0.6) == {"fc1": [0, 1, 2, 3], "fc2": [2]}
+    # floor 2: fc2's units 2 and 1, fc1's 3 and 2 are protected; order fc2.0, fc1.0, fc1.1:
+    # (4, 2) = 28, (3, 2) = 23, (2, 2) = 6 + 6 + 6 = 18 <= 21.
+    assert selection.magnitude_floor_at_budget(model, structure, 0.6, floor=2) == {
+        "fc1": [2, 3],
+        "fc2": [1, 2],
+    }
+    assert selection.magnitude_floor_at_budget(model, structure, 0.6, floor={"fc2": 2}) == {
+        "fc1": [2, 3],
+        "fc2": [1, 2],
+    }
+    # budget 0.45 = 15.75 params: the floors alone cost 18.
+    with pytest.raises(
+        ValueError, match=r"floor \{'fc1': 2, 'fc2': 2\} alone leaves 0.5143 .* over the budget"
+    ):
+        selection.magnitude_floor_at_budget(model, structure, 0.45, floor=2)
+    with pytest.raises(ValueError, match="must keep between 1 and 3 elements"):
+        selection.magnitude_floor_at_budget(model, structure, 0.6, floor={"fc2": 4})
+    with pytest.raises(ValueError, match="method.floor must be a positive int"):
+        selection.magnitude_floor_at_budget(model, structure, 0.6, floor=0)
+
+
+def test_removal_order_protects_one_element_per_group_by_default():
+    model, structure = tiny_mlp()
+    scores = selection.l1_scores(model, structure)
+    assert selection.removal_order(scores, "mean") == [
+        ("fc2", 0),
+        ("fc2", 1),
+        ("fc1", 0),
+        ("fc1", 1),
+        ("fc1", 2),
+    ]
+    assert selection.removal_order(scores, "mean", {"fc1": 3, "fc2": 2}) == [("fc2", 0), ("fc1", 0)]
+
+
+def lenet300_like() -> tuple[nn.Module, Structure]:
+    """LeNet-300-100 (784 → 300 → 100 → 10) with fc2's units 1-99 made weak: magnitude collapses fc2 to one unit,
+    as it does on the trained LeNet-300-100 at 2%."""
+    from deepiot.models import LeNet300
+
+    torch.manual_seed(0)
+    model = LeNet300().eval()
+    with torch.no_grad():
+        model.fc2.weight[1:] *= 1e-3
+        model.fc2.bias[1:] *= 1e-3
+    return model, Structure.from_model(model, torch.randn(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("budget", [0.01, 0.02, 0.035])
+def test_magnitude_floor_keeps_every_group_at_its_floor_and_meets_the_budget(budget):
+    model, structure = lenet300_like()
+    assert selection.counts_of(selection.magnitude_at_budget(model, structure, budget))["fc2"] == 1
+    floors = selection.default_floors(structure, selection.output_width(model, structure), budget, "params")
+    kept = selection.counts_of(selection.magnitude_floor_at_budget(model, structure, budget))
+    assert all(kept[name] >= floors[name] for name in floors)
+    assert floors["fc2"] == 10  # the class count: cheap
+    original = structure.cost().params
+    assert structure.cost(kept).params <= budget * original
+    assert structure.cost(floors).params <= selection.FLOOR_SHARE * budget * original
+
+
+def test_default_floors_rise_to_the_class_count_within_half_the_budget():
+    model, structure = lenet300_like()
+    assert selection.output_width(model, structure) == 10
+    # 2% of 266,610 params: the floors may cost 2,666. fc1 at 3 units (785 params each) with fc2 at 10:
+    # 2,355 + 40 + 110 = 2,505; fc1 at 4 would cost 3,290 + ... > 2,666.
+    assert selection.default_floors(structure, 10, 0.02, "params") == {"fc1": 3, "fc2": 10}
+    assert selection.default_floors(structure, 10, 0.01, "params") == {"fc1": 1, "fc2": 10}
+    assert selection.default_floors(structure, 10, 1.0, "params") == {"fc1": 10, "fc2": 10}
+    capped = selection.default_floors(structure, 200, 1.0, "params", share=1.0)  # capped at the sizes
+    assert capped == {"fc1": 200, "fc2": 100}
+
+
+@pytest.mark.parametrize("cost", ["params", "macs"])
+@pytest.mark.parametrize("budget", [0.05, 0.2, 0.5])
+def test_uniform_width_is_the_largest_common_fraction_within_the_budget(cnn, cost, budget):
+    model, structure, _ = cnn
+    fraction = selection.uniform_fraction_at_budget(structure, budget, cost)
+    kept = selection.uniform_at_budget(model, structure, budget, cost)
+    counts = selection.counts_of(kept)
+    for group in structure.groups:  # proportional to the sizes within rounding
+        assert counts[group.name] == 1 or abs(counts[group.name] - fraction * group.size) <= 0.5
+        assert kept[group.name] == structure.largest_l1_elements(model, group.name, counts[group.name])
+    original = getattr(structure.cost(), cost)
+    assert getattr(structure.cost(counts), cost) <= budget * original
+    larger = selection.uniform_counts(structure, fraction + 1e-9)
+    assert larger != counts and getattr(structure.cost(larger), cost) > budget * original
+
+
+def test_uniform_width_on_lenet300_and_its_limits():
+    model, structure = lenet300_like()
+    fraction = selection.uniform_fraction_at_budget(structure, 0.02)
+    assert selection.counts_of(selection.uniform_at_budget(model, structure, 0.02)) == {"fc1": 6, "fc2": 2}
+    assert 0.0183 < fraction < 0.025  # fc1 6 (round(300 f) = 6 up to f = 6.5 / 300 = 0.02167), fc2 2
+    assert selection.uniform_fraction_at_budget(structure, 1.0) == 1.0
+    with pytest.raises(ValueError, match="one element per group still leaves"):
+        selection.uniform_fraction_at_budget(structure, 1e-4)
+
+
+def test_a_fraction_out_of_range_is_named_as_the_fraction(cnn):
+    model, structure, _ = cnn
+    for method in ("magnitude", "random"):
+        with pytest.raises(ValueError, match=r"kept fraction per group must be in \(0, 1\], got 1.5"):
+            prune(
+                model, toy_data(32, 0), toy_data(32, 1), method=method, fraction=1.5, finetune_config=RECIPE
+            )
+    with pytest.raises(ValueError, match=r"kept fraction per group must be in \(0, 1\], got 0"):
+        selection.magnitude_at_fraction(model, structure, 0.0)
+
+
+def magnitude_plan(tmp_path, model, structure, budget: float = 0.3):
+    from deepiot.structure import SlicingPlan
+
+    kept = selection.magnitude_at_budget(model, structure, budget)
+    path = tmp_path / "slicing_plan.json"
+    SlicingPlan.from_structure(structure, {}, kept).save(path)
+    return path, kept
+
+
+def reported_counts(report) -> dict[str, int]:
+    return {group["name"]: group["kept"] for group in report["groups"]}
+
+
+NO_FINETUNING = FinetuneConfig(steps=0, batch_size=16, eval_every=3, eval_batch_size=64)
+
+
+def test_scratch_reinitialises_the_plans_architecture_deterministically(tmp_path, cnn):
+    model, structure, inputs = cnn
+    path, kept = magnitude_plan(tmp_path, model, structure)
+    train, val = toy_data(64, 0), toy_data(32, 1)
+
+    def scratch(seed: int):
+        return prune(model, train, val, method="scratch", plan=path, budget=0.3, seed=seed,
+                     finetune_config=NO_FINETUNING, outputs=NO_LATENCY)  # fmt: skip
+
+    result = scratch(seed=3)
+    assert result.plan.kept == kept
+    assert reported_counts(result.report) == selection.counts_of(kept)
+    assert result.report["scratch"]["plan"] == str(path)
+    assert result.report["method"]["budget"] == 0.3  # recorded only
+    sliced, _ = slice_checked(model, structure, kept, inputs)
+    fresh, pruned = result.sliced_model.state_dict(), sliced.state_dict()
+    assert fresh.keys() == pruned.keys()
+    assert all(fresh[key].shape == pruned[key].shape for key in fresh)
+    for name in ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc2.bias"):
+        assert not torch.allclose(fresh[name], pruned[name])  # re-initialised, not the trained weights
+    assert torch.equal(fresh["bn1.running_var"], torch.ones(len(kept["conv1"])))  # statistics reset too
+    assert (
+        measure_cost(result.sliced_model, inputs).params == structure.cost(selection.counts_of(kept)).params
+    )
+    again = scratch(seed=3).sliced_model.state_dict()
+    assert all(torch.equal(fresh[key], again[key]) for key in fresh)
+    other = scratch(seed=4).sliced_model.state_dict()
+    assert not torch.equal(fresh["fc1.weight"], other["fc1.weight"])
+
+
+def test_reinitialised_leaves_the_global_generator_alone_and_refuses_bare_parameters(cnn):
+    model = cnn[0]
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    fresh, names = pipeline.reinitialised(model, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+    assert names == ["conv1", "bn1", "conv2", "fc1", "fc2"]
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+            self.scale = nn.Parameter(torch.ones(2))
+
+    with pytest.raises(ValueError, match=r"parameters \['scale'\] belong to modules without one"):
+        pipeline.reinitialised(Scaled(), seed=0)
+
+
+def test_scratch_takes_counts_and_refuses_a_missing_or_mismatched_plan(tmp_path, cnn):
+    model = cnn[0]
+    train, val = toy_data(64, 0), toy_data(32, 1)
+    counts = {"conv1": 2, "conv2": 3, "fc1": 4}
+    result = prune(model, train, val, method="scratch", counts=counts, finetune_config=NO_FINETUNING,
+                   outputs=NO_LATENCY)  # fmt: skip
+    assert reported_counts(result.report) == counts
+    with pytest.raises(ValueError, match="exactly one of plan=<that run's slicing_plan.json>"):
+        prune(model, train, val, method="scratch", budget=0.3, finetune_config=NO_FINETUNING)
+    gru, gru_structure, _ = built(SmallGRU, (12, 3))
+    path, _ = magnitude_plan(tmp_path, gru, gru_structure)
+    from deepiot.structure import StructureError
+
+    with pytest.raises(StructureError, match="does not match the model's groups"):
+        prune(model, train, val, method="scratch", plan=path, finetune_config=NO_FINETUNING)
+
+
+def test_unstructured_fair_keeps_the_same_fraction_of_every_tensor(cnn):
+    model, _, _ = cnn
+    with torch.no_grad():
+        model.conv2.weight *= 1e-3  # a layer of small weights: the global ranking empties it
+    total = sum(parameter.numel() for parameter in model.parameters())
+    global_masks = unstructured.global_magnitude_masks(model, 0.1)
+    assert float(global_masks["conv2.weight"].sum()) == 0
+    masks = unstructured.layerwise_magnitude_masks(model, 0.1)
+    assert unstructured.nonzero_params(model, masks) == round(0.1 * total)
+    fractions = [float(mask.mean()) for mask in masks.values()]
+    assert all(mask.sum() > 0 for mask in masks.values())
+    sizes = {name: mask.numel() for name, mask in masks.items()}
+    keep = round(0.1 * total) - (total - sum(sizes.values()))
+    for name, mask in masks.items():  # the apportioned share, within one weight
+        assert abs(float(mask.sum()) - keep * sizes[name] / sum(sizes.values())) < 1
+        magnitudes = model.get_parameter(name).detach().abs()
+        assert float(magnitudes[mask == 0].max()) <= float(magnitudes[mask == 1].min())
+    assert max(fractions) - min(fractions) < 0.02
+
+
+def test_apportion_is_exact_and_gives_every_tensor_one():
+    counts = unstructured.apportion(5, {"a": 1000, "b": 3, "c": 2})
+    assert counts == {"a": 3, "b": 1, "c": 1}
+    assert sum(unstructured.apportion(37, {"a": 50, "b": 30, "c": 20}).values()) == 37
+    assert unstructured.apportion(100, {"a": 50, "b": 30, "c": 20}) == {"a": 50, "b": 30, "c": 20}
+
+
+@pytest.mark.parametrize("method", ["magnitude_floor", "uniform", "unstructured_fair"])
+def test_prune_runs_the_new_budget_methods_end_to_end(tmp_path, cnn, method):
+    model = cnn[0]
+    result = prune(model, toy_data(64, 0), toy_data(32, 1), method=method, budget=0.2, finetune_config=RECIPE,
+                   out_dir=tmp_path, outputs=NO_LATENCY)  # fmt: skip
+    assert result.report["method"]["name"] == method
+    total = sum(parameter.numel() for parameter in model.parameters())
+    if method == "unstructured_fair":
+        assert result.report["unstructured"]["nonzero_params"] == round(0.2 * total)
+        assert result.report["unstructured"]["emptied_tensors"] == []
+        assert result.plan is None
+    else:
+        assert result.report["cost"]["left"]["params"] <= 0.2
+        assert (tmp_path / "slicing_plan.json").is_file()
+        assert method in result.report
+
+
+def test_deepiot_baseline_config_selects_the_new_methods(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deepiot.baselines.run import compose_baseline_config
+
+    base = [f"paths.output_dir={tmp_path}"]
+    try:
+        for method in ("magnitude_floor", "uniform", "scratch", "unstructured_fair"):
+            assert pipeline.METHODS.count(method) == 1
+            assert compose_baseline_config([*base, f"method={method}"]).method.name == method
+        floor = compose_baseline_config([*base, "method=magnitude_floor", "method.floor=4"]).method
+        assert (floor.floor, floor.normalizer) == (4, "mean")
+        plan = tmp_path / "slicing_plan.json"
+        scratch = compose_baseline_config([*base, "method=scratch", f"method.plan={plan}"]).method
+        assert (scratch.plan, scratch.counts) == (str(plan), None)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_run_baseline_trains_another_runs_plan_from_scratch(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deepiot.baselines.run import compose_baseline_config, run_baseline
+
+    tiny = [
+        "data.dataset.limit=256",
+        "trainer.epochs=1",
+        "finetune.steps=2",
+        "finetune.eval_every=2",
+        "finetune.batch_size=32",
+        "budget.fraction=0.2",
+        f"paths.original_dir={tmp_path / 'train'}",
+    ]
+    try:
+        magnitude = run_baseline(
+            compose_baseline_config([*tiny, "method=magnitude", f"paths.output_dir={tmp_path / 'magnitude'}"])
+        )
+        plan = tmp_path / "magnitude" / "slicing_plan.json"
+        scratch = run_baseline(
+            compose_baseline_config(
+                [*tiny, "method=scratch", f"method.plan={plan}", f"paths.output_dir={tmp_path / 'scratch'}"]
+            )
+        )
+    finally:
+        GlobalHydra.instance().clear()
+    assert reported_counts(scratch) == reported_counts(magnitude)
+    assert scratch["cost"]["compressed"]["params"] == magnitude["cost"]["compressed"]["params"]
+    assert scratch["scratch"]["plan"] == str(plan)
+    assert (scratch["method"]["name"], scratch["method"]["budget"]) == ("scratch", 0.2)
+
+
+@pytest.mark.parametrize("method", ["magnitude_floor", "uniform"])
+def test_the_new_structured_methods_take_a_budget_in_device_units(cnn, method):
+    model, _, inputs = cnn
+    full_kb = 4 * sum(parameter.numel() for parameter in model.parameters()) / 1024
+    result = prune(model, toy_data(64, 0), toy_data(32, 1), method=method, budget=full_kb / 4, cost="model_kb",
+                   finetune_config=NO_FINETUNING, outputs=NO_LATENCY)  # fmt: skip
+    assert 4 * measure_cost(result.sliced_model, inputs).params / 1024 <= full_kb / 4
+    with pytest.raises(ValueError, match="takes a budget only"):
+        prune(model, toy_data(64, 0), toy_data(32, 1), method=method, fraction=0.5, finetune_config=RECIPE)

@@ -3,8 +3,19 @@
 A structured method picks a kept set `{group: [indices]}`; then the shared path: kept set → `SlicingPlan` →
 `slice_model` (checked against the masked network on real inputs) → `finetune` (the shared recipe) → test →
 `build_report` (measured params/MACs/bytes/latency) → export (TorchScript, ONNX, manifest, plan) → report.
-The unstructured method masks weights instead: fine-tuned with the mask fixed, reported by nonzero
-parameters, never sliced or exported as a smaller model (see `unstructured.SPARSE_NOTE`).
+
+Structured methods (`METHODS`):
+- magnitude: L1 of each element's weights, global ranking normalised per group (a group can collapse to 1);
+- magnitude_floor: magnitude with a per-group floor (`selection.magnitude_floor_at_budget`, `floor=`);
+- uniform: the same kept fraction in every group, the largest that meets the budget (`selection.uniform_at_budget`);
+- random: random elements at magnitude's counts (a control);
+- torch_pruning: Torch-Pruning's global group-magnitude pruner (a third-party reference);
+- scratch: the architecture of another run (`plan=` its slicing_plan.json, or `counts=`), every module
+  re-initialised (`reset_parameters()`, seeded by `seed`) and trained with the same shared recipe, distilled from
+  the original — Liu et al. (ICLR 2019), "Rethinking the value of network pruning" (`scratch_choice`).
+The unstructured methods (unstructured: global |w| ranking; unstructured_fair: the same fraction of every weight
+tensor) mask weights instead: fine-tuned with the mask fixed, reported by nonzero parameters, never sliced or
+exported as a smaller model (see `unstructured.SPARSE_NOTE`).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -29,7 +41,20 @@ from deepiot.report import build_report, write_report
 from deepiot.runtime import accuracy, dataset_tensors
 from deepiot.structure import SlicingPlan, Structure
 
-METHODS = ("magnitude", "random", "torch_pruning", "unstructured")
+METHODS = (
+    "magnitude",
+    "magnitude_floor",
+    "uniform",
+    "random",
+    "torch_pruning",
+    "unstructured",
+    "unstructured_fair",
+    "scratch",
+)
+UNSTRUCTURED_METHODS = ("unstructured", "unstructured_fair")
+BUDGET_METHODS = ("magnitude_floor", "uniform")  # a budget only (no counts or fraction)
+DEVICE_BUDGET_METHODS = ("magnitude", "magnitude_floor", "uniform", "random")
+NEEDS_PLAN = ("scratch",)  # need another run's architecture: plan=<slicing_plan.json> (method.plan) or counts
 FINETUNE_STATE = "finetune_state.pt"
 FINETUNE_PLOT = "finetune.png"
 SLICE_CHECK_SAMPLES = 512  # test inputs on which the sliced model must equal the masked one
@@ -47,6 +72,8 @@ def prune(
     counts: Mapping[str, int] | None = None,
     fraction: float | None = None,
     normalizer: str = "mean",
+    floor: int | Mapping[str, int] | None = None,
+    plan: SlicingPlan | str | os.PathLike[str] | None = None,
     profile: LatencyProfile | None = None,
     finetune_config: FinetuneConfig | None = None,
     teacher: nn.Module | None = None,
@@ -62,22 +89,30 @@ def prune(
     Args:
         model: trained classifier returning logits [N, classes].
         train_data, val_data, test_data: (input, label) datasets; test defaults to val.
-        method: "magnitude" (L1 of each element's weights), "random" (a control), "torch_pruning"
-            (Torch-Pruning's global group-magnitude pruner; no recurrent layers) or "unstructured" (global
-            weight magnitude; a sparse model, not a smaller dense one).
+        method: "magnitude" (L1 of each element's weights), "magnitude_floor" (magnitude with a per-group
+            floor), "uniform" (the same kept fraction per group), "random" (a control), "torch_pruning"
+            (Torch-Pruning's global group-magnitude pruner; no recurrent layers), "scratch" (another run's
+            architecture, re-initialised and trained with the shared recipe), "unstructured" (global weight
+            magnitude) or "unstructured_fair" (the same fraction of every weight tensor) — the unstructured
+            two give a sparse model, not a smaller dense one.
         budget: fraction of the original `cost` left, in (0, 1] (magnitude: global ranking normalised per group;
             random: the per-group counts magnitude picks at this budget; torch_pruning: its global ratio); for a
             cost in device units, the limit in that unit.
         cost: "params" or "macs" (fractions; unstructured: params only), or a budget in device units (magnitude
             and random): "latency_ms" (predicted by `profile`), "model_kb" (fp32 weights, KiB) or
             "peak_activation_kb" (largest layer input + output at batch 1, KiB).
-        counts: kept elements per group (magnitude, random), instead of a budget.
+        counts: kept elements per group (magnitude, random, scratch), instead of a budget (scratch: of a plan).
         fraction: kept fraction of every group (magnitude, random), instead of a budget.
-        normalizer: magnitude's per-group score normaliser for a budget, "mean" or "max".
+        normalizer: magnitude's (and magnitude_floor's) per-group score normaliser for a budget, "mean" or "max".
+        floor: magnitude_floor's least kept count per group: an int for every group (capped at its size), a
+            {group: count} mapping, or None for `selection.default_floors` (up to the number of classes, the
+            floors costing at most half the budget).
+        plan: scratch's architecture: a `SlicingPlan` or the path of another run's slicing_plan.json (its kept
+            counts are used, its weights are not); `budget` is then only recorded.
         profile: the device profile for cost="latency_ms" (see `deepiot.compression.budget.LatencyProfile`).
         finetune_config: the shared recipe (default `FinetuneConfig()`; `steps=0` skips fine-tuning).
         teacher: distillation teacher when `finetune_config.distill_weight > 0` (default: `model` itself).
-        seed: random's seed.
+        seed: random's seed, scratch's initialisation seed.
         out_dir: with it, fine-tuning resumes on rerun and the folder receives report.json/md, plots,
             slicing_plan.json and export/ (structured methods).
         example_inputs, structure, outputs: as in `deepiot.compress`.
@@ -89,8 +124,11 @@ def prune(
     splits = Splits.of(train_data, val_data, test_data)
     original = copy.deepcopy(model).cpu().eval()
     started = time.perf_counter()
-    if method == "unstructured":
-        choice, structure = unstructured_choice(original, budget, cost), None
+    if method in UNSTRUCTURED_METHODS:
+        choice, structure = unstructured_choice(original, budget, cost, method), None
+    elif method == "scratch":
+        structure = structure or Structure.from_model(original, splits.train[0][:2])
+        choice = scratch_choice(original, structure, splits, plan, counts, fraction, seed)
     else:
         structure = structure or Structure.from_model(original, splits.train[0][:2])
         fraction_budget, fraction_cost = budget, cost
@@ -107,8 +145,9 @@ def prune(
             fraction,
             normalizer,
             seed,
+            floor,
         )
-    details = method_details(method, budget, cost, counts, fraction, normalizer, seed)
+    details = method_details(method, budget, cost, counts, fraction, normalizer, seed, floor, plan)
     return finish(
         original, choice, structure, splits, finetune_config,
         teacher=teacher, out_dir=out_dir, outputs=outputs, example_inputs=example_inputs,
@@ -202,9 +241,10 @@ def structured_choice(
     fraction: float | None,
     normalizer: str,
     seed: int,
+    floor: int | Mapping[str, int] | None = None,
 ) -> Choice:
     """The kept set of a structured method, sliced (and checked) into the model fine-tuning starts from."""
-    if method not in METHODS:
+    if method not in METHODS or method in UNSTRUCTURED_METHODS or method in NEEDS_PLAN:
         raise ValueError(f"unknown baseline method {method!r}; choose one of {', '.join(METHODS)}.")
     given = [name for name, value in (("budget", budget), ("counts", counts), ("fraction", fraction)) if value is not None]  # fmt: skip
     if len(given) != 1:
@@ -212,7 +252,19 @@ def structured_choice(
             f"method {method} needs exactly one of budget, counts or fraction; got {given or 'none'}."
         )
     details: dict[str, Any] = {}
-    if method == "torch_pruning":
+    if method in BUDGET_METHODS and budget is None:
+        raise ValueError(
+            f"method {method} takes a budget only (a fraction of {cost} left), not counts or a fraction."
+        )
+    if method == "magnitude_floor":
+        floors = selection.resolve_floors(model, structure, budget, cost, floor)
+        kept = selection.magnitude_floor_at_budget(model, structure, budget, cost, normalizer, floors)
+        details["magnitude_floor"] = {"floors": floors, "default": floor is None}
+    elif method == "uniform":
+        kept_fraction = selection.uniform_fraction_at_budget(structure, budget, cost)
+        kept = selection.magnitude_at_fraction(model, structure, kept_fraction)
+        details["uniform"] = {"kept_fraction": kept_fraction}
+    elif method == "torch_pruning":
         if budget is None:
             raise ValueError("method torch_pruning takes a budget (fraction of params or MACs left) only.")
         reference_choice = reference.torch_pruning_kept(model, structure, splits.train[0][:1], budget, cost)
@@ -243,6 +295,87 @@ def structured_choice(
     return Choice(sliced, kept, None, details)
 
 
+def scratch_choice(
+    model: nn.Module,
+    structure: Structure,
+    splits: Splits,
+    plan: SlicingPlan | str | os.PathLike[str] | None,
+    counts: Mapping[str, int] | None,
+    fraction: float | None,
+    seed: int,
+) -> Choice:
+    """Another run's architecture (its plan's kept counts, or `counts`), sliced from `model` and then
+    re-initialised (`reinitialised(sliced, seed)`): the shared recipe trains it from scratch."""
+    if (plan is None) == (counts is None) or fraction is not None:
+        raise ValueError(
+            "method scratch takes the architecture of another run: exactly one of plan=<that run's "
+            "slicing_plan.json> (deepiot-baseline: method.plan=<path>) or counts={group: count}; "
+            f"got plan={plan!r}, counts={counts!r}"
+            + (f", fraction={fraction}" if fraction is not None else "")
+            + "."
+        )
+    source = None
+    if plan is not None:
+        if not isinstance(plan, SlicingPlan):
+            source, plan = str(plan), SlicingPlan.load(plan)
+        plan.validate(structure)
+        kept = {name: [int(i) for i in indices] for name, indices in plan.kept.items()}
+    else:
+        selection.check_counts(structure, counts)
+        kept = {
+            group.name: list(range(int(counts.get(group.name, group.size)))) for group in structure.groups
+        }
+    sliced, difference = slice_checked(model, structure, kept, splits.test[0][:SLICE_CHECK_SAMPLES])
+    fresh, modules = reinitialised(sliced, seed)
+    details = {
+        "sliced_vs_masked_max_abs_diff": difference,
+        "scratch": {
+            "plan": source,
+            "kept_counts": selection.counts_of(kept),
+            "seed": seed,
+            "reinitialised_modules": modules,
+            "note": SCRATCH_NOTE,
+        },
+    }
+    return Choice(fresh, kept, None, details)
+
+
+SCRATCH_NOTE = (
+    "training from scratch (Liu et al., ICLR 2019, 'Rethinking the value of network pruning'): the pruned "
+    "architecture of another run, every module re-initialised (reset_parameters, seeded by the run seed) and "
+    "trained with the shared fine-tuning recipe (same steps, lr and distillation from the original) — the "
+    "recipe's steps, not a full training schedule (their Scratch-E/-B train as long as the original)."
+)
+
+
+def reinitialised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
+    """(a copy of `model` with `reset_parameters()` re-run on every module that has it, under
+    `torch.manual_seed(seed)` — the global generator is restored afterwards —, the names of those modules).
+
+    ValueError when a parameter belongs to a module without `reset_parameters` (it would keep trained values).
+    """
+    fresh = copy.deepcopy(model)
+    modules = dict(fresh.named_modules())
+    stale = [
+        name
+        for name, _ in fresh.named_parameters()
+        if not callable(getattr(modules[name.rpartition(".")[0]], "reset_parameters", None))
+    ]
+    if stale:
+        raise ValueError(
+            f"method scratch re-initialises modules through reset_parameters(), but the parameters {stale} belong "
+            "to modules without one; give those modules a reset_parameters() method."
+        )
+    names = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, module in modules.items():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+                names.append(name)
+    return fresh, names
+
+
 def device_budget(
     model: nn.Module,
     structure: Structure,
@@ -253,10 +386,10 @@ def device_budget(
 ) -> tuple[str, float]:
     """(structure cost, fraction of the original) that a budget in device units allows; BudgetError when the
     original already fits, the budget is impossible, or a latency budget has no usable profile."""
-    if method not in ("magnitude", "random"):
+    if method not in DEVICE_BUDGET_METHODS:
         raise ValueError(
-            f"method {method} takes a params or macs budget only; a {cost} budget works with magnitude, random "
-            "and deepiot."
+            f"method {method} takes a params or macs budget only; a {cost} budget works with "
+            f"{', '.join(DEVICE_BUDGET_METHODS)} and deepiot."
         )
     setting = f"target_{cost}"
     needed_by = f"a {cost} budget" if cost == "latency_ms" else None
@@ -265,16 +398,25 @@ def device_budget(
     return fraction_cost, fraction
 
 
-def unstructured_choice(model: nn.Module, budget: float | None, cost: str) -> Choice:
-    """Masks of global magnitude pruning at a params budget (the model keeps its dense shape)."""
+def unstructured_choice(
+    model: nn.Module, budget: float | None, cost: str, method: str = "unstructured"
+) -> Choice:
+    """Masks of magnitude pruning at a params budget (the model keeps its dense shape): one global ranking
+    (unstructured) or the same fraction of every weight tensor (unstructured_fair)."""
     if budget is None or cost != "params":
-        raise ValueError("method unstructured takes a params budget only (e.g. budget=0.02, cost='params').")
-    masks = unstructured.global_magnitude_masks(model, budget)
+        raise ValueError(f"method {method} takes a params budget only (e.g. budget=0.02, cost='params').")
+    if method == "unstructured_fair":
+        masks = unstructured.layerwise_magnitude_masks(model, budget)
+    else:
+        masks = unstructured.global_magnitude_masks(model, budget)
     total = sum(parameter.numel() for parameter in model.parameters())
     nonzero = unstructured.nonzero_params(model, masks)
     details = {
         "nonzero_params": nonzero,
         "nonzero_fraction": nonzero / total,
+        "ranking": "per weight tensor" if method == "unstructured_fair" else "global",
+        "kept_fraction_per_tensor": {name: float(mask.mean()) for name, mask in masks.items()},
+        "emptied_tensors": [name for name, mask in masks.items() if not bool(mask.any())],
         "note": unstructured.SPARSE_NOTE,
     }
     return Choice(model, None, masks, {"unstructured": details})
@@ -320,9 +462,14 @@ def method_details(
     fraction: float | None,
     normalizer: str,
     seed: int,
+    floor: int | Mapping[str, int] | None = None,
+    plan: SlicingPlan | str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """The report's record of how the method was asked to choose."""
     counts = dict(counts) if counts is not None else None
+    floor = dict(floor) if isinstance(floor, Mapping) else floor
+    if plan is not None:
+        plan = "(a SlicingPlan object)" if isinstance(plan, SlicingPlan) else str(plan)
     return {
         "method": {
             "name": method,
@@ -332,6 +479,8 @@ def method_details(
             "fraction": fraction,
             "normalizer": normalizer,
             "seed": seed,
+            "floor": floor,
+            "plan": plan,
         }
     }
 

@@ -3,7 +3,8 @@ behind `deepiot-baseline` and `scripts/reproduce.py`).
 
 Like `deepiot-compress`, it trains-or-loads the experiment's original (`deepiot.train.ensure_trained`), then
 runs `cfg.method` at `cfg.budget` and the shared path (fine-tune → test → report → export) into
-`cfg.paths.output_dir`. Method "deepiot" runs the budget-driven compressor-critic search (`deepiot.compress`
+`cfg.paths.output_dir` (method.floor: magnitude_floor's floor; method.plan: the slicing_plan.json whose
+architecture scratch trains from scratch — the budget is then that run's and only recorded). Method "deepiot" runs the budget-driven compressor-critic search (`deepiot.compress`
 with the compress/critic/schedule groups, the budget as its target), whose sliced model is fine-tuned with
 the same recipe; with `recipe=best` it keeps the `finetune` group of the compress config.
 """
@@ -72,10 +73,13 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     method = OmegaConf.to_container(cfg.method, resolve=True)
     if method["name"] == "deepiot":
         return run_deepiot(cfg, model, bundle, recipe, out_dir, outputs).report
+    # fraction/counts replace the budget; scratch only records it (its structure is the plan's or the counts')
+    own_structure = method["name"] != "scratch" and (method.get("fraction") or method.get("counts"))
     result = prune(
         model, bundle.train, bundle.val, bundle.test, method=method["name"],
-        budget=None if method.get("fraction") or method.get("counts") else budget, cost=cost,
+        budget=None if own_structure else budget, cost=cost,
         counts=method.get("counts"), fraction=method.get("fraction"), normalizer=method.get("normalizer", "mean"),
+        floor=method.get("floor"), plan=method.get("plan"),
         profile=latency_profile(cfg), finetune_config=recipe, seed=int(cfg.run_seed), out_dir=out_dir, outputs=outputs,
         progress=show_progress(cfg.trainer),
     )  # fmt: skip

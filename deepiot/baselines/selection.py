@@ -2,10 +2,18 @@
 
 Magnitude scores an element by the L1 norm of its column of `structure.weight_matrix` (fan-in weights plus
 the bias row; for an LSTM/GRU unit every gate's input, recurrent and bias rows), the criterion of Li et al.
-(2017, "Pruning filters for efficient ConvNets"). Three ways to pick counts: given counts per group, a
-uniform fraction per group, or a global budget (params/MACs fraction) met by removing the globally weakest
-element (scores normalised per group) one at a time. Random keeps random elements at given counts (a control).
-Every group keeps at least one element: a layer of width 0 would cut the network.
+(2017, "Pruning filters for efficient ConvNets"). Ways to pick counts:
+
+- given counts per group (`magnitude_at_counts`), or a given fraction per group (`magnitude_at_fraction`);
+- `magnitude_at_budget`: a global budget (params/MACs/... fraction) met by removing the globally weakest element
+  (scores normalised per group) one at a time. Every group keeps at least one element (a layer of width 0 would
+  cut the network) — and nothing more: a group can collapse to one element (LeNet-300-100's fc2 at 2%);
+- `magnitude_floor_at_budget` (method magnitude_floor): the same global ranking, but each group's `floor`
+  strongest elements are left out of the removal order, so no group ends below its floor (`default_floors`);
+- `uniform_at_budget` (method uniform): the same kept fraction in every group, the largest whose structure
+  meets the budget (bisection over the fraction on the real cost), the L1-largest elements of each group.
+
+Random keeps random elements at given counts (a control).
 """
 
 from __future__ import annotations
@@ -41,13 +49,13 @@ def magnitude_at_counts(model: nn.Module, structure: Structure, counts: Mapping[
 
 def magnitude_at_fraction(model: nn.Module, structure: Structure, fraction: float) -> Kept:
     """The largest-L1 round(fraction·size) elements (at least one) of every group."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"the kept fraction per group must be in (0, 1], got {fraction}.")
     return magnitude_at_counts(model, structure, uniform_counts(structure, fraction))
 
 
 def uniform_counts(structure: Structure, fraction: float) -> dict[str, int]:
-    """round(fraction·size), at least 1, for every group."""
+    """round(fraction·size), at least 1, for every group; ValueError unless 0 < fraction <= 1."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the kept fraction per group must be in (0, 1], got {fraction}.")
     return {group.name: max(1, round(fraction * group.size)) for group in structure.groups}
 
 
@@ -64,27 +72,172 @@ def magnitude_at_budget(
     removal follows the ascending normalised score, skipping each group's strongest element. The result is
     the shortest such prefix: keeping one more removed element would exceed the budget.
     """
+    check_budget(budget, cost, normalizer)
+    order = removal_order(l1_scores(model, structure), normalizer)
+    removed = shortest_prefix_within_budget(structure, order, budget, cost)
+    return kept_after_removing(structure, order[:removed])
+
+
+def check_budget(budget: float, cost: str, normalizer: str = "mean") -> None:
+    """ValueError unless `cost` is a structure cost, `normalizer` known and 0 < budget <= 1."""
     if cost not in COSTS:
         raise ValueError(f"the budget cost must be one of {', '.join(COSTS)}, got {cost!r}.")
     if normalizer not in NORMALIZERS:
         raise ValueError(f"the score normalizer must be one of {', '.join(NORMALIZERS)}, got {normalizer!r}.")
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"the budget is the fraction of the original {cost} left, in (0, 1]; got {budget}.")
-    order = removal_order(l1_scores(model, structure), normalizer)
-    removed = shortest_prefix_within_budget(structure, order, budget, cost)
-    return kept_after_removing(structure, order[:removed])
 
 
-def removal_order(scores: Mapping[str, torch.Tensor], normalizer: str) -> list[tuple[str, int]]:
-    """(group, index) pairs from the weakest normalised score up; each group's strongest element is left out."""
+def removal_order(
+    scores: Mapping[str, torch.Tensor], normalizer: str, protected: Mapping[str, int] | None = None
+) -> list[tuple[str, int]]:
+    """(group, index) pairs from the weakest normalised score up; each group's `protected[g]` strongest
+    elements (by L1, ties → lower index; default and at least 1) are left out, so it never drops below them."""
     candidates = []
     for name, values in scores.items():
         scale = values.mean() if normalizer == "mean" else values.max()
         normalised = values / scale.clamp_min(torch.finfo(values.dtype).tiny)  # [size]
-        strongest = int(torch.argmax(values))
-        candidates += [(float(normalised[i]), name, i) for i in range(len(values)) if i != strongest]
+        keep = max(1, int((protected or {}).get(name, 1)))
+        strongest = set(torch.argsort(values, descending=True, stable=True)[:keep].tolist())
+        candidates += [(float(normalised[i]), name, i) for i in range(len(values)) if i not in strongest]
     candidates.sort()  # ties: group name, then index
     return [(name, index) for _, name, index in candidates]
+
+
+FLOOR_SHARE = 0.5  # the default floors may cost at most this share of the budget (the rest: the ranking's)
+
+
+def magnitude_floor_at_budget(
+    model: nn.Module,
+    structure: Structure,
+    budget: float,
+    cost: str = "params",
+    normalizer: str = "mean",
+    floor: int | Mapping[str, int] | None = None,
+) -> Kept:
+    """`magnitude_at_budget` with a per-group floor: group g keeps at least `floors[g]` elements (its strongest
+    by L1 are left out of the removal order), then the same shortest prefix within the budget.
+
+    `floor`: None → `default_floors` (at most the number of classes per group, within half the budget); an int →
+    that floor in every group (capped at the group's size); a mapping → per group (unnamed groups: 1).
+    ValueError when the floors alone exceed the budget.
+    """
+    check_budget(budget, cost, normalizer)
+    floors = resolve_floors(model, structure, budget, cost, floor)
+    original = cost_of(structure, cost, structure.group_sizes)
+    floor_left = cost_of(structure, cost, floors) / original
+    if floor_left > budget:
+        raise ValueError(
+            f"the per-group floor {floors} alone leaves {floor_left:.4f} of the original {cost}, over the budget "
+            f"of {budget}: lower method.floor (an int for every group, or {{group: count}}) or raise the budget."
+        )
+    order = removal_order(l1_scores(model, structure), normalizer, protected=floors)
+    removed = shortest_prefix_within_budget(structure, order, budget, cost)
+    return kept_after_removing(structure, order[:removed])
+
+
+def resolve_floors(
+    model: nn.Module, structure: Structure, budget: float, cost: str, floor: int | Mapping[str, int] | None
+) -> dict[str, int]:
+    """{group: floor} from method.floor (None: `default_floors`); ValueError for a floor outside [1, size]."""
+    if floor is None:
+        return default_floors(structure, output_width(model, structure), budget, cost)
+    if isinstance(floor, Mapping):
+        check_counts(structure, floor)
+        return {group.name: int(floor.get(group.name, 1)) for group in structure.groups}
+    if isinstance(floor, bool) or int(floor) != floor or int(floor) < 1:
+        raise ValueError(
+            f"method.floor must be a positive int, a {{group: count}} mapping or null; got {floor!r}."
+        )
+    return {group.name: min(group.size, int(floor)) for group in structure.groups}
+
+
+def default_floors(
+    structure: Structure, classes: int, budget: float, cost: str, share: float = FLOOR_SHARE
+) -> dict[str, int]:
+    """The default floor: min(size, classes) per group, as far as the floors together cost at most
+    `share` × budget of the original `cost`.
+
+    A hidden layer narrower than the number of classes is a bottleneck every class must pass through (the logit
+    layer reads all of them from it), which is how magnitude's collapse to one element fails (LeNet-300-100's
+    fc2 at 2%: 21% accuracy). A fixed floor cannot always be paid for, though: at 1-3.5% of LeNet-300-100's
+    params, ten fc1 units (784 inputs each, 3% of the parameters) are already over the budget. So floors are
+    raised together from 1 towards min(size, classes), one step per round in forward order; a group whose next
+    step would bring the floors' cost over `share` × budget stops there (later rounds cost more). Cheap groups
+    reach the class count, expensive ones stay low (LeNet-300-100 at 2% params: fc1 3, fc2 10), and at least
+    half the budget is left to the magnitude ranking. The floors never exceed the budget by construction
+    (one element per group aside, which `shortest_prefix_within_budget` reports).
+    """
+    floors = {group.name: 1 for group in structure.groups}
+    original = cost_of(structure, cost, structure.group_sizes)
+    limit = share * budget * original
+    growing = [group for group in structure.groups if min(group.size, classes) > 1]
+    for step in range(2, classes + 1):
+        for group in list(growing):
+            trial = {**floors, group.name: step}
+            if cost_of(structure, cost, trial) > limit:
+                growing.remove(group)
+                continue
+            floors = trial
+            if step >= min(group.size, classes):
+                growing.remove(group)
+        if not growing:
+            break
+    return floors
+
+
+def output_width(model: nn.Module, structure: Structure) -> int:
+    """The number of classes: the last dimension of the model's output on the structure's example inputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(*structure.example_inputs)
+    finally:
+        model.train(was_training)
+    if not isinstance(output, torch.Tensor) or output.dim() < 1:
+        raise ValueError(
+            "the default per-group floor is the number of classes, read from the model's output (a Tensor "
+            f"[N, classes]); got {type(output).__name__}. Set method.floor explicitly."
+        )
+    return int(output.shape[-1])
+
+
+UNIFORM_BISECTION_TOLERANCE = 1e-12
+
+
+def uniform_fraction_at_budget(structure: Structure, budget: float, cost: str = "params") -> float:
+    """The largest kept fraction f (within 1e-12) whose `uniform_counts(structure, f)` costs at most `budget`
+    of the original `cost` (bisection: the cost never falls as f grows); ValueError when even one element per
+    group costs more."""
+    check_budget(budget, cost)
+    original = cost_of(structure, cost, structure.group_sizes)
+
+    def fits(fraction: float) -> bool:
+        return cost_of(structure, cost, uniform_counts(structure, fraction)) <= budget * original
+
+    if fits(1.0):
+        return 1.0
+    smallest = min(1.0, 0.5 / max(group.size for group in structure.groups))  # rounds every group to 1
+    if not fits(smallest):
+        left = cost_of(structure, cost, uniform_counts(structure, smallest)) / original
+        raise ValueError(
+            f"a {cost} budget of {budget} cannot be met: one element per group still leaves {left:.4f} of the "
+            f"original {cost} (the uncompressed layers cost that much)."
+        )
+    low, high = smallest, 1.0  # fits(low), not fits(high)
+    while high - low > UNIFORM_BISECTION_TOLERANCE:
+        middle = (low + high) / 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def uniform_at_budget(model: nn.Module, structure: Structure, budget: float, cost: str = "params") -> Kept:
+    """Uniform width: the L1-largest elements of every group at `uniform_fraction_at_budget`."""
+    return magnitude_at_fraction(model, structure, uniform_fraction_at_budget(structure, budget, cost))
 
 
 def shortest_prefix_within_budget(
