@@ -236,3 +236,86 @@ def test_guarded_schedule_raises_tau_at_evaluations_while_accuracy_holds(data, t
     )
     result = compress_model(trained_model, *data, config)
     assert [record["tau"] for record in result.report["history"]] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_inverted_mask_scale_divides_each_sampled_mask_by_its_keep_probability():
+    from deepiot.compression.reward import scale_critic_masks
+
+    masks = {"fc1": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])}  # z: [N=2, size=3]
+    probs = {"fc1": torch.tensor([0.5, 0.8, 0.05])}  # the last is below the 0.1 floor of the scale
+    inverted = scale_critic_masks(masks, probs, "inverted")["fc1"]
+    assert torch.equal(inverted, torch.tensor([[2.0, 0.0, 10.0], [0.0, 1.25, 10.0]]))
+    assert scale_critic_masks(masks, probs, "none")["fc1"] is masks["fc1"]
+    with pytest.raises(ValueError, match="critic.mask_scale must be one of"):
+        CriticConfig(mask_scale="half")
+
+
+def test_the_critic_step_trains_under_the_scaled_masks(data, trained_model, monkeypatch):
+    import deepiot.compression.step as step
+
+    config = dataclasses.replace(small_config(), critic=CriticConfig(mask_scale="inverted"))
+    critic = LeNet300(hidden1=60, hidden2=30)
+    critic.load_state_dict(trained_model.state_dict())
+    structure = Structure.from_model(critic, data[0].tensors[0][:1])
+    parts = build_parts(critic, structure, data[0].tensors, config)
+    state = fresh_state(parts)
+    seen = []
+    network_call = type(parts.network).__call__
+
+    def record(network, inputs, masks=None):
+        if network.training:  # the critic step (the compressor's judgement runs in eval mode)
+            seen.append({name: mask.clone() for name, mask in masks.items()})
+        return network_call(network, inputs, masks)
+
+    monkeypatch.setattr(type(parts.network), "__call__", record)
+    probs = {name: torch.sigmoid(logits) for name, logits in state.keep_logits.items()}  # τ = 0: no decay
+    compressor_critic_step(parts, state)
+    (masks,) = seen
+    for name, mask in masks.items():  # every entry is 0 or 1/p of its element
+        expected = (mask > 0).float() / probs[name].clamp_min(0.1)
+        assert torch.allclose(mask, expected)
+        assert (mask > 0).any() and (mask == 0).any()
+
+
+@pytest.mark.parametrize("choice", ["critic", "original", "l1"])
+def test_element_choice_hands_fine_tuning_the_defined_elements_and_weights(data, trained_model, choice):
+    config = small_config(finetune_steps=0, target_params=0.3, element_choice=choice)
+    result = compress_model(trained_model, *data, config)
+    counts = result.report["kept_counts"]
+    structure = Structure.from_model(trained_model, data[0].tensors[0][:1])
+    assert result.report["element_choice"] == {"mode": choice, "chosen": choice}
+    if choice == "l1":  # the original's largest-L1 elements at the searched counts
+        for name, count in counts.items():
+            assert result.plan.kept[name] == structure.largest_l1_elements(trained_model, name, count)
+    if choice != "critic":  # with 0 fine-tuning steps the sliced model holds the original's weights
+        from deepiot.structure import slice_model
+
+        expected = slice_model(trained_model, structure, result.plan.kept).state_dict()
+        for key, value in result.sliced_model.state_dict().items():
+            assert torch.equal(value, expected[key]), key
+
+
+def test_auto_element_choice_picks_the_best_validation_candidate_and_is_kept_on_resume(
+    tmp_path, data, trained_model, monkeypatch
+):
+    scores = {"critic": 0.5, "original": 0.7, "l1": 0.6}
+    real_finetune = loop.finetune
+    trials = []
+
+    def finetune(model, train, validation, config, **kwargs):
+        result = real_finetune(model, train, validation, config, **kwargs)
+        if config.steps == 5:  # a trial: report the score given for the candidate tried
+            name = list(scores)[len(trials)]
+            trials.append(name)
+            return result._replace(best_val_accuracy=scores[name])
+        return result
+
+    monkeypatch.setattr(loop, "finetune", finetune)
+    config = small_config(finetune_steps=10, target_params=0.3, element_choice="auto", choice_steps=5)
+    result = compress_model(trained_model, *data, config, run_dir=tmp_path)
+    assert trials == ["critic", "original", "l1"]
+    assert result.report["element_choice"]["chosen"] == "original"
+    assert json.loads((tmp_path / loop.CHOICE_FILE).read_text())["val_accuracy"] == scores
+    trials.clear()
+    again = compress_model(trained_model, *data, config, run_dir=tmp_path)  # resumed: no new trials
+    assert trials == [] and again.report["element_choice"]["chosen"] == "original"

@@ -116,6 +116,11 @@ class Grid:
         unknown = sorted(set(self.methods) - set(ALL_METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}.")
+        if "scratch" in self.methods and SCRATCH_SOURCE not in self.methods:
+            raise ValueError(
+                f"methods=scratch trains the architecture of the {SCRATCH_SOURCE} run of the same fold, budget and "
+                f"seed from scratch; add {SCRATCH_SOURCE} to methods."
+            )
         if set(self.recipes) - set(RECIPES):
             raise ValueError(f"recipes must be among {', '.join(RECIPES)}, got {list(self.recipes)}.")
         if self.cost not in ("params", "macs", *DEVICE_BUDGETS):
