@@ -251,7 +251,6 @@ def test_inverted_mask_scale_divides_each_sampled_mask_by_its_keep_probability()
 
 
 def test_the_critic_step_trains_under_the_scaled_masks(data, trained_model, monkeypatch):
-    import deepiot.compression.step as step
 
     config = dataclasses.replace(small_config(), critic=CriticConfig(mask_scale="inverted"))
     critic = LeNet300(hidden1=60, hidden2=30)
