@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines import statistics
 from deepiot.baselines.pipeline import METHODS
-from deepiot.baselines.run import RECIPES, compose_baseline_config, run_baseline
+from deepiot.baselines.run import DEEPIOT_METHODS, RECIPES, compose_baseline_config, run_baseline
 from deepiot.checkpoint import load_trained_model
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 # What a task's summary gives as mean ± std over the seeds of each (recipe, method, cost, budget)
 SUMMARY_KEYS = ("test_accuracy", "params_left", "macs_left", "model_bytes_left", "latency_ms", "latency_left")
-ALL_METHODS = ("deepiot", *METHODS)
+ALL_METHODS = (*DEEPIOT_METHODS, *METHODS)
 SCRATCH_SOURCE = (
     "deepiot"  # the harness's `scratch` runs train this method's architecture of the same run from scratch
 )

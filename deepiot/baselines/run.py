@@ -34,6 +34,9 @@ from deepiot.utils import ConfigError, config_to_dataclass
 RECIPES = ("equal", "best")
 
 
+DEEPIOT_METHODS = ("deepiot", "deepiot_inverted")  # configs/method/deepiot*.yaml: the search and its variants
+
+
 def compose_baseline_config(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose configs/baseline.yaml with command-line style overrides (set paths.output_dir)."""
     GlobalHydra.instance().clear()
@@ -71,7 +74,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
 
     outputs = output_options(cfg, checkpoint, original_path)
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    if method["name"] == "deepiot":
+    if method["name"] in DEEPIOT_METHODS:
         return run_deepiot(cfg, model, bundle, recipe, out_dir, outputs).report
     # fraction/counts replace the budget; scratch only records it (its structure is the plan's or the counts')
     own_structure = method["name"] != "scratch" and (method.get("fraction") or method.get("counts"))
@@ -114,6 +117,18 @@ def latency_profile(cfg: DictConfig) -> LatencyProfile:
         raise ConfigError(f"invalid device profile settings: {err}") from err
 
 
+def with_search_settings(cfg: DictConfig) -> DictConfig:
+    """`cfg` with the method's `search` settings ({group: {key: value}}, e.g. {critic: {mask_scale: inverted}})
+    merged into the compression groups: how a DeepIoT variant (configs/method/deepiot_*.yaml) differs."""
+    search = OmegaConf.to_container(cfg.method, resolve=True).get("search") or {}
+    unknown = sorted(set(search) - {"compress", "compressor", "critic", "schedule"})
+    if unknown:
+        raise ConfigError(
+            f"method.search may set the compress, compressor, critic and schedule groups, got {unknown}."
+        )
+    return OmegaConf.merge(cfg, search) if search else cfg
+
+
 def run_deepiot(
     cfg: DictConfig,
     model: torch.nn.Module,
@@ -126,7 +141,7 @@ def run_deepiot(
     with `recipe` (the shared one; None keeps the compress config's own `finetune` group)."""
     from deepiot.cli.compress import compression_config  # deferred: the CLI module imports Hydra's main
 
-    config = compression_config(cfg)
+    config = compression_config(with_search_settings(cfg))
     budget, cost = budget_setting(cfg)
     targets = {key: None for key in ("params", "macs", *DEVICE_BUDGETS)}
     targets[cost] = budget
