@@ -87,9 +87,11 @@ def quantize_int8(
     calibration: np.ndarray,
     per_channel: bool = True,
     recurrent_weights: bool = True,
+    weight_type: QuantType = WEIGHT_TYPE,
 ) -> Path:
     """Static QDQ quantisation (uint8 weights and activations, min/max calibration) of `fp32_path`; with
-    `recurrent_weights`, LSTM/GRU/RNN weights are stored int8 too (weight-only, dequantised at each run)."""
+    `recurrent_weights`, LSTM/GRU/RNN weights are stored int8 too (weight-only, dequantised at each run).
+    `weight_type` QInt8 gives ONNX Runtime's default U8S8 (wrong on AVX2 CPUs without VNNI; for comparisons)."""
     input_name = (
         onnxruntime.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     )
@@ -106,7 +108,7 @@ def quantize_int8(
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
-            weight_type=WEIGHT_TYPE,
+            weight_type=weight_type,
             calibrate_method=CalibrationMethod.MinMax,
         )
     if recurrent_weights:
