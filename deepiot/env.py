@@ -1,4 +1,4 @@
-"""`deepiot/Compress-v0`: a gymnasium environment in which any RL agent compresses a model (DESIGN §3).
+"""`deepiot/Compress-v0`: a gymnasium environment in which any RL agent compresses a model (docs/design.md §3).
 
 One episode compresses one model, AMC-style: one step per compressible group in forward order, the action
 is the keep ratio of that group. At the last step the chosen structure is applied as hard masks, the

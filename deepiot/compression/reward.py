@@ -1,6 +1,6 @@
 """The critic's judgement of a sampled structure: the reward, its resource cost, and the baselines.
 
-Reward (DESIGN §3): r_i = −ℓ_i − λ · cost(z_i) / cost(original), with ℓ_i the task loss of sample i under its
+Reward (docs/design.md §3): r_i = −ℓ_i − λ · cost(z_i) / cost(original), with ℓ_i the task loss of sample i under its
 mask z_i; λ = 0 is the paper. The compressor follows mean_i[adv_i · ∇ log P(z_i)] with adv_i = (r_i − b) /
 max(1, s). With λ = 0 this is exactly the paper's (ℓ_i − b_ℓ)/max(1, s) descent direction, since r = −ℓ.
 

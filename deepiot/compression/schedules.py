@@ -1,4 +1,4 @@
-"""Pruning-threshold schedules (DESIGN §2 "deterministic pruning" and §3 "accuracy-guarded threshold").
+"""Pruning-threshold schedules (docs/design.md §2 "The threshold τ and its decay γ" and §3 "accuracy-guarded threshold").
 
 A schedule gives the threshold τ for an iteration. While compressing, keep probabilities p < τ are decayed by
 γ before sampling (`MaskDistribution`), and an element is "left" when p ≥ τ. Schedules are small stateful
