@@ -1,4 +1,4 @@
-"""`deepiot/Compress-v0`: a gymnasium environment in which any RL agent compresses a model (DESIGN §3).
+"""`deepiot/Compress-v0`: a gymnasium environment in which any RL agent compresses a model (docs/design.md §3).
 
 One episode compresses one model, AMC-style: one step per compressible group in forward order, the action
 is the keep ratio of that group. At the last step the chosen structure is applied as hard masks, the
@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from deepiot.checkpoint import load_trained_model
 from deepiot.checks import ModelCheckError, check_classifier
-from deepiot.compression.reward import COST_FUNCTIONS, Reward
+from deepiot.compression.reward import Reward
+from deepiot.cost.registry import COST_FUNCTIONS
 from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, manifest_entries
 from deepiot.models import build_model
@@ -90,7 +91,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
         data: a name in `DATASETS` (loaded with `data_root` and `data_limit` samples per split), a
             `DatasetBundle` (used as is, e.g. from `deepiot.data.load_npz`), or None: the checkpoint's
             dataset, else "mnist".
-        cost: a cost model in `deepiot.compression.reward.COST_FUNCTIONS` ("params", "macs", ...).
+        cost: a cost model in `deepiot.cost.registry.COST_FUNCTIONS` ("params", "macs", ...).
         lam: weight λ ≥ 0 of the cost ratio in the reward.
         data_limit: samples per split taken from a named dataset.
         finetune_steps: fine-tuning steps under the final masks (0 judges the structure as cut).

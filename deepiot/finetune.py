@@ -38,7 +38,9 @@ class FinetuneError(runtime.CompressionError):
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The shared fine-tuning recipe (Adam; lr cosine to 0 over `steps` or constant; optional distillation)."""
+    """The shared fine-tuning recipe (Adam; lr cosine to 0 over `steps` or constant; distillation from the
+    original). The defaults are configs/finetune/recipe.yaml's (tests/test_defaults.py holds them equal);
+    `distill_weight=0.0` fine-tunes on the labels only, without a teacher."""
 
     steps: int = 3000  # optimizer steps (batches); 0 only validates the given weights
     batch_size: int = 64
@@ -46,7 +48,7 @@ class FinetuneConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's; the paper's critic: (0.5, 0.9)
     weight_decay: float = 0.0
     schedule: str = "cosine"  # "cosine" (to 0 over `steps`) | "constant"
-    distill_weight: float = 0.0  # a in (1−a)·CE(labels) + a·T²·KL(softmax(teacher/T) ‖ softmax(student/T))
+    distill_weight: float = 0.5  # a in (1−a)·CE(labels) + a·T²·KL(softmax(teacher/T) ‖ softmax(student/T))
     temperature: float = 4.0
     eval_every: int = 500  # validate; keep the best-validation weights
     eval_batch_size: int = 512
@@ -141,7 +143,7 @@ def finetune(
     Args:
         model: the (sliced) classifier to fine-tune; outputs logits [N, classes].
         train, val: (inputs, labels) tensors.
-        config: the recipe (defaults: 3000 Adam steps, lr 1e-3 cosine to 0, no distillation).
+        config: the recipe (defaults: 3000 Adam steps, lr 1e-3 cosine to 0, distillation weight 0.5, T = 4).
         teacher: the original model, required when `config.distill_weight > 0` (run in eval mode, no grad).
         state_path: checkpoint file for resuming (written atomically at every evaluation).
         weight_masks: {parameter name: 0/1 tensor}; masked-out weights are held at exactly 0.

@@ -1,7 +1,7 @@
 """Cost of one DeepIoT compressor-critic iteration vs one plain training step, on the reference models.
 
 Both steps run on the same model, batch size and thread count, alternating in rounds so that load from other
-processes on a shared machine hits both alike. A compressor-critic iteration (DESIGN §2) is: a critic step
+processes on a shared machine hits both alike. A compressor-critic iteration (docs/design.md §2) is: a critic step
 under sampled masks + a compressor forward over all weight matrices, a masked forward of a fresh batch, the
 REINFORCE update + one more compressor forward (step 3). Inputs are random tensors of the real shapes (time
 does not depend on the values).

@@ -190,6 +190,7 @@ def test_magnitude_reference_is_l1_at_the_same_counts_with_the_same_fine_tuning(
     }
     recipe = FinetuneConfig(steps=10 + result.report["iterations"], batch_size=32, eval_every=5)
     assert reference["finetune_steps"] == recipe.steps  # as many steps as the critic got in all
-    tuned = finetune(slice_model(trained_model, structure, chosen), data[0].tensors, data[1].tensors, recipe)
+    sliced = slice_model(trained_model, structure, chosen)
+    tuned = finetune(sliced, data[0].tensors, data[1].tensors, recipe, teacher=trained_model)  # distils
     assert reference["test_accuracy"] == accuracy(tuned.model, *data[2].tensors, 512)
     assert reference["val_accuracy"] == tuned.best_val_accuracy

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepiot.compression.reward import CriticConfig, Reward, get_cost_function
+from deepiot.compression.reward import CriticConfig, Reward
+from deepiot.cost.registry import get_cost_function
 from deepiot.device import KindModel, LatencyModel, attach_latency_model, predict_latency
 from deepiot.device.layers import LAYER_KINDS
 from deepiot.models import LeNet5

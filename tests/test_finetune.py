@@ -52,7 +52,10 @@ def test_cosine_learning_rate_falls_to_zero_and_constant_stays():
 def test_finetuning_learns_and_reports_the_last_lr_as_zero():
     train, val = blobs(512, 0), blobs(256, 1)
     result = finetune(
-        small_model(), train, val, FinetuneConfig(steps=60, batch_size=32, eval_every=20, lr=0.01)
+        small_model(),
+        train,
+        val,
+        FinetuneConfig(distill_weight=0.0, steps=60, batch_size=32, eval_every=20, lr=0.01),
     )
     assert [record["step"] for record in result.history] == [0, 20, 40, 60]
     assert result.history[-1]["lr"] == 0.0
@@ -71,7 +74,9 @@ def test_the_best_validation_weights_are_returned(monkeypatch):
         return next(scripted)
 
     monkeypatch.setattr(finetune_module.runtime, "accuracy", scripted_accuracy)
-    result = finetune(small_model(), train, val, FinetuneConfig(steps=20, batch_size=32, eval_every=10))
+    result = finetune(
+        small_model(), train, val, FinetuneConfig(distill_weight=0.0, steps=20, batch_size=32, eval_every=10)
+    )
     assert result.best_val_accuracy == 0.9
     for key, value in result.model.state_dict().items():
         assert torch.equal(value, snapshots[1][key])
@@ -110,14 +115,18 @@ def test_resuming_with_another_recipe_is_refused(tmp_path):
     train, val = blobs(128, 0), blobs(64, 1)
     state_path = tmp_path / "state.pt"
     finetune(
-        small_model(), train, val, FinetuneConfig(steps=4, batch_size=32, eval_every=2), state_path=state_path
+        small_model(),
+        train,
+        val,
+        FinetuneConfig(distill_weight=0.0, steps=4, batch_size=32, eval_every=2),
+        state_path=state_path,
     )
     with pytest.raises(ValueError, match="lr: 0.001 → 0.01"):
         finetune(
             small_model(),
             train,
             val,
-            FinetuneConfig(steps=4, batch_size=32, eval_every=2, lr=0.01),
+            FinetuneConfig(distill_weight=0.0, steps=4, batch_size=32, eval_every=2, lr=0.01),
             state_path=state_path,
         )
 
@@ -130,7 +139,7 @@ def test_weight_masks_hold_masked_weights_at_zero():
         model,
         train,
         val,
-        FinetuneConfig(steps=20, batch_size=32, eval_every=10),
+        FinetuneConfig(distill_weight=0.0, steps=20, batch_size=32, eval_every=10),
         weight_masks={"0.weight": mask},
     )
     weight = result.model.state_dict()["0.weight"]
@@ -143,14 +152,24 @@ def test_a_non_finite_loss_stops_with_a_clear_message():
     train = (train[0].clone(), train[1])
     train[0][5, 0] = float("nan")
     with pytest.raises(FinetuneError, match="fine-tuning loss became nan at step"):
-        finetune(small_model(), train, val, FinetuneConfig(steps=10, batch_size=128, eval_every=5))
+        finetune(
+            small_model(),
+            train,
+            val,
+            FinetuneConfig(distill_weight=0.0, steps=10, batch_size=128, eval_every=5),
+        )
 
 
 def test_an_exploding_finite_loss_stops_too():
     train, val = blobs(128, 0), blobs(64, 1)
     train = (train[0] * 1e6, train[1])  # finite inputs, logits in the millions: cross-entropy far above 1000
     with pytest.raises(FinetuneError, match=r"loss became .* at step 1 .*fine-tuning diverged"):
-        finetune(small_model(), train, val, FinetuneConfig(steps=10, batch_size=128, eval_every=5))
+        finetune(
+            small_model(),
+            train,
+            val,
+            FinetuneConfig(distill_weight=0.0, steps=10, batch_size=128, eval_every=5),
+        )
 
 
 @pytest.mark.parametrize(

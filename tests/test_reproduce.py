@@ -64,7 +64,9 @@ def test_harness_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path, monk
     assert (
         "| equal | magnitude | 20% params | 2 |" in table and "| equal | deepiot | 20% params | 2 |" in table
     )
-    assert "The paper (PAPER.md) reports no result for this task." in table  # PAPER.md has no LeNet-300-100
+    assert (
+        "The paper (docs/paper.md) reports no result for this task." in table
+    )  # docs/paper.md has no LeNet-300-100
     assert (tmp_path / "results" / "lenet300_mnist" / "pareto_equal.png").stat().st_size > 0
 
     def must_not_run(cfg):

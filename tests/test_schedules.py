@@ -13,7 +13,9 @@ from deepiot.compression.schedules import (
 
 
 def test_paper_schedule_is_the_papers_staircase():
-    schedule = PaperThreshold(ScheduleConfig())
+    schedule = PaperThreshold(
+        ScheduleConfig(every=500)
+    )  # the paper's code (compress=paper); the default is 50
     assert schedule(0) == 0.0
     assert schedule(499) == 0.0
     assert schedule(500) == pytest.approx(0.025)

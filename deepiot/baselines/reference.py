@@ -4,7 +4,7 @@
 pruning on a copy of the model, searching its channel pruning ratio by bisection until the pruned model's
 parameters (or MACs) fit the budget, and reads which output channels it removed. Its choice becomes a kept set
 for our own slicing path; its own parameter count is returned alongside for comparison. Recurrent models are
-refused: Torch-Pruning 1.6.1 mis-slices LSTM hidden units and leaves GRUs unpruned (DESIGN §5).
+refused: Torch-Pruning 1.6.1 mis-slices LSTM hidden units and leaves GRUs unpruned (docs/design.md §5).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ SCRATCH_SOURCE = (
 )
 REFERENCE_METHOD = "deepiot"  # paired differences are method − this one
 
-# The paper's rows (PAPER.md): parameters left (weights only) and accuracy; MNIST/CIFAR tasks are the same
+# The paper's rows (docs/paper.md): parameters left (weights only) and accuracy; MNIST/CIFAR tasks are the same
 # tasks, the HAPT tasks are stand-ins for the paper's HHAR ones (other data, other original). A row whose
 # metric is not accuracy gives it as `result` text instead of `test_accuracy` (shown in the table, not plotted).
 PAPER_ROWS: dict[str, list[dict[str, Any]]] = {
@@ -488,9 +488,9 @@ def table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str
         )
     paper = PAPER_ROWS.get(task, [])
     if not paper:
-        lines += ["", "The paper (PAPER.md) reports no result for this task."]
+        lines += ["", "The paper (docs/paper.md) reports no result for this task."]
     else:
-        lines += ["", "The paper (PAPER.md; parameters counted as weights only, its own original):", ""]
+        lines += ["", "The paper (docs/paper.md; parameters counted as weights only, its own original):", ""]
         lines += ["| method | params left | test accuracy (original) |", "|-|-|-|"]
         for row in paper:
             result = row.get("result") or f"{100 * row['test_accuracy']:.2f}% ({100 * row['original']:.2f}%)"

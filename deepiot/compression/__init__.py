@@ -1,4 +1,4 @@
-"""DeepIoT compression (DESIGN §2): the compressor-critic search, then slicing and fine-tuning.
+"""DeepIoT compression (docs/design.md §2): the compressor-critic search, then slicing and fine-tuning.
 
 Parts, in the order they are used:
 - `config`: the settings of a run (`CompressionConfig`: loop, compressor, critic, schedule, finetune);

@@ -27,8 +27,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from deepiot.compression.reward import Reward, get_cost_function
+from deepiot.compression.reward import Reward
+from deepiot.cost.registry import get_cost_function
 from deepiot.cost.types import Cost
+from deepiot.device.cost import attach_latency_model, is_attached  # also registers the `latency` cost
+from deepiot.device.profile import ProfileError, load_profile
 from deepiot.structure import Structure
 from deepiot.utils import ConfigError
 
@@ -83,9 +86,6 @@ class LatencyProfile:
 
     def load(self, needed_by: str) -> dict[str, Any]:
         """The profile document, checked to be for this runtime and thread count; BudgetError otherwise."""
-        # deferred: the device side of the package is only needed for latency
-        from deepiot.device.profile import ProfileError, load_profile
-
         if self.profile is None:
             raise BudgetError(
                 f"{needed_by} needs a device profile to predict latency, and none is set: expected "
@@ -122,8 +122,6 @@ def attach_profile(
     """Attach `settings`' latency model to `structure` (layers read from `model`) when something needs it."""
     if needed_by is None:
         return
-    from deepiot.device.cost import attach_latency_model  # deferred: registers the `latency` cost
-
     attach_latency_model(structure, model, settings.load(needed_by))
 
 
@@ -249,8 +247,6 @@ def kept_values(structure: Structure, kept: Mapping[str, Iterable[int]]) -> dict
 
 def has_latency(structure: Structure) -> bool:
     """Whether a device profile's latency model is attached to `structure`."""
-    from deepiot.device.cost import is_attached
-
     return is_attached(structure)
 
 

@@ -1,6 +1,6 @@
 """The DeepIoT compressor: an LSTM that reads the critic's layers as a sequence and outputs keep probabilities.
 
-DESIGN §2: one LSTM step per compressible group, in forward order. The input of step g is the group's weight
+docs/design.md §2: one LSTM step per compressible group, in forward order. The input of step g is the group's weight
 matrix W [rows, size] squeezed to a fixed-size vector v = (aᵀ W) B [d] by two learned matrices; the output is
 one keep probability per hidden element, p = sigmoid(h V + c) [size]. Weights are detached, so only the
 compressor's own parameters receive its (REINFORCE) gradient.
@@ -149,7 +149,7 @@ class Compressor(nn.Module):
 
 
 class MaskDistribution:
-    """Independent Bernoulli keep masks with the threshold decay of DESIGN §2 (p < τ → γ·p).
+    """Independent Bernoulli keep masks with the threshold decay of docs/design.md §2 (p < τ → γ·p).
 
     Built from logits so that log-probabilities stay finite; `logits` may be [size] (one structure
     distribution) or [N, size] (a batch of them, used to take per-sample gradients).

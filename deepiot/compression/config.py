@@ -34,6 +34,9 @@ class LoopConfig:
     limits in device units: batch-1 latency in ms predicted by a device profile, serialised fp32 weights (flash)
     and peak activation memory (RAM) in KiB (see `deepiot.compression.budget`).
 
+    The defaults are the command line's default recipe (configs/compress/quick.yaml; tests/test_defaults.py
+    holds them equal): `deepiot.compress(...)` and `deepiot-compress` run the same loop.
+
     Stop rule (checked every `eval_every` iterations): every set target met and validation accuracy ≥ the
     floor, where the floor is the higher of `min_val_accuracy` and original − `max_accuracy_drop` (unset parts
     are ignored); or the kept set unchanged for `patience` evaluations once τ is at its limit; or
@@ -42,7 +45,7 @@ class LoopConfig:
 
     max_iterations: int = 2000
     batch_size: int = 64
-    eval_every: int = 200
+    eval_every: int = 100
     target_params: float | None = None
     target_macs: float | None = None
     target_latency_ms: float | None = None  # needs CompressionConfig.latency_profile
@@ -59,7 +62,7 @@ class LoopConfig:
     fit_to_budget: bool = True
     # after the run, also fine-tune the L1-magnitude choice at the same per-group counts (same recipe, same
     # steps) and report both: how the search compares with the simplest baseline at the same size
-    compare_magnitude: bool = False  # after the search, fit the kept set to the targets by keep probability
+    compare_magnitude: bool = True
     eval_batch_size: int = 512
     log_every: int = 10
     seed: int = 0

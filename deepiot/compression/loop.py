@@ -1,4 +1,4 @@
-"""The DeepIoT compressor-critic loop (DESIGN §2), then fine-tuning, physical slicing and a test of the result.
+"""The DeepIoT compressor-critic loop (docs/design.md §2), then fine-tuning, physical slicing and a test of the result.
 
 `compress_model(model, train, val, test, config)` runs, in order (the phases compress → finetune):
   1. compression: `compressor_critic_step` (`deepiot.compression.step`) every iteration; every `eval_every`

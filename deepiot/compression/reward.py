@@ -1,6 +1,6 @@
 """The critic's judgement of a sampled structure: the reward, its resource cost, and the baselines.
 
-Reward (DESIGN §3): r_i = −ℓ_i − λ · cost(z_i) / cost(original), with ℓ_i the task loss of sample i under its
+Reward (docs/design.md §3): r_i = −ℓ_i − λ · cost(z_i) / cost(original), with ℓ_i the task loss of sample i under its
 mask z_i; λ = 0 is the paper. The compressor follows mean_i[adv_i · ∇ log P(z_i)] with adv_i = (r_i − b) /
 max(1, s). With λ = 0 this is exactly the paper's (ℓ_i − b_ℓ)/max(1, s) descent direction, since r = −ℓ.
 
@@ -14,71 +14,24 @@ Baselines b:
 
 from __future__ import annotations
 
-import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from deepiot.cost.types import Cost
+from deepiot.cost.registry import get_cost_function
 
 if TYPE_CHECKING:
     from deepiot.structure import Structure
 
-# A cost model: (structure, masks {group: [N, size]} in [0, 1]) → cost of each of the N structures [N].
-# Masks may be soft (keep probabilities); cost models should then stay differentiable.
-CostFunction = Callable[["Structure", Mapping[str, Tensor]], Tensor]
-COST_FUNCTIONS: dict[str, CostFunction] = {}
 BASELINES = ("ema", "learned")
-# Cost models registered by modules imported on first use (they import this one): name → module.
-LAZY_COSTS = {"latency": "deepiot.device.cost"}
-
-
-def register_cost(name: str) -> Callable[[CostFunction], CostFunction]:
-    """Decorator adding a cost model to `COST_FUNCTIONS` under `name` (e.g. a latency or energy model)."""
-
-    def add(function: CostFunction) -> CostFunction:
-        if name in COST_FUNCTIONS:
-            raise ValueError(f"a cost function named {name!r} is already registered.")
-        COST_FUNCTIONS[name] = function
-        return function
-
-    return add
-
-
-def _kept_counts(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {name: mask.sum(dim=-1) for name, mask in masks.items()}  # [N, size] → [N]
 
 
 def _device_of(tensors: Mapping[str, Tensor]) -> torch.device:
     return next(iter(tensors.values())).device
-
-
-def _structure_cost_field(field_name: str) -> CostFunction:
-    def cost(structure: Structure, masks: Mapping[str, Tensor]) -> Tensor:
-        value, device = getattr(structure.cost(_kept_counts(masks)), field_name), _device_of(masks)
-        return torch.as_tensor(value, dtype=torch.float32, device=device)
-
-    cost.__doc__ = f"`{field_name}` of each sampled structure, from the structure's real module shapes."
-    return cost
-
-
-for _field in Cost._fields:
-    register_cost(_field)(_structure_cost_field(_field))
-
-
-def get_cost_function(name: str) -> CostFunction:
-    """The registered cost model `name`; ValueError listing the known names otherwise."""
-    if name not in COST_FUNCTIONS and name in LAZY_COSTS:
-        importlib.import_module(LAZY_COSTS[name])
-    if name not in COST_FUNCTIONS:
-        raise ValueError(
-            f"unknown cost {name!r}; registered cost functions: {sorted({*COST_FUNCTIONS, *LAZY_COSTS})}."
-        )
-    return COST_FUNCTIONS[name]
 
 
 MASK_SCALES = ("none", "inverted")
@@ -110,7 +63,7 @@ class CriticConfig:
     baseline: str = "ema"  # "ema" | "learned"
     ema_decay: float = 0.9
     lam: float = 0.0  # weight of the cost term in the reward
-    cost: str = "params"  # a name in COST_FUNCTIONS
+    cost: str = "params"  # a name in deepiot.cost.registry.COST_FUNCTIONS
     value_hidden: int = 64  # LearnedBaseline width
     value_lr: float = 1e-3  # LearnedBaseline Adam learning rate
     distill_weight: float = (

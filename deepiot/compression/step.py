@@ -1,4 +1,4 @@
-"""One DeepIoT iteration, in the order of the paper's Algorithm 1 (PAPER.md) and DESIGN §2.
+"""One DeepIoT iteration, in the order of the paper's Algorithm 1 (docs/design.md §2).
 
 `compressor_critic_step` is the algorithm: (1) a critic step under masks sampled from the stored keep
 probabilities, (2) a REINFORCE step of the compressor on a fresh batch, (3) store the new probabilities.
@@ -88,7 +88,7 @@ class LoopState:
 
 
 def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance: bool = False) -> StepStats:
-    """One DeepIoT iteration (DESIGN §2, steps 1–3), at threshold τ of the current iteration.
+    """One DeepIoT iteration (docs/design.md §2, steps 1–3), at threshold τ of the current iteration.
 
     Algorithm 1, phase 2 (joint compression): critic and compressor train together while τ rises on the
     schedule and keep probabilities below τ are multiplied by γ before sampling. During the warm-up

@@ -1,6 +1,6 @@
 """The registered `latency` cost: a device profile's latency model priced on the structure's layer shapes.
 
-A cost model maps (structure, masks {group: [N, size]}) → cost [N] (see `deepiot.compression.reward`). Latency needs
+A cost model maps (structure, masks {group: [N, size]}) → cost [N] (see `deepiot.cost.registry`). Latency needs
 two things a structure does not hold — the layers' spatial geometry and a device profile — so they are
 attached to the structure once, before the search:
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deepiot.compression.reward import register_cost
+from deepiot.cost.registry import register_cost
 from deepiot.device.latency_model import LatencyModel
 from deepiot.device.layers import LayerSpec, features_at, layer_inventory
 from deepiot.device.profile import load_profile

@@ -1,6 +1,6 @@
 """Recurrent (LSTM/GRU/RNN) primitives of the structure layer: masked recurrence, slicing, weights, cost.
 
-A hidden element of an LSTM/GRU/RNN (Elman, tanh or relu) layer is one hidden unit. DeepIoT (DESIGN §2)
+A hidden element of an LSTM/GRU/RNN (Elman, tanh or relu) layer is one hidden unit. DeepIoT (docs/design.md §2)
 drops a unit by multiplying its hidden state h_t by a mask at EVERY time step inside the recurrence, so a
 dropped unit feeds neither the next step nor the next layer; with hard 0/1 masks this equals the network
 without the unit.
