@@ -73,3 +73,98 @@ def test_deepiot_baseline_refuses_bad_settings_before_training(case_id, tmp_path
     assert err.startswith("deepiot-baseline: error: ") and err.count("error:") == 1, err
     assert re.search(pattern, err), (pattern, err)
     assert files_under(tmp_path) == []  # nothing trained, nothing written
+
+
+# ---------------------------------------------------------------------------------------------- scripts/reproduce.py
+
+REPRODUCE_CASES = {
+    "task=nosuch": (["task=nosuch"], r"task='nosuch' is not an experiment: expected one of .*lenet5_mnist"),
+    "seeds=a,b": (["seeds=a,b"], r"seeds='a,b' is invalid: expected comma-separated integers >= 0"),
+    "seeds=-1": (["seeds=-1"], r"seeds=\[-1\] is invalid: expected integers >= 0"),
+    "seeds=": (["seeds="], "seeds is empty: expected at least one value"),
+    "methods=foo": (["methods=foo"], r"unknown method\(s\) \['foo'\]; choose from deepiot, magnitude"),
+    "methods=": (["methods="], "methods is empty: expected at least one value"),
+    "recipes=foo": (["recipes=foo"], "recipes must be among equal, best, got"),
+    "cost=energy": (["cost=energy"], "cost must be params or macs .* got 'energy'"),
+    "budgets=abc": (["budgets=abc"], "budgets='abc' is invalid: expected comma-separated numbers"),
+    "budgets=0": (
+        ["budgets=0"],
+        r"budgets=0 is invalid: expected fractions of the original's params left, in \(0, 1\]",
+    ),
+    "budgets=1.5": (["budgets=0.1,1.5"], r"budgets=0.1,1.5 is invalid: expected fractions"),
+    "budgets=-0.02": (["budgets=-0.02"], "budgets=-0.02 is invalid"),
+    "cost=model_kb budgets=0": (
+        ["cost=model_kb", "budgets=0"],
+        r"budgets=0 is invalid: expected numbers > 0 \(KiB for cost=model_kb\)",
+    ),
+    "latency_repeats=x": (["latency_repeats=x"], "latency_repeats='x' is invalid: expected an integer >= 1"),
+    "latency_repeats=0": (["latency_repeats=0"], "latency_repeats=0 is invalid: expected an integer >= 1"),
+    "latency without profile": (
+        ["cost=latency_ms", "budgets=0.1"],
+        "a latency_ms budget needs a device profile",
+    ),
+    "unknown override": (["finetune.stepz=3"], r"do not compose: Could not override 'finetune.stepz'"),
+    "bad override value": (
+        ["trainer.lr=abc"],
+        r"config value trainer.lr='abc' is invalid: expected a number > 0",
+    ),
+    "method override": (["methods=random", "method.fraction=1.5"], r"method.fraction=1.5 is invalid"),
+    "runs_dir is a file": (
+        ["runs_dir={tmp}/occupied"],
+        "runs_dir=.*occupied cannot be created: .* is an existing file",
+    ),
+    "no key=value": (["foo"], "expected key=value, got 'foo'"),
+}
+
+
+def load_reproduce_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("reproduce_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case_id", list(REPRODUCE_CASES))
+def test_reproduce_refuses_a_bad_grid_before_any_work(case_id, tmp_path, capsys, monkeypatch):
+    arguments, pattern = REPRODUCE_CASES[case_id]
+    (tmp_path / "occupied").write_text("someone's file\n")
+    folders = [f"runs_dir={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}"]
+    folders += [f"paths.original_dir={tmp_path / 'original'}"]
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    task = [] if any(argument.startswith("task=") for argument in arguments) else ["task=lenet5_mnist"]
+    monkeypatch.setattr("sys.argv", ["reproduce.py", *task, *folders, *arguments])
+    script = load_reproduce_script()
+    monkeypatch.setattr(script, "run_grid", lambda grid: pytest.fail("the grid ran"))
+    with pytest.raises(SystemExit) as stopped:
+        script.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("reproduce.py: error: ") and err.count("error:") == 1, err
+    assert re.search(pattern, err), (pattern, err)
+    assert files_under(tmp_path) == ["occupied"]  # no original, run folder or result written
+
+
+def test_harness_checks_every_run_before_the_original_is_trained(tmp_path):
+    """A run folder finished with other overrides is found before the original is trained or a run is made."""
+    from deepiot.baselines import reproduce
+    from deepiot.utils import ConfigError
+
+    grid = reproduce.Grid(
+        task="lenet5_mnist",
+        methods=("magnitude", "random"),
+        budgets=(0.1,),
+        seeds=(0,),
+        runs_dir=tmp_path / "runs",
+        results_dir=tmp_path / "results",
+        overrides=(f"paths.original_dir={tmp_path / 'original'}",),
+    )
+    last = grid.runs()[-1]
+    last.folder.mkdir(parents=True)
+    (last.folder / reproduce.RESULT_FILE).write_text('{"overrides": ["experiment=other"]}\n')
+    before = files_under(tmp_path)
+    with pytest.raises(ConfigError, match="was written by a run with other overrides"):
+        reproduce.run_grid(grid)
+    assert files_under(tmp_path) == before  # the original was not trained, the first run not made
