@@ -168,3 +168,75 @@ def test_harness_checks_every_run_before_the_original_is_trained(tmp_path):
     with pytest.raises(ConfigError, match="was written by a run with other overrides"):
         reproduce.run_grid(grid)
     assert files_under(tmp_path) == before  # the original was not trained, the first run not made
+
+
+# ---------------------------------------------------------------------------------------------- deepiot-export int8
+
+
+@pytest.fixture
+def checkpoint_without_its_data(tmp_path):
+    """A trained LSTM checkpoint whose recorded dataset (an npz file) is gone."""
+    import torch
+
+    from deepiot.checkpoint import save_checkpoint
+    from deepiot.models import build_model
+
+    model_config = {
+        "_target_": "deepiot.models.LSTMClassifier",
+        "hidden_size": 8,
+        "num_layers": 1,
+        "bidirectional": False,
+        "input_shape": [16, 6],
+        "num_classes": 4,
+    }
+    torch.manual_seed(0)
+    payload = {
+        "kind": "trained_model",
+        "model_config": model_config,
+        "state_dict": build_model(model_config).state_dict(),
+        "metrics": {"test_accuracy": 0.5, "val_accuracy": 0.5},
+        "config": {
+            "data": {"dataset": {"_target_": "deepiot.data.load_npz", "path": str(tmp_path / "gone.npz")}}
+        },
+        "data": {"name": "gone", "input_shape": [16, 6], "num_classes": 4},
+    }
+    save_checkpoint(payload, tmp_path / "run" / "model.pt")
+    return tmp_path / "run" / "model.pt"
+
+
+INT8_CASES = {
+    "int8_windows=0": (["int8_windows=0"], r"int8_windows=0 is invalid: expected .* an integer >= 1"),
+    "int8_windows=abc": (["int8_windows=abc"], r"int8_windows='abc' is invalid: expected"),
+    "int8_windows=1.5": (["int8_windows=1.5"], r"int8_windows=1.5 is invalid: expected"),
+    "dataset gone": (
+        [],
+        r"int8 export calibrates on the training split of the dataset .*model.pt was trained on .* cannot be "
+        r"loaded: npz file .*gone.npz does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("case_id", list(INT8_CASES))
+def test_int8_export_refuses_before_exporting_anything(
+    case_id, checkpoint_without_its_data, tmp_path, capsys
+):
+    from hydra import compose, initialize_config_dir
+
+    from deepiot.cli import CONFIG_DIR
+    from deepiot.cli.export import run_export
+
+    overrides, pattern = INT8_CASES[case_id]
+    before = files_under(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="export",
+            overrides=[f"checkpoint={checkpoint_without_its_data}", "int8=true", *overrides],
+        )
+    with pytest.raises(SystemExit) as stopped, reported_errors("deepiot-export"):
+        run_export(cfg)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("deepiot-export: error: ") and err.count("deepiot-export: error:") == 1, err
+    assert re.search(pattern, err, flags=re.S), (pattern, err)
+    assert files_under(tmp_path) == before  # no model.onnx, model.ts or manifest
