@@ -240,3 +240,67 @@ def test_int8_export_refuses_before_exporting_anything(
     assert err.startswith("deepiot-export: error: ") and err.count("deepiot-export: error:") == 1, err
     assert re.search(pattern, err, flags=re.S), (pattern, err)
     assert files_under(tmp_path) == before  # no model.onnx, model.ts or manifest
+
+
+# ---------------------------------------------------------------------------------------------- launchers
+
+
+def test_a_launcher_whose_package_is_missing_is_refused_with_the_install_command(monkeypatch):
+    import importlib.util
+
+    from deepiot.cli import check_launcher
+    from deepiot.utils import ConfigError
+
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "ray" else real_find_spec(name, *args),
+    )
+    with pytest.raises(ConfigError, match=r"needs the Python package 'ray', .* pip install -e \"\.\[ray\]\""):
+        check_launcher("config", ["-m", "hydra/launcher=ray_cluster", "seed=0,1"])
+    check_launcher("config", ["hydra/launcher=ray_cluster", "seed=1"])  # no sweep: the launcher is not used
+
+
+@pytest.mark.parametrize(("n_jobs", "fine"), [("0", False), ("2", True), ("-1", True)])
+def test_joblib_n_jobs_is_checked_before_the_sweep(n_jobs, fine):
+    from deepiot.cli import check_launcher
+    from deepiot.utils import ConfigError
+
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    arguments = ["-m", "hydra/launcher=parallel", f"hydra.launcher.n_jobs={n_jobs}", "seed=0,1"]
+    if fine:
+        check_launcher("baseline", arguments)
+    else:
+        with pytest.raises(
+            ConfigError, match=r"hydra.launcher.n_jobs=0 is invalid: expected .* integer >= 1"
+        ):
+            check_launcher("baseline", arguments)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "expected"),
+    [
+        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 is invalid"),
+        (["hydra/launcher=ray_cluster"], r"needs the Python package 'ray'"),
+    ],
+)
+def test_real_command_line_refuses_a_bad_launcher_before_the_sweep(launcher, expected, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    pytest.importorskip(
+        "hydra_plugins.hydra_ray_launcher" if "ray" in expected else "hydra_plugins.hydra_joblib_launcher"
+    )
+    if "ray" in expected and importlib.util.find_spec("ray") is not None:
+        pytest.skip("Ray is installed here")
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "deepiot.cli.train", "-m", *launcher, "seed=0,1"]
+    command += [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.original_dir={tmp_path / 'original'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("deepiot-train: error: ") and re.search(expected, done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
+    assert files_under(tmp_path) == []  # no sweep folder
