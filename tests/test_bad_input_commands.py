@@ -263,7 +263,7 @@ def test_a_launcher_whose_package_is_missing_is_refused_with_the_install_command
     check_launcher("config", ["hydra/launcher=ray_cluster", "seed=1"])  # no sweep: the launcher is not used
 
 
-@pytest.mark.parametrize(("n_jobs", "fine"), [("0", False), ("2", True), ("-1", True)])
+@pytest.mark.parametrize(("n_jobs", "fine"), [("0", False), ("abc", False), ("2", True), ("-1", True)])
 def test_joblib_n_jobs_is_checked_before_the_sweep(n_jobs, fine):
     from deepiot.cli import check_launcher
     from deepiot.utils import ConfigError
@@ -274,7 +274,8 @@ def test_joblib_n_jobs_is_checked_before_the_sweep(n_jobs, fine):
         check_launcher("baseline", arguments)
     else:
         with pytest.raises(
-            ConfigError, match=r"hydra.launcher.n_jobs=0 is invalid: expected .* integer >= 1"
+            ConfigError,
+            match=rf"hydra.launcher.n_jobs={n_jobs}.* (is invalid: expected .* integer >= 1|could not be converted)",
         ):
             check_launcher("baseline", arguments)
 

@@ -129,7 +129,10 @@ def check_launcher(config_name: str, arguments: Sequence[str]) -> None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
         launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
-    except Exception:  # noqa: BLE001 - Hydra's own run reports what does not compose
+    except Exception as err:  # noqa: BLE001 - Hydra's own run reports what does not compose, but a launcher's
+        text = " ".join(f"{err} {err.__cause__ or ''}".split())  # setting of the wrong type is named here
+        if "hydra.launcher." in text:
+            raise ConfigError(f"the sweep launcher's settings are invalid: {text}") from None
         return
     finally:
         GlobalHydra.instance().clear()
