@@ -32,6 +32,7 @@ from deepiot.checkpoint import load_checkpoint, load_trained_model
 from deepiot.cost.counter import ExampleInputs, as_batch_of_one, iter_tensors, measure_cost
 from deepiot.cost.latency import eval_mode, onnx_feed, onnx_session
 from deepiot.structure import SlicingPlan, Structure, build_sliced_model
+from deepiot.structure.plan import rebuild_original
 from deepiot.utils import describe_differences
 
 FORMATS = ("torchscript", "onnx")
@@ -147,7 +148,10 @@ def export_compressed(
         model, checkpoint = load_sliced_model(checkpoint_path)
         plan = SlicingPlan.from_dict(checkpoint["slicing_plan"])
         if plan_path is not None:
-            _check_same_plan(plan, SlicingPlan.load(plan_path), Path(plan_path), Path(checkpoint_path))
+            # the given plan's own defects first, named against the full-size structure it describes
+            config = checkpoint["model_config"]
+            given = _checked_plan(Path(plan_path), config, rebuild_original(config), example_input(config))
+            _check_same_plan(plan, given, Path(plan_path), Path(checkpoint_path))
         extra_files[PLAN_NAME] = json.dumps(plan.to_dict(), indent=2).encode()
         example = example_input(checkpoint["model_config"])
     else:
@@ -194,7 +198,11 @@ def _check_same_plan(
     embedded: SlicingPlan, given: SlicingPlan, plan_path: Path, checkpoint_path: Path
 ) -> None:
     """A plan passed with a sliced checkpoint must be the plan the checkpoint was sliced with."""
-    if given.kept != embedded.kept or _plain(given.model_config) != _plain(embedded.model_config):
+    if (
+        _plain(given.kept) != _plain(embedded.kept)
+        or _plain(given.group_sizes) != _plain(embedded.group_sizes)
+        or _plain(given.model_config) != _plain(embedded.model_config)
+    ):
         raise ExportError(
             f"slicing plan {plan_path} is not the plan {checkpoint_path} was sliced with (the checkpoint holds "
             "its own plan); pass the slicing_plan.json of the same compression run, or no plan at all."
@@ -205,6 +213,15 @@ def _sliced_model(
     model: nn.Module, model_config: Mapping[str, Any], plan_path: Path, example: Tensor
 ) -> nn.Module:
     """Load the plan, make sure it belongs to this model, and build the physically smaller model."""
+    plan = _checked_plan(plan_path, model_config, model, example)
+    return build_sliced_model(plan, model.state_dict(), example)
+
+
+def _checked_plan(
+    plan_path: Path, model_config: Mapping[str, Any], model: nn.Module, example: Tensor
+) -> SlicingPlan:
+    """The plan at `plan_path`, checked to be for `model_config` and to fit the full-size `model`'s groups
+    (sizes, index ranges, duplicates, empty groups): ExportError or StructureError names the defect."""
     plan = SlicingPlan.load(plan_path)
     plan_config, expected_config = _plain(plan.model_config), _plain(model_config)
     if plan_config != expected_config:
@@ -214,7 +231,7 @@ def _sliced_model(
             "by the compression run of this checkpoint."
         )
     plan.validate(Structure.from_model(model, example))
-    return build_sliced_model(plan, model.state_dict(), example)
+    return plan
 
 
 def _plain(config: Any) -> Any:

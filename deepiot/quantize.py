@@ -352,5 +352,16 @@ def checkpoint_datasets(checkpoint_path: str | Path) -> tuple[TensorDataset, Ten
             f"int8 export calibrates on the training split, but {checkpoint_path} does not record its dataset "
             "(config.data.dataset); call deepiot.quantize.export_int8(export_dir, train_split, test_split)."
         )
-    bundle = instantiate(dataset_config)
+    from hydra.errors import InstantiationException
+
+    try:
+        bundle = instantiate(dataset_config)
+    except InstantiationException as err:  # the loader's own error (DataError: a missing or corrupt file)
+        cause = err.__cause__ or err
+        raise ExportError(
+            f"int8 export calibrates on the training split of the dataset {checkpoint_path} was trained on "
+            f"(config.data.dataset, _target_ {dataset_config.get('_target_')}), but it cannot be loaded: {cause} "
+            "Expected that dataset where it was at training time; or call "
+            "deepiot.quantize.export_int8(export_dir, train_split, test_split) with the splits yourself."
+        ) from None
     return bundle.train, bundle.test

@@ -18,8 +18,18 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from deepiot.baselines.reproduce import Grid, GridError, aggregate, parse_folds, parse_values, run_grid
+from deepiot.baselines.reproduce import (
+    Grid,
+    GridError,
+    aggregate,
+    check_grid,
+    parse_folds,
+    parse_values,
+    run_grid,
+)
+from deepiot.utils import ConfigError
 
 GRID_KEYS = {
     "methods": lambda text: parse_values(text, str),
@@ -33,6 +43,19 @@ GRID_KEYS = {
     "latency_repeats": int,
 }
 
+# what each grid key takes, for the error message of a value that does not parse
+EXPECTED = {
+    "budgets": "comma-separated numbers, e.g. budgets=0.01,0.02",
+    "seeds": "comma-separated integers >= 0, e.g. seeds=0,1,2",
+    "latency_repeats": "an integer >= 1",
+}
+
+
+def fail(message: str) -> NoReturn:
+    """The one error paragraph on stderr, exit status 2 (as the deepiot-* commands)."""
+    print(f"reproduce.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
 
 def parse(arguments: list[str]) -> tuple[Grid, bool]:
     """key=value arguments → (Grid, aggregate_only)."""
@@ -40,19 +63,20 @@ def parse(arguments: list[str]) -> tuple[Grid, bool]:
     for argument in arguments:
         key, separator, value = argument.partition("=")
         if not separator:
-            raise SystemExit(
-                f"reproduce.py: error: expected key=value, got {argument!r} (see --help in the docstring)."
-            )
+            fail(f"expected key=value, got {argument!r} (see --help in the docstring).")
         if key == "task":
             values["task"] = value
         elif key == "aggregate_only":
             aggregate_only = value.lower() in ("1", "true", "yes")
         elif key in GRID_KEYS:
-            values[key] = GRID_KEYS[key](value)
+            try:
+                values[key] = GRID_KEYS[key](value)
+            except ValueError:
+                fail(f"{key}={value!r} is invalid: expected {EXPECTED.get(key, 'another value')}.")
         else:
             overrides.append(argument)
     if "task" not in values:
-        raise SystemExit("reproduce.py: error: task=<experiment name> is required, e.g. task=lenet5_mnist.")
+        fail("task=<experiment name> is required, e.g. task=lenet5_mnist.")
     return Grid(**values, overrides=tuple(overrides)), aggregate_only
 
 
@@ -63,11 +87,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    grid, aggregate_only = parse(sys.argv[1:])
+    try:
+        grid, aggregate_only = parse(sys.argv[1:])
+        check_grid(grid)  # every setting of every run, before the original is trained or a file written
+    except ValueError as error:  # Grid's own checks and check_grid's ConfigError
+        fail(str(error))
     try:
         records = aggregate(grid) if aggregate_only else run_grid(grid)
-    except GridError as error:
-        raise SystemExit(f"reproduce.py: error: {error}") from error
+    except (GridError, ConfigError) as error:
+        fail(str(error))
     print(f"[reproduce] {grid.task}: {len(records)} runs → {grid.results_dir / grid.task / 'table.md'}")
 
 

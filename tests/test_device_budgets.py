@@ -183,3 +183,19 @@ def test_deepiot_baseline_refuses_a_latency_budget_without_a_profile_before_trai
     with pytest.raises(BudgetError, match="a latency_ms budget needs a device profile"):
         run_baseline(cfg)
     assert not (tmp_path / "no_original").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"format": "deepiot-device-profile/1", "environment": {"runt', "is not valid JSON .* truncated"),
+        ("[1, 2, 3]", "holds a JSON list, not a deepiot-device-profile/1 document"),
+        (json.dumps({"format": PROFILE_FORMAT}), "it lacks environment, latency_model"),
+    ],
+)
+def test_a_broken_profile_is_refused_naming_what_is_wrong(tmp_path, content, message):
+    (tmp_path / "device_profile.json").write_text(content)
+    with pytest.raises(
+        BudgetError, match=rf"a latency_ms budget: cost.profile=.* cannot be used: .*{message}"
+    ):
+        LatencyProfile(str(tmp_path)).load("a latency_ms budget")

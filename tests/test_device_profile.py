@@ -247,11 +247,56 @@ def test_profile_cli_reports_bad_settings_with_status_2(tmp_path, argument, expe
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["threads=abc"], "config value threads='abc' has the wrong type: expected an integer"),
+        (["repeats=1.5"], "config value repeats=1.5 has the wrong type: expected an integer"),
+        (["out_dir={file}"], "out_dir {file} cannot be created: {file} is an existing file, not a folder"),
+        (["out_dir={file}/profile"], "{file} is an existing file, not a folder"),
+    ],
+)
+def test_profile_cli_refuses_bad_types_and_a_file_as_out_dir(tmp_path, arguments, expected):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("someone's file\n")
+    arguments = [argument.format(file=occupied) for argument in arguments]
+    if not any(argument.startswith("out_dir=") for argument in arguments):
+        arguments.append(f"out_dir={tmp_path / 'profile'}")
+    done = subprocess.run(
+        [sys.executable, "-m", "deepiot.cli.profile", *arguments], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("deepiot-profile: error: "), done.stderr
+    assert expected.format(file=occupied) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["occupied"]
+    assert occupied.read_text() == "someone's file\n"
+
+
 def test_load_profile_names_what_is_missing(tmp_path):
     with pytest.raises(ProfileError, match="no device profile"):
         load_profile(tmp_path)
     (tmp_path / PROFILE_NAME).write_text(json.dumps({"format": "other"}))
     with pytest.raises(ProfileError, match="is not a deepiot-device-profile"):
+        load_profile(tmp_path)
+    (tmp_path / PROFILE_NAME).write_text('{"format": "deepiot-device-profile/1", "environ')
+    with pytest.raises(ProfileError, match=r"device_profile.json is not valid JSON .*truncated"):
+        load_profile(tmp_path)
+    (tmp_path / PROFILE_NAME).write_text("[1, 2]")
+    with pytest.raises(ProfileError, match="holds a JSON list, not a deepiot-device-profile/1 document"):
+        load_profile(tmp_path)
+    (tmp_path / PROFILE_NAME).write_text(json.dumps({"format": "deepiot-device-profile/1"}))
+    with pytest.raises(ProfileError, match="incomplete .* it lacks environment, latency_model. Expected"):
+        load_profile(tmp_path)
+    partial = {
+        "format": "deepiot-device-profile/1",
+        "environment": {"runtime": "onnxruntime"},
+        "latency_model": {},
+    }
+    (tmp_path / PROFILE_NAME).write_text(json.dumps(partial))
+    with pytest.raises(
+        ProfileError, match="it lacks environment.threads, latency_model.kinds, latency_model.overhead"
+    ):
         load_profile(tmp_path)
 
 

@@ -187,3 +187,79 @@ def test_command_line(trained_checkpoint, tmp_path):
     )
     assert failed.returncode == 2
     assert "missing.pt does not exist" in failed.stderr
+
+
+def write_sliced_checkpoint(trained_checkpoint, folder):
+    """A "sliced_model" checkpoint (as deepiot-compress's finetuned_model.pt) and its slicing_plan.json."""
+    from deepiot.export import SLICED_MODEL_KIND
+    from deepiot.structure import build_sliced_model
+
+    original = load_original(trained_checkpoint)
+    plan_path = folder / "slicing_plan.json"
+    save_plan(original, MODEL_CONFIG, plan_path)
+    plan = SlicingPlan.load(plan_path)
+    sliced = build_sliced_model(plan, original.state_dict(), torch.randn(1, 16, 6))
+    payload = {
+        "kind": SLICED_MODEL_KIND,
+        "slicing_plan": plan.to_dict(),
+        "model_config": MODEL_CONFIG,
+        "state_dict": sliced.state_dict(),
+        "metrics": {"test_accuracy": 0.7, "val_accuracy": 0.7},
+        "config": {},
+        "data": DATA,
+    }
+    save_checkpoint(payload, folder / "finetuned_model.pt")
+    return folder / "finetuned_model.pt", plan_path
+
+
+def changed_plan(plan_path, folder, change):
+    document = json.loads(plan_path.read_text())
+    change(document)
+    path = folder / "changed_plan.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def first_group(document):
+    return sorted(document["kept"])[0]
+
+
+PLAN_DEFECTS = {
+    "out of range": (lambda d: d["kept"][first_group(d)].append(999), "999"),
+    "duplicate": (
+        lambda d: d["kept"][first_group(d)].insert(0, 0),
+        "must be sorted and distinct, got \\[0, 0, 2",
+    ),
+    "negative": (lambda d: d["kept"][first_group(d)].insert(0, -1), "-1"),
+    "float": (lambda d: d["kept"][first_group(d)].append(1.5), "must be a list of ints"),
+    "empty group": (lambda d: d["kept"].update({first_group(d): []}), "empty|at least one"),
+    "group size": (
+        lambda d: d["group_sizes"].update({first_group(d): d["group_sizes"][first_group(d)] + 10}),
+        r"slicing plan says group .* has \d+ elements, but the model's has",
+    ),
+}
+
+
+@pytest.mark.parametrize("defect", list(PLAN_DEFECTS))
+def test_a_defective_plan_with_a_sliced_checkpoint_is_named_like_with_the_original(
+    trained_checkpoint, tmp_path, defect
+):
+    """The plan's own defect is named (as with the full-size original), not "not the plan it was sliced with"."""
+    change, pattern = PLAN_DEFECTS[defect]
+    checkpoint, plan_path = write_sliced_checkpoint(trained_checkpoint, tmp_path)
+    plan = changed_plan(plan_path, tmp_path, change)
+    for source in (trained_checkpoint, checkpoint):
+        with pytest.raises((StructureError, ExportError), match=pattern) as refused:
+            export_compressed(source, plan, tmp_path / "out")
+        assert "is not the plan" not in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sliced_checkpoint_refuses_a_plan_that_differs_only_in_group_sizes(trained_checkpoint, tmp_path):
+    """A plan whose group sizes disagree with the checkpoint's own plan (same kept indices) is not exported."""
+    checkpoint, plan_path = write_sliced_checkpoint(trained_checkpoint, tmp_path)
+    plan = changed_plan(plan_path, tmp_path, lambda d: d["group_sizes"].update({first_group(d): 310}))
+    with pytest.raises(StructureError, match="has 310 elements, but the model's has"):
+        export_compressed(checkpoint, plan, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    export_compressed(checkpoint, plan_path, tmp_path / "out", formats=["torchscript"])  # its own plan: fine

@@ -33,8 +33,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines import statistics
 from deepiot.baselines.pipeline import METHODS
-from deepiot.baselines.run import DEEPIOT_METHODS, RECIPES, compose_baseline_config, run_baseline
+from deepiot.baselines.run import (
+    DEEPIOT_METHODS,
+    RECIPES,
+    check_baseline_config,
+    compose_baseline_config,
+    run_baseline,
+)
 from deepiot.checkpoint import load_trained_model
+from deepiot.cli import CONFIG_DIR
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.export import export_model, manifest_entries
@@ -210,13 +217,72 @@ class GridError(RuntimeError):
     """Some runs of a grid failed (the others finished and were aggregated)."""
 
 
+def check_grid(grid: Grid) -> None:
+    """Check the grid and every run's settings before the original is trained or any file is written.
+
+    ConfigError names the first bad value: an unknown task, an empty axis, a seed < 0, a budget outside (0, 1]
+    (params, macs) or not > 0 (device units), a folder blocked by a file, a run's config as `run_baseline`
+    checks it (one composed config per recipe × method), or a run folder finished with other overrides.
+    """
+    tasks = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
+    if grid.task not in tasks:
+        raise ConfigError(f"task={grid.task!r} is not an experiment: expected one of {', '.join(tasks)}.")
+    for key, example in (("methods", "magnitude,random"), ("budgets", "0.01,0.02"), ("seeds", "0,1,2"),
+                         ("recipes", "equal,best")):  # fmt: skip
+        if not getattr(grid, key):
+            raise ConfigError(f"{key} is empty: expected at least one value, e.g. {key}={example}.")
+    if any(type(seed) is not int or seed < 0 for seed in grid.seeds):
+        raise ConfigError(f"seeds={list(grid.seeds)} is invalid: expected integers >= 0, e.g. seeds=0,1,2.")
+    if any(type(fold) is not int or fold < 0 for fold in grid.folds):
+        raise ConfigError(f"folds={list(grid.folds)} is invalid: expected integers >= 0, e.g. folds=0-4.")
+    device_units = grid.cost in DEVICE_BUDGETS
+    for budget in grid.budgets:
+        number = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+        if not number or not (budget > 0 if device_units else 0 < budget <= 1):
+            expected = (
+                f"numbers > 0 ({DEVICE_BUDGETS[grid.cost].unit} for cost={grid.cost})"
+                if device_units
+                else f"fractions of the original's {grid.cost} left, in (0, 1]"
+            )
+            given = ",".join(
+                f"{value:g}" if isinstance(value, (int, float)) else repr(value) for value in grid.budgets
+            )
+            raise ConfigError(f"budgets={given} is invalid: expected {expected}.")
+    if type(grid.latency_repeats) is not int or grid.latency_repeats < 1:
+        raise ConfigError(f"latency_repeats={grid.latency_repeats!r} is invalid: expected an integer >= 1.")
+    for key in ("runs_dir", "results_dir"):
+        folder = Path(getattr(grid, key))
+        blocking = next((path for path in (folder, *folder.parents) if path.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ConfigError(
+                f"{key}={folder} cannot be created: {blocking} is an existing file, not a folder."
+            )
+    runs = grid.runs()
+    checked: set[tuple[str, str]] = set()
+    for run in runs:
+        if (run.recipe, run.method) in checked:
+            continue
+        checked.add((run.recipe, run.method))
+        try:
+            check_baseline_config(compose_baseline_config([*run.overrides, f"paths.output_dir={run.folder}"]))
+        except (HydraException, OmegaConfBaseException) as err:
+            message = " ".join(str(err).split())
+            raise ConfigError(f"the overrides of run {run.folder} do not compose: {message}") from err
+    for run in runs:
+        try:
+            finished(run)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+
+
 def run_grid(grid: Grid) -> list[dict[str, Any]]:
     """Run every missing run of the grid (finished ones are skipped), then aggregate; returns the records.
 
-    A run that fails is logged with its error and the grid goes on with the next one; after aggregating what
-    finished, GridError names every failed run. A configuration error (ConfigError: it would fail every run)
-    stops the grid at once, as does a Hydra or OmegaConf error.
+    `check_grid` checks every setting first. A run that fails is logged with its error and the grid goes on
+    with the next one; after aggregating what finished, GridError names every failed run. A configuration error
+    (ConfigError: it would fail every run) stops the grid at once, as does a Hydra or OmegaConf error.
     """
+    check_grid(grid)
     runs, failures, originals = grid.runs(), [], {}
     for index, run in enumerate(runs, start=1):
         if finished(run):

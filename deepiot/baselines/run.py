@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from deepiot.api import OutputOptions, compress
-from deepiot.baselines.pipeline import prune
+from deepiot.baselines.pipeline import METHODS, prune
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR
 from deepiot.compression import CompressionResult
@@ -60,12 +60,9 @@ def finetune_config(cfg: DictConfig) -> FinetuneConfig | None:
 
 def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg.method` on the experiment's trained original into `cfg.paths.output_dir`; returns the report."""
+    recipe, (budget, cost) = check_baseline_config(cfg)
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
-    recipe = finetune_config(cfg)
-    budget, cost = budget_setting(cfg)
-    if cost == "latency_ms":  # a missing or mismatched profile is refused before the original is trained
-        latency_profile(cfg).load(f"a {cost} budget")
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path)
     bundle = load_bundle(cfg)
@@ -89,14 +86,86 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     return result.report
 
 
+def check_baseline_config(cfg: DictConfig) -> tuple[FinetuneConfig | None, tuple[float, str]]:
+    """Every setting a run checks before it trains, loads or writes anything (ConfigError names the first bad
+    one): the root config as deepiot-train/deepiot-compress check it (the device included), the method, the
+    budget, the recipe and the device profile of a latency budget. Returns (recipe, (budget, cost))."""
+    from deepiot.cli.compress import (
+        compression_config,
+        config_device,
+    )  # deferred: the CLI imports Hydra's main
+    from deepiot.train import check_train_config
+
+    check_train_config(cfg)
+    config_device(cfg)
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    check_method_settings(method)
+    recipe = finetune_config(cfg)
+    budget, cost = budget_setting(cfg)
+    if method["name"] == "unstructured" and cost != "params":
+        raise ConfigError(
+            f"method unstructured prunes single weights to a params budget: expected budget.cost=params, got {cost}."
+        )
+    if method["name"] in DEEPIOT_METHODS:
+        compression_config(with_search_settings(cfg))
+    if cost == "latency_ms":  # a missing or mismatched profile is refused before the original is trained
+        latency_profile(cfg).load(f"a {cost} budget")
+    return recipe, (budget, cost)
+
+
+def check_method_settings(method: dict[str, Any]) -> None:
+    """The method group: a known name, and magnitude/random's fraction, counts and normalizer."""
+    name = method.get("name")
+    if name not in (*DEEPIOT_METHODS, *METHODS):
+        raise ConfigError(
+            f"config value method.name={name!r} is invalid: expected one of {', '.join((*DEEPIOT_METHODS, *METHODS))}."
+        )
+    fraction = method.get("fraction")
+    if fraction is not None and not (is_number(fraction) and 0 < fraction <= 1):
+        raise ConfigError(
+            f"config value method.fraction={fraction!r} is invalid: expected null (use the budget) or the kept "
+            "fraction of every group, a number in (0, 1]."
+        )
+    counts = method.get("counts")
+    if counts is not None and not (
+        isinstance(counts, dict) and all(type(count) is int and count >= 1 for count in counts.values())
+    ):
+        raise ConfigError(
+            f"config value method.counts={counts!r} is invalid: expected null (use the budget) or a mapping "
+            "{group: kept count} of integers >= 1, e.g. method.counts={fc1:30,fc2:10}."
+        )
+    if fraction is not None and counts is not None:
+        raise ConfigError(
+            f"method.fraction={fraction} and method.counts={counts} are both set: expected at most one of them."
+        )
+    normalizer = method.get("normalizer", "mean")
+    if normalizer not in ("mean", "max"):
+        raise ConfigError(f"config value method.normalizer={normalizer!r} is invalid: expected mean or max.")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def budget_setting(cfg: DictConfig) -> tuple[float, str]:
-    """(budget, cost): budget.fraction for a params/macs budget, budget.limit for one in device units."""
-    cost, limit = str(cfg.budget.cost), cfg.budget.get("limit")
+    """(budget, cost): budget.fraction for a params/macs budget, budget.limit for one in device units;
+    ConfigError names a bad budget.cost, a fraction outside (0, 1] or a limit that is not > 0."""
+    cost, limit = cfg.budget.cost, cfg.budget.get("limit")
+    if cost not in ("params", "macs", *DEVICE_BUDGETS):
+        raise ConfigError(
+            f"config value budget.cost={cost!r} is invalid: expected params or macs (budget.fraction) or one of "
+            f"{', '.join(DEVICE_BUDGETS)} (budget.limit in device units)."
+        )
     if cost in DEVICE_BUDGETS:
         if limit is None:
             raise ConfigError(
                 f"budget.cost={cost} is a budget in {DEVICE_BUDGETS[cost].unit}: expected budget.limit=<value in "
                 f"{DEVICE_BUDGETS[cost].unit}> (budget.fraction is for params and macs budgets)."
+            )
+        if not (is_number(limit) and limit > 0):
+            raise ConfigError(
+                f"config value budget.limit={limit!r} is invalid: expected a number > 0 "
+                f"({DEVICE_BUDGETS[cost].unit} for budget.cost={cost})."
             )
         return float(limit), cost
     if limit is not None:
@@ -104,7 +173,13 @@ def budget_setting(cfg: DictConfig) -> tuple[float, str]:
             f"budget.limit={limit} is for budgets in device units ({', '.join(DEVICE_BUDGETS)}), but budget.cost="
             f"{cost}: expected budget.fraction for it, or budget.cost=<one of {', '.join(DEVICE_BUDGETS)}>."
         )
-    return float(cfg.budget.fraction), cost
+    fraction = cfg.budget.fraction
+    if not (is_number(fraction) and 0 < fraction <= 1):
+        raise ConfigError(
+            f"config value budget.fraction={fraction!r} is invalid: expected the fraction of the original's "
+            f"{cost} left, a number in (0, 1]."
+        )
+    return float(fraction), cost
 
 
 def latency_profile(cfg: DictConfig) -> LatencyProfile:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -93,3 +95,78 @@ def reported_errors(program: str) -> Iterator[None]:
     except errors as err:
         print(f"{program}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+
+
+# Launchers (hydra.launcher._target_ ends with the key) → the package they import when a sweep starts, and the
+# extra of this project that installs it.
+LAUNCHER_PACKAGES = {
+    "RayLauncher": ("ray", "ray"),
+    "JoblibLauncher": ("joblib", "launchers"),
+    "SlurmLauncher": ("submitit", "launchers"),
+    "LocalLauncher": ("submitit", "launchers"),
+}
+
+
+def check_launcher(config_name: str, arguments: Sequence[str]) -> None:
+    """Before a sweep (`-m`) starts: the launcher's package is installed and its settings are valid.
+
+    The launcher runs inside Hydra, which would answer a missing package or a bad setting with a traceback
+    after writing the sweep folder; ConfigError says what to install or set instead. The root config is
+    composed with the command line's plain overrides (sweeps left out); when it does not compose, Hydra's own
+    run reports that.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from deepiot.utils import ConfigError
+
+    if not any(argument in ("-m", "--multirun") for argument in arguments):
+        return
+    try:
+        candidates = [argument for argument in arguments if "=" in argument and not argument.startswith("-")]
+        parsed = OverridesParser.create().parse_overrides(candidates)
+        overrides = [override.input_line for override in parsed if not override.is_sweep_override()]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    except Exception as err:  # noqa: BLE001 - Hydra's own run reports what does not compose, but a launcher's
+        text = " ".join(f"{err} {err.__cause__ or ''}".split())  # setting of the wrong type is named here
+        if "hydra.launcher." in text:
+            raise ConfigError(f"the sweep launcher's settings are invalid: {text}") from None
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    target = str(launcher.get("_target_", ""))
+    package, extra = LAUNCHER_PACKAGES.get(target.rsplit(".", 1)[-1], (None, None))
+    if package is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"the sweep launcher {target} needs the Python package {package!r}, which is not installed: "
+                f'install it with pip install -e ".[{extra}]" (from the repository root), or choose another '
+                "launcher (hydra/launcher=parallel, or none for one job after another)."
+            )
+    n_jobs = launcher.get("n_jobs", None) if "Joblib" in target else None
+    if n_jobs is not None and (type(n_jobs) is not int or n_jobs == 0):
+        raise ConfigError(
+            f"config value hydra.launcher.n_jobs={n_jobs!r} is invalid: expected the number of jobs at once, an "
+            "integer >= 1 (or -1: one per CPU core)."
+        )
+
+
+def checked_launcher(program: str, config_name: str) -> Any:
+    """Decorate a `@hydra.main` entry point so that `check_launcher` runs first: a bad launcher ends with
+    `<program>: error: ...` and exit status 2 before Hydra writes anything."""
+
+    def decorate(hydra_main: Any) -> Any:
+        @functools.wraps(hydra_main)
+        def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            if cfg_passthrough is None:
+                with reported_errors(program):
+                    check_launcher(config_name, sys.argv[1:])
+            return hydra_main(cfg_passthrough)
+
+        return main
+
+    return decorate

@@ -17,9 +17,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from deepiot.cli import CONFIG_DIR, reported_errors
+from deepiot.cli import CONFIG_DIR, checked_launcher, reported_errors
 
 
+@checked_launcher("deepiot-baseline", "baseline")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baseline")
 def main(cfg: DictConfig) -> float:
     """Run, print a one-line summary, and return the compressed model's validation accuracy."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deepiot.cli import CONFIG_DIR, reported_errors
+from deepiot.cli import CONFIG_DIR, checked_launcher, reported_errors
 from deepiot.export import ExportError, ExportResult, export_compressed
 
 
@@ -26,10 +26,11 @@ def run_export(cfg: DictConfig) -> ExportResult:
         )
     formats = list(cfg.formats) if OmegaConf.is_list(cfg.formats) else [cfg.formats]
     check_export_settings(cfg)
-    if not isinstance(cfg.get("int8", False), bool):
-        raise ExportError(f"config value int8={cfg.int8!r} is invalid: expected true or false.")
-    if cfg.get("int8", False) and "onnx" not in formats:
-        raise ExportError("int8=true quantises the ONNX model; add onnx to formats.")
+    int8 = check_int8_settings(cfg, formats)
+    if int8:  # everything int8 needs, the calibration data included, is loaded before anything is exported
+        from deepiot.quantize import checkpoint_datasets, export_int8
+
+        train, test = checkpoint_datasets(cfg.checkpoint)
     result = export_compressed(
         cfg.checkpoint,
         cfg.plan,
@@ -38,19 +39,34 @@ def run_export(cfg: DictConfig) -> ExportResult:
         check=bool(cfg.check),
         onnx_exporter=cfg.onnx_exporter,
     )
-    if cfg.get("int8", False):
-        from deepiot.quantize import checkpoint_datasets, export_int8
-
-        train, test = checkpoint_datasets(cfg.checkpoint)
-        int8 = export_int8(
+    if int8:
+        quantized = export_int8(
             result.paths["manifest"].parent,
             train,
             test,
-            windows=int(cfg.int8_windows),
+            windows=cfg.int8_windows,
             max_drop_points=float(cfg.get("int8_max_drop", 1.0)),
         )
-        result.paths["onnx_int8"] = int8.path
+        result.paths["onnx_int8"] = quantized.path
     return result
+
+
+def check_int8_settings(cfg: DictConfig, formats: list) -> bool:
+    """int8 (true or false) and, when true, int8_windows (an integer >= 1) and onnx among the formats."""
+    int8 = cfg.get("int8", False)
+    if not isinstance(int8, bool):
+        raise ExportError(f"config value int8={int8!r} is invalid: expected true or false.")
+    if not int8:
+        return False
+    if "onnx" not in formats:
+        raise ExportError("int8=true quantises the ONNX model; add onnx to formats.")
+    windows = cfg.get("int8_windows")
+    if type(windows) is not int or windows < 1:
+        raise ExportError(
+            f"config value int8_windows={windows!r} is invalid: expected the number of calibration windows "
+            "drawn from the training split, an integer >= 1 (default 256)."
+        )
+    return True
 
 
 def check_export_settings(cfg: DictConfig) -> None:
@@ -82,6 +98,7 @@ def describe(result: ExportResult) -> str:
     return "\n".join(["[deepiot-export] wrote", *lines, f"  max |exported - PyTorch|: {checked}"])
 
 
+@checked_launcher("deepiot-export", "export")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """Run the export and print where it went; bad inputs end with their message and exit status 2."""

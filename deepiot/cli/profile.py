@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from deepiot.cli import CONFIG_DIR, reported_errors
+from deepiot.cli import CONFIG_DIR, checked_launcher, reported_errors
 from deepiot.device.ort_profile import SUITE_NAME, TIMINGS_NAME
 from deepiot.device.profile import (
     PROFILE_NAME,
@@ -36,7 +36,7 @@ def run_profile(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage not in STAGES:
         raise ProfileError(f"stage must be one of {STAGES}, got {cfg.stage!r}.")
     config = ProfileConfig(**{field.name: cfg[field.name] for field in fields(ProfileConfig)})
-    out_dir = Path(cfg.out_dir)
+    out_dir = checked_out_dir(cfg.out_dir)
     if cfg.stage == "all":
         return profile_device(config, out_dir)
     suite_dir = out_dir / "suite"
@@ -56,6 +56,20 @@ def run_profile(cfg: DictConfig) -> dict[str, Any]:
     return write_profile(fit_profile(suite["entries"], timings, config), out_dir)
 
 
+def checked_out_dir(value: Any) -> Path:
+    """`out_dir` as a Path, refused (ProfileError) when it is not a string or a file blocks the folder."""
+    if not isinstance(value, str) or not value:
+        raise ProfileError(f"config value out_dir={value!r} is invalid: expected a folder path (a string).")
+    out_dir = Path(value)
+    blocking = next((path for path in (out_dir, *out_dir.parents) if path.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ProfileError(
+            f"out_dir {out_dir} cannot be created: {blocking} is an existing file, not a folder. Expected a "
+            "folder (existing or new) for device_profile.json, fit.png and suite/; pass another out_dir=..."
+        )
+    return out_dir
+
+
 def describe(result: dict[str, Any], out_dir: str) -> str:
     """Where the profile went and its fit quality against the goals."""
     if "suite" in result:
@@ -72,6 +86,7 @@ def describe(result: dict[str, Any], out_dir: str) -> str:
     return "\n".join(lines)
 
 
+@checked_launcher("deepiot-profile", "profile")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="profile")
 def main(cfg: DictConfig) -> None:
     """Profile, fit and print the fit quality; bad settings end with their message and exit status 2."""

@@ -26,6 +26,8 @@ PLOT_NAME = "fit.png"
 PROFILE_FORMAT = "deepiot-device-profile/1"
 RUNTIMES = ("onnxruntime", "torch")
 STATISTICS = ("median", "p10")
+# what a profile must hold to price latency: top-level objects and their keys
+PROFILE_KEYS = {"environment": ("runtime", "threads"), "latency_model": ("kinds", "overhead")}
 GOALS = {"median_abs_rel_error": 0.10, "spearman": 0.90}
 CALIBRATION_SLICINGS = (1, 2, 3)  # per reference model: fit the overhead; all other slicings validate
 
@@ -51,6 +53,23 @@ class ProfileConfig:
     statistic: str = "median"  # fitted and validated per configuration: "median", or "p10" on a busy host
 
     def __post_init__(self) -> None:
+        for name in (
+            "threads",
+            "seed",
+            "per_kind",
+            "per_model",
+            "per_reference_layer",
+            "warmup",
+            "repeats",
+            "rounds",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise ProfileError(f"config value {name}={value!r} has the wrong type: expected an integer.")
+        if isinstance(self.heldout_fraction, bool) or not isinstance(self.heldout_fraction, (int, float)):
+            raise ProfileError(
+                f"config value heldout_fraction={self.heldout_fraction!r} has the wrong type: expected a number."
+            )
         if self.runtime not in RUNTIMES:
             raise ProfileError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}.")
         if self.threads < 1 or self.warmup < 0 or not 1 <= self.rounds <= self.repeats:
@@ -249,9 +268,31 @@ def load_profile(path: str | Path) -> dict[str, Any]:
     path = path / PROFILE_NAME if path.is_dir() else path
     if not path.is_file():
         raise ProfileError(f"no device profile at {path}; make one with deepiot-profile.")
-    profile = json.loads(path.read_text())
+    try:
+        profile = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProfileError(
+            f"{path} is not valid JSON ({err}): expected the device_profile.json written by deepiot-profile; "
+            "it may be truncated: profile again."
+        ) from err
+    if not isinstance(profile, dict):
+        raise ProfileError(
+            f"{path} holds a JSON {type(profile).__name__}, not a {PROFILE_FORMAT} document: expected the "
+            "JSON object written by deepiot-profile."
+        )
     if profile.get("format") != PROFILE_FORMAT:
         raise ProfileError(f"{path} is not a {PROFILE_FORMAT} document (format {profile.get('format')!r}).")
+    missing = []
+    for key, inner_keys in PROFILE_KEYS.items():
+        if not isinstance(profile.get(key), dict):
+            missing.append(key)
+        else:
+            missing += [f"{key}.{inner}" for inner in inner_keys if inner not in profile[key]]
+    if missing:
+        raise ProfileError(
+            f"{path} is an incomplete {PROFILE_FORMAT} document: it lacks {', '.join(missing)}. Expected the "
+            "whole device_profile.json written by deepiot-profile (environment, latency_model, ...): profile again."
+        )
     return profile
 
 

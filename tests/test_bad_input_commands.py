@@ -1,0 +1,307 @@
+"""Bad input on deepiot-baseline, scripts/reproduce.py, deepiot-export int8 and the launchers: one
+`<program>: error: ...` paragraph naming the bad key and what was expected, exit status 2, no traceback,
+before any long work and before any file is written (the rest of the battery is test_bad_input_battery.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from deepiot.baselines.run import compose_baseline_config, run_baseline
+from deepiot.cli import reported_errors
+
+
+@pytest.fixture(autouse=True)
+def clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+BASELINE_CASES = {
+    "device=cuda": (["device=cuda"], r"trainer.device='cuda' cannot be used here: .*CUDA device"),
+    "device=tpu": (["device=tpu"], r"trainer.device='tpu' is not a torch device: expected e.g. cpu"),
+    "budget.fraction=abc": (
+        ["budget.fraction=abc"],
+        r"config value budget.fraction='abc' is invalid: expected .* a number in \(0, 1\]",
+    ),
+    "budget.fraction=1.5": (["budget.fraction=1.5"], r"budget.fraction=1.5 is invalid: expected"),
+    "budget.fraction=0": (["budget.fraction=0"], r"budget.fraction=0 is invalid: expected"),
+    "budget.limit=0": (
+        ["budget.cost=model_kb", "budget.limit=0"],
+        r"budget.limit=0 is invalid: expected a number > 0 \(KiB for budget.cost=model_kb\)",
+    ),
+    "budget.cost=energy": (
+        ["budget.cost=energy"],
+        r"budget.cost='energy' is invalid: expected params or macs",
+    ),
+    "method.fraction=1.5": (
+        ["method.fraction=1.5"],
+        r"config value method.fraction=1.5 is invalid: expected null .* a number in \(0, 1\]",
+    ),
+    "method.fraction=0": (["method=random", "method.fraction=0"], r"method.fraction=0 is invalid"),
+    "method.counts=3": (["method.counts=3"], r"method.counts=3 is invalid: expected null .* integers >= 1"),
+    "method.normalizer": (
+        ["method.normalizer=median"],
+        r"method.normalizer='median' is invalid: expected mean",
+    ),
+    "unstructured macs": (
+        ["method=unstructured", "budget.cost=macs"],
+        "method unstructured prunes single weights to a params budget: expected budget.cost=params",
+    ),
+    "recipe": (["recipe=fancy"], "recipe must be one of equal, best, got 'fancy'"),
+    "deepiot critic.lr": (["method=deepiot", "critic.lr=-1"], "critic.lr"),
+}
+
+
+@pytest.mark.parametrize("case_id", list(BASELINE_CASES))
+def test_deepiot_baseline_refuses_bad_settings_before_training(case_id, tmp_path, capsys):
+    overrides, pattern = BASELINE_CASES[case_id]
+    cfg = compose_baseline_config(
+        [*overrides, f"paths.output_dir={tmp_path / 'run'}", f"paths.original_dir={tmp_path / 'original'}"]
+    )
+    with pytest.raises(SystemExit) as stopped, reported_errors("deepiot-baseline"):
+        run_baseline(cfg)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("deepiot-baseline: error: ") and err.count("error:") == 1, err
+    assert re.search(pattern, err), (pattern, err)
+    assert files_under(tmp_path) == []  # nothing trained, nothing written
+
+
+# ---------------------------------------------------------------------------------------------- scripts/reproduce.py
+
+REPRODUCE_CASES = {
+    "task=nosuch": (["task=nosuch"], r"task='nosuch' is not an experiment: expected one of .*lenet5_mnist"),
+    "seeds=a,b": (["seeds=a,b"], r"seeds='a,b' is invalid: expected comma-separated integers >= 0"),
+    "seeds=-1": (["seeds=-1"], r"seeds=\[-1\] is invalid: expected integers >= 0"),
+    "seeds=": (["seeds="], "seeds is empty: expected at least one value"),
+    "methods=foo": (["methods=foo"], r"unknown method\(s\) \['foo'\]; choose from deepiot, magnitude"),
+    "methods=": (["methods="], "methods is empty: expected at least one value"),
+    "recipes=foo": (["recipes=foo"], "recipes must be among equal, best, got"),
+    "cost=energy": (["cost=energy"], "cost must be params or macs .* got 'energy'"),
+    "budgets=abc": (["budgets=abc"], "budgets='abc' is invalid: expected comma-separated numbers"),
+    "budgets=0": (
+        ["budgets=0"],
+        r"budgets=0 is invalid: expected fractions of the original's params left, in \(0, 1\]",
+    ),
+    "budgets=1.5": (["budgets=0.1,1.5"], r"budgets=0.1,1.5 is invalid: expected fractions"),
+    "budgets=-0.02": (["budgets=-0.02"], "budgets=-0.02 is invalid"),
+    "cost=model_kb budgets=0": (
+        ["cost=model_kb", "budgets=0"],
+        r"budgets=0 is invalid: expected numbers > 0 \(KiB for cost=model_kb\)",
+    ),
+    "latency_repeats=x": (["latency_repeats=x"], "latency_repeats='x' is invalid: expected an integer >= 1"),
+    "latency_repeats=0": (["latency_repeats=0"], "latency_repeats=0 is invalid: expected an integer >= 1"),
+    "latency without profile": (
+        ["cost=latency_ms", "budgets=0.1"],
+        "a latency_ms budget needs a device profile",
+    ),
+    "unknown override": (["finetune.stepz=3"], r"do not compose: Could not override 'finetune.stepz'"),
+    "bad override value": (
+        ["trainer.lr=abc"],
+        r"config value trainer.lr='abc' is invalid: expected a number > 0",
+    ),
+    "method override": (["methods=random", "method.fraction=1.5"], r"method.fraction=1.5 is invalid"),
+    "runs_dir is a file": (
+        ["runs_dir={tmp}/occupied"],
+        "runs_dir=.*occupied cannot be created: .* is an existing file",
+    ),
+    "no key=value": (["foo"], "expected key=value, got 'foo'"),
+}
+
+
+def load_reproduce_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("reproduce_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case_id", list(REPRODUCE_CASES))
+def test_reproduce_refuses_a_bad_grid_before_any_work(case_id, tmp_path, capsys, monkeypatch):
+    arguments, pattern = REPRODUCE_CASES[case_id]
+    (tmp_path / "occupied").write_text("someone's file\n")
+    folders = [f"runs_dir={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}"]
+    folders += [f"paths.original_dir={tmp_path / 'original'}"]
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    task = [] if any(argument.startswith("task=") for argument in arguments) else ["task=lenet5_mnist"]
+    monkeypatch.setattr("sys.argv", ["reproduce.py", *task, *folders, *arguments])
+    script = load_reproduce_script()
+    monkeypatch.setattr(script, "run_grid", lambda grid: pytest.fail("the grid ran"))
+    with pytest.raises(SystemExit) as stopped:
+        script.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("reproduce.py: error: ") and err.count("error:") == 1, err
+    assert re.search(pattern, err), (pattern, err)
+    assert files_under(tmp_path) == ["occupied"]  # no original, run folder or result written
+
+
+def test_harness_checks_every_run_before_the_original_is_trained(tmp_path):
+    """A run folder finished with other overrides is found before the original is trained or a run is made."""
+    from deepiot.baselines import reproduce
+    from deepiot.utils import ConfigError
+
+    grid = reproduce.Grid(
+        task="lenet5_mnist",
+        methods=("magnitude", "random"),
+        budgets=(0.1,),
+        seeds=(0,),
+        runs_dir=tmp_path / "runs",
+        results_dir=tmp_path / "results",
+        overrides=(f"paths.original_dir={tmp_path / 'original'}",),
+    )
+    last = grid.runs()[-1]
+    last.folder.mkdir(parents=True)
+    (last.folder / reproduce.RESULT_FILE).write_text('{"overrides": ["experiment=other"]}\n')
+    before = files_under(tmp_path)
+    with pytest.raises(ConfigError, match="was written by a run with other overrides"):
+        reproduce.run_grid(grid)
+    assert files_under(tmp_path) == before  # the original was not trained, the first run not made
+
+
+# ---------------------------------------------------------------------------------------------- deepiot-export int8
+
+
+@pytest.fixture
+def checkpoint_without_its_data(tmp_path):
+    """A trained LSTM checkpoint whose recorded dataset (an npz file) is gone."""
+    import torch
+
+    from deepiot.checkpoint import save_checkpoint
+    from deepiot.models import build_model
+
+    model_config = {
+        "_target_": "deepiot.models.LSTMClassifier",
+        "hidden_size": 8,
+        "num_layers": 1,
+        "bidirectional": False,
+        "input_shape": [16, 6],
+        "num_classes": 4,
+    }
+    torch.manual_seed(0)
+    payload = {
+        "kind": "trained_model",
+        "model_config": model_config,
+        "state_dict": build_model(model_config).state_dict(),
+        "metrics": {"test_accuracy": 0.5, "val_accuracy": 0.5},
+        "config": {
+            "data": {"dataset": {"_target_": "deepiot.data.load_npz", "path": str(tmp_path / "gone.npz")}}
+        },
+        "data": {"name": "gone", "input_shape": [16, 6], "num_classes": 4},
+    }
+    save_checkpoint(payload, tmp_path / "run" / "model.pt")
+    return tmp_path / "run" / "model.pt"
+
+
+INT8_CASES = {
+    "int8_windows=0": (["int8_windows=0"], r"int8_windows=0 is invalid: expected .* an integer >= 1"),
+    "int8_windows=abc": (["int8_windows=abc"], r"int8_windows='abc' is invalid: expected"),
+    "int8_windows=1.5": (["int8_windows=1.5"], r"int8_windows=1.5 is invalid: expected"),
+    "dataset gone": (
+        [],
+        r"int8 export calibrates on the training split of the dataset .*model.pt was trained on .* cannot be "
+        r"loaded: npz file .*gone.npz does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("case_id", list(INT8_CASES))
+def test_int8_export_refuses_before_exporting_anything(
+    case_id, checkpoint_without_its_data, tmp_path, capsys
+):
+    from hydra import compose, initialize_config_dir
+
+    from deepiot.cli import CONFIG_DIR
+    from deepiot.cli.export import run_export
+
+    overrides, pattern = INT8_CASES[case_id]
+    before = files_under(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="export",
+            overrides=[f"checkpoint={checkpoint_without_its_data}", "int8=true", *overrides],
+        )
+    with pytest.raises(SystemExit) as stopped, reported_errors("deepiot-export"):
+        run_export(cfg)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("deepiot-export: error: ") and err.count("deepiot-export: error:") == 1, err
+    assert re.search(pattern, err, flags=re.S), (pattern, err)
+    assert files_under(tmp_path) == before  # no model.onnx, model.ts or manifest
+
+
+# ---------------------------------------------------------------------------------------------- launchers
+
+
+def test_a_launcher_whose_package_is_missing_is_refused_with_the_install_command(monkeypatch):
+    import importlib.util
+
+    from deepiot.cli import check_launcher
+    from deepiot.utils import ConfigError
+
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "ray" else real_find_spec(name, *args),
+    )
+    with pytest.raises(ConfigError, match=r"needs the Python package 'ray', .* pip install -e \"\.\[ray\]\""):
+        check_launcher("config", ["-m", "hydra/launcher=ray_cluster", "seed=0,1"])
+    check_launcher("config", ["hydra/launcher=ray_cluster", "seed=1"])  # no sweep: the launcher is not used
+
+
+@pytest.mark.parametrize(("n_jobs", "fine"), [("0", False), ("abc", False), ("2", True), ("-1", True)])
+def test_joblib_n_jobs_is_checked_before_the_sweep(n_jobs, fine):
+    from deepiot.cli import check_launcher
+    from deepiot.utils import ConfigError
+
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    arguments = ["-m", "hydra/launcher=parallel", f"hydra.launcher.n_jobs={n_jobs}", "seed=0,1"]
+    if fine:
+        check_launcher("baseline", arguments)
+    else:
+        with pytest.raises(
+            ConfigError,
+            match=rf"hydra.launcher.n_jobs={n_jobs}.* (is invalid: expected .* integer >= 1|could not be converted)",
+        ):
+            check_launcher("baseline", arguments)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "expected"),
+    [
+        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 is invalid"),
+        (["hydra/launcher=ray_cluster"], r"needs the Python package 'ray'"),
+    ],
+)
+def test_real_command_line_refuses_a_bad_launcher_before_the_sweep(launcher, expected, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    pytest.importorskip(
+        "hydra_plugins.hydra_ray_launcher" if "ray" in expected else "hydra_plugins.hydra_joblib_launcher"
+    )
+    if "ray" in expected and importlib.util.find_spec("ray") is not None:
+        pytest.skip("Ray is installed here")
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "deepiot.cli.train", "-m", *launcher, "seed=0,1"]
+    command += [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.original_dir={tmp_path / 'original'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("deepiot-train: error: ") and re.search(expected, done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
+    assert files_under(tmp_path) == []  # no sweep folder
