@@ -82,7 +82,7 @@ REPRODUCE_CASES = {
     "seeds=a,b": (["seeds=a,b"], r"seeds='a,b' is invalid: expected comma-separated integers >= 0"),
     "seeds=-1": (["seeds=-1"], r"seeds=\[-1\] is invalid: expected integers >= 0"),
     "seeds=": (["seeds="], "seeds is empty: expected at least one value"),
-    "methods=foo": (["methods=foo"], r"unknown method\(s\) \['foo'\]; choose from deepiot, magnitude"),
+    "methods=foo": (["methods=foo"], r"unknown method\(s\) \['foo'\]; choose from deepiot, deepiot_inverted, magnitude"),
     "methods=": (["methods="], "methods is empty: expected at least one value"),
     "recipes=foo": (["recipes=foo"], "recipes must be among equal, best, got"),
     "cost=energy": (["cost=energy"], "cost must be params or macs .* got 'energy'"),

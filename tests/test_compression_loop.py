@@ -246,6 +246,7 @@ def test_inverted_mask_scale_divides_each_sampled_mask_by_its_keep_probability()
     inverted = scale_critic_masks(masks, probs, "inverted")["fc1"]
     assert torch.equal(inverted, torch.tensor([[2.0, 0.0, 10.0], [0.0, 1.25, 10.0]]))
     assert scale_critic_masks(masks, probs, "none")["fc1"] is masks["fc1"]
+    assert scale_critic_masks(masks, probs, "inverted", recurrent=["fc1"])["fc1"] is masks["fc1"]  # inside a recurrence
     with pytest.raises(ValueError, match="critic.mask_scale must be one of"):
         CriticConfig(mask_scale="half")
 

@@ -110,7 +110,10 @@ def compressor_critic_step(parts: LoopParts, state: LoopState, measure_variance:
         inputs, labels = parts.batches.inputs[indices], parts.batches.labels[indices]
         sampling = MaskDistribution(state.keep_logits, tau, decay)
         masks = sampling.sample(batch_size, parts.mask_generator)  # z: {group: [B, size]} of 0/1
-        masks = scale_critic_masks(masks, sampling.keep_probs, parts.config.critic.mask_scale)  # z or z / p
+        recurrent = [group.name for group in parts.structure.groups if group.kind == "rnn"]
+        masks = scale_critic_masks(
+            masks, sampling.keep_probs, parts.config.critic.mask_scale, recurrent
+        )  # z or z/p
         parts.network.train()
         critic_loss = distillation_loss(
             parts.network(inputs, masks),
