@@ -96,7 +96,8 @@ def main() -> None:
         records = aggregate(grid) if aggregate_only else run_grid(grid)
     except (GridError, ConfigError) as error:
         fail(str(error))
-    print(f"[reproduce] {grid.task}: {len(records)} runs → {grid.results_dir / grid.task / 'table.md'}")
+    table = grid.results_dir / grid.task / ('cv' if grid.folds else '') / 'table.md'
+    print(f"[reproduce] {grid.task}: {len(records)} runs → {table}")
 
 
 if __name__ == "__main__":

@@ -189,12 +189,13 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     # magnitude: two seeds per fold averaging exactly 2 points below DeepIoT on every fold
     records += [cv_record("magnitude", fold, seed, accuracy - 0.02 + (0.01 if seed else -0.01))
                 for fold, accuracy in deepiot.items() for seed in (0, 1)]  # fmt: skip
-    summary = {row["method"]: row for row in reproduce.summarise_folds(records)}
+    summary = {row["method"]: row for row in reproduce.summarise_folds(records, {0: 0.91, 1: 0.81, 2: 0.96})}
     assert summary["magnitude"]["folds"] == [0, 1, 2] and summary["magnitude"]["seeds"] == 6
     assert summary["magnitude"]["test_accuracy"] == pytest.approx(sum(deepiot.values()) / 3 - 0.02)
     difference = summary["magnitude"]["diff_vs_reference"]
     assert difference["mean"] == pytest.approx(-0.02) and difference["significant"] is True
     assert summary["deepiot"]["diff_vs_reference"] is None
+    assert summary["deepiot"]["diff_vs_original"]["mean"] == pytest.approx(-0.01)  # 1 point below on every fold
     low, high = summary["deepiot"]["test_accuracy_low"], summary["deepiot"]["test_accuracy_high"]
     assert low < summary["deepiot"]["test_accuracy"] < high
     original = reproduce.summarise_originals(
@@ -202,5 +203,5 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     )
     table = reproduce.cv_table("task", list(summary.values()), original)
     assert "| equal | magnitude | 3% params | 3 | 6 | 9,000 | 3.00% | 4.00% |" in table
-    assert "| -2.00 [-2.00, -2.00] * |" in table
+    assert "| -2.00 [-2.00, -2.00] * | -3.00 [-3.00, -3.00] * |" in table
     assert "fold 0: 95.00%" in table

@@ -425,7 +425,9 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
         originals = [
             json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/original/{RESULT_FILE}"))
         ]
-        write_results(grid.task, grid.results_dir / grid.task / "cv", folded, summarise_folds(folded),
+        original_accuracy = {original["fold"]: original["test_accuracy"] for original in originals}
+        summary = summarise_folds(folded, original_accuracy)
+        write_results(grid.task, grid.results_dir / grid.task / "cv", folded, summary,
                       summarise_originals(originals), cv_table)  # fmt: skip
     return single + folded
 
@@ -480,9 +482,12 @@ def per_fold(members: Iterable[Mapping[str, Any]], key: str) -> dict[int, float]
     return statistics.fold_means(values)
 
 
-def summarise_folds(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def summarise_folds(
+    records: Iterable[Mapping[str, Any]], originals: Mapping[int, float] | None = None
+) -> list[dict[str, Any]]:
     """Per (recipe, method, cost, budget): mean over folds (seeds averaged inside a fold) with the 95% interval
-    of every SUMMARY_KEYS value, and the paired difference in test accuracy to REFERENCE_METHOD on shared folds."""
+    of every SUMMARY_KEYS value, and the paired differences in test accuracy to REFERENCE_METHOD and to the folds'
+    originals (`originals`: {fold: test accuracy}) on shared folds."""
     groups = group_runs(records)
     rows = []
     for (recipe, method, cost, budget), members in sorted(groups.items()):
@@ -503,11 +508,17 @@ def summarise_folds(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
             difference = statistics.paired_difference(
                 per_fold(members, "test_accuracy"), per_fold(reference, "test_accuracy")
             )
-        row["diff_vs_reference"] = (
-            None if difference is None else difference._asdict() | {"significant": difference.significant}
+        row["diff_vs_reference"] = interval_record(difference)
+        row["diff_vs_original"] = interval_record(
+            statistics.paired_difference(per_fold(members, "test_accuracy"), originals or {})
         )
         rows.append(row)
     return rows
+
+
+def interval_record(interval: statistics.Interval | None) -> dict[str, Any] | None:
+    """An interval as a JSON-ready dict (mean, low, high, count, significant), or None."""
+    return None if interval is None else interval._asdict() | {"significant": interval.significant}
 
 
 def summarise_originals(originals: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -609,8 +620,8 @@ def cv_table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[
         f"in test accuracy to {REFERENCE_METHOD} on the same folds, in points (* : the interval excludes 0).",
         "",
         "| recipe | method | budget | folds | runs | params | params left | MACs left | test accuracy (%) "
-        f"| Δ vs {REFERENCE_METHOD} (points) | ONNX latency (ms) |",
-        "|-|-|-|-|-|-|-|-|-|-|-|",
+        f"| Δ vs {REFERENCE_METHOD} (points) | Δ vs original (points) | ONNX latency (ms) |",
+        "|-|-|-|-|-|-|-|-|-|-|-|-|",
     ]
     for row in summary:
         note = " (nonzero, sparse)" if row["sparse"] else ""
@@ -618,7 +629,8 @@ def cv_table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[
             f"| {row['recipe']} | {row['method']} | {budget_text(row['budget'], row['cost'])} | {len(row['folds'])} "
             f"| {row['seeds']} | {row['params']:,.0f} | {100 * row['params_left']:.2f}%{note} "
             f"| {100 * row['macs_left']:.2f}% | {interval_text(row, 'test_accuracy')} "
-            f"| {difference_text(row['diff_vs_reference'])} | {row['latency_ms']:.3f} |"
+            f"| {difference_text(row['diff_vs_reference'])} | {difference_text(row.get('diff_vs_original'))} "
+            f"| {row['latency_ms']:.3f} |"
         )
     if any(row["sparse"] for row in summary):
         lines += ["", "Unstructured rows count nonzero parameters of a model of the original shape (sparse storage, "
