@@ -1,9 +1,11 @@
-"""`deepiot-export`: export a trained checkpoint, optionally sliced by a slicing plan, to TorchScript + ONNX.
+"""`deepiot-export`: export a trained checkpoint, optionally sliced by a slicing plan, to TorchScript + ONNX
+(+ ExecuTorch `model.pte` with formats=[torchscript,onnx,executorch], which needs the `[edge]` extra).
 
 Examples:
     deepiot-export checkpoint=outputs/train/lenet5_mnist/model.pt
     deepiot-export checkpoint=outputs/train/lenet5_mnist/model.pt plan=<compress run>/slicing_plan.json \
         out_dir=exports/lenet5_small formats=[onnx]
+    deepiot-export checkpoint=outputs/train/lenet5_mnist/model.pt formats=[torchscript,onnx,executorch]
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def check_export_settings(cfg: DictConfig) -> None:
     if blocking is not None and not blocking.is_dir():
         raise ExportError(
             f"out_dir {out_dir} cannot be created: {blocking} is an existing file, not a folder. Expected a "
-            "folder (existing or new) for model.ts, model.onnx and manifest.json; pass another out_dir=..."
+            "folder (existing or new) for model.ts, model.onnx, model.pte and manifest.json; pass another out_dir=..."
         )
 
 
