@@ -42,8 +42,9 @@ FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "executorch": "mo
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "slicing_plan.json"
 INT8_NAME = "model.int8.onnx"  # written by deepiot.quantize.export_int8 after an export
+EXECUTORCH_INT8_NAME = "model.int8.pte"  # written by deepiot.edge.export_int8_executorch after an export
 # Files an earlier export may have left in the folder; removed when this export does not rewrite them.
-KNOWN_ARTIFACTS = (*FILE_NAMES.values(), PLAN_NAME, INT8_NAME)
+KNOWN_ARTIFACTS = (*FILE_NAMES.values(), PLAN_NAME, INT8_NAME, EXECUTORCH_INT8_NAME)
 # An export passes its check when every output element is within TOLERANCE + RELATIVE_TOLERANCE * |PyTorch's|
 # (numpy.allclose): float32 rounding grows with the size of the outputs (logits of random inputs reach tens),
 # and a frozen TorchScript module folds batch norm into the convolutions (1.3e-5 seen on DeepSense).
@@ -114,6 +115,11 @@ def export_model(
         with eval_mode(model), _quiet_exporters():
             manifest = _write_formats(model, sample_inputs, staging, formats, onnx_exporter, freeze)
             max_abs_diff = _check_formats(model, sample_inputs, staging, formats) if check else {}
+            if check and "executorch" in formats:  # the runtime is known to work: time the program too
+                from deepiot.edge import executorch_latency
+
+                pte = staging / FILE_NAMES["executorch"]
+                manifest["executorch"]["latency"] = executorch_latency({"fp32": pte}, sample_inputs)["fp32"]
             manifest["cost"] = measure_cost(model, sample_inputs)._asdict()
         for name, content in (extra_files or {}).items():
             (staging / name).write_bytes(content)
@@ -151,20 +157,7 @@ def export_compressed(
         ExportError: the plan was made for another model (different model_config).
         StructureError: the plan's groups or indices do not fit the model's structure.
     """
-    extra_files: dict[str, bytes] = {}
-    if load_checkpoint(checkpoint_path).get("kind") == SLICED_MODEL_KIND:
-        model, checkpoint = load_sliced_model(checkpoint_path)
-        plan = SlicingPlan.from_dict(checkpoint["slicing_plan"])
-        if plan_path is not None:
-            _check_same_plan(plan, SlicingPlan.load(plan_path), Path(plan_path), Path(checkpoint_path))
-        extra_files[PLAN_NAME] = json.dumps(plan.to_dict(), indent=2).encode()
-        example = example_input(checkpoint["model_config"])
-    else:
-        model, checkpoint = load_trained_model(checkpoint_path)
-        example = example_input(checkpoint["model_config"])
-        if plan_path is not None:
-            model = _sliced_model(model, checkpoint["model_config"], Path(plan_path), example)
-            extra_files[PLAN_NAME] = Path(plan_path).read_bytes()
+    model, checkpoint, example, extra_files = load_export_model(checkpoint_path, plan_path)
     out_dir = Path(checkpoint_path).parent / "export" if out_dir is None else Path(out_dir)
     manifest_extra = manifest_entries(
         checkpoint["model_config"],
@@ -183,6 +176,27 @@ def export_compressed(
         onnx_exporter=onnx_exporter,
         extra_files=extra_files,
     )
+
+
+def load_export_model(
+    checkpoint_path: str | os.PathLike[str], plan_path: str | os.PathLike[str] | None
+) -> tuple[nn.Module, dict[str, Any], Tensor, dict[str, bytes]]:
+    """The model `export_compressed` exports: (model, checkpoint, example input, extra files (the plan))."""
+    extra_files: dict[str, bytes] = {}
+    if load_checkpoint(checkpoint_path).get("kind") == SLICED_MODEL_KIND:
+        model, checkpoint = load_sliced_model(checkpoint_path)
+        plan = SlicingPlan.from_dict(checkpoint["slicing_plan"])
+        if plan_path is not None:
+            _check_same_plan(plan, SlicingPlan.load(plan_path), Path(plan_path), Path(checkpoint_path))
+        extra_files[PLAN_NAME] = json.dumps(plan.to_dict(), indent=2).encode()
+        example = example_input(checkpoint["model_config"])
+    else:
+        model, checkpoint = load_trained_model(checkpoint_path)
+        example = example_input(checkpoint["model_config"])
+        if plan_path is not None:
+            model = _sliced_model(model, checkpoint["model_config"], Path(plan_path), example)
+            extra_files[PLAN_NAME] = Path(plan_path).read_bytes()
+    return model, checkpoint, example, extra_files
 
 
 def example_input(model_config: Mapping[str, Any]) -> Tensor:
@@ -349,6 +363,7 @@ _COMPUTED_MANIFEST_KEYS = (
     "torchscript",
     "onnx",
     "executorch",
+    "executorch_int8",
     "cost",
     "check",
     "files",

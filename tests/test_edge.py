@@ -5,6 +5,7 @@ lowered, and a missing ExecuTorch, end in an ExportError that names the cause an
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -201,3 +202,132 @@ def test_missing_executorch_is_an_export_error_with_the_install_command(tmp_path
             nn.Linear(3, 2), torch.randn(1, 3), tmp_path / "out", manifest_extra={}, formats=["executorch"]
         )
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ latency and int8
+
+
+def test_export_times_the_program_at_batch_one(tmp_path, executorch):
+    export_model(nn.Linear(6, 3), torch.randn(1, 6), tmp_path, manifest_extra={}, formats=["executorch"])
+    latency = read_manifest(tmp_path)["executorch"]["latency"]
+    assert latency["batch_size"] == 1 and latency["threads"] == 1 and latency["repeats"] == 100
+    assert 0 < latency["p10_ms"] <= latency["median_ms"] <= latency["p90_ms"]
+
+
+def test_unchecked_export_runs_no_runtime(tmp_path, executorch):
+    export_model(
+        nn.Linear(6, 3), torch.randn(1, 6), tmp_path, manifest_extra={}, formats=["executorch"], check=False
+    )
+    manifest = read_manifest(tmp_path)
+    assert manifest["check"] is None and "latency" not in manifest["executorch"]
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory, trained_model, data):
+    pytest.importorskip("executorch")
+    from deepiot.edge import export_int8_executorch
+
+    out_dir = tmp_path_factory.mktemp("int8")
+    export_model(trained_model, torch.randn(1, 1, 28, 28), out_dir, manifest_extra={}, formats=["executorch"])
+    return export_int8_executorch(trained_model, out_dir, data[0], data[2], windows=64, latency_repeats=20)
+
+
+def test_int8_program_is_smaller_and_as_accurate_as_fp32(int8_export, trained_model, data):
+    report = int8_export.report
+    out_dir = int8_export.path.parent
+    assert int8_export.path.name == "model.int8.pte"
+    assert report["fp32"]["bytes"] == (out_dir / "model.pte").stat().st_size
+    assert report["int8"]["bytes"] == int8_export.path.stat().st_size
+    assert report["size_ratio"] > 3  # int8 weights (+ per-channel scales) against float32
+    assert report["accuracy_drop_points"] <= 1.0 and report["check"]["passed"]
+    assert report["output"]["top1_agreement"] >= 0.95
+    assert report["int8"]["delegates"] == {"XnnpackBackend": 1}
+    assert report["int8"]["planned_memory_bytes"] > 0
+    assert report["int8"]["latency"]["median_ms"] > 0 and report["fp32"]["latency"]["repeats"] == 20
+    assert report["calibration"]["windows"] == 64 and report["calibration"]["split"] == "train"
+    # the fp32 accuracy is the fp32 program's, which is PyTorch's
+    inputs, labels = data[2].tensors
+    with torch.no_grad():
+        expected = (trained_model(inputs).argmax(1) == labels).float().mean().item()
+    assert report["fp32"]["test_accuracy"] == pytest.approx(expected)
+
+
+def test_manifest_records_the_int8_program(int8_export):
+    manifest = read_manifest(int8_export.path.parent)
+    assert manifest["executorch_int8"]["accuracy_drop_points"] == int8_export.report["accuracy_drop_points"]
+    assert manifest["files"]["model.int8.pte"]["bytes"] == int8_export.path.stat().st_size
+
+
+def test_int8_past_the_bound_is_refused_and_leaves_no_file(tmp_path, int8_export, trained_model, data):
+    from deepiot.edge import export_int8_executorch
+
+    for name in ("model.pte", "manifest.json"):
+        shutil.copy(int8_export.path.parent / name, tmp_path / name)
+    before = read_manifest(tmp_path)
+    with pytest.raises(ExportError, match="int8 ExecuTorch program refused"):
+        export_int8_executorch(
+            trained_model, tmp_path, data[0], data[2], windows=64, max_drop_points=-1.0, latency_repeats=1
+        )
+    assert not (tmp_path / "model.int8.pte").exists()
+    assert read_manifest(tmp_path) == before
+
+
+def test_int8_needs_the_fp32_program(tmp_path, executorch, trained_model, data):
+    from deepiot.edge import export_int8_executorch
+
+    with pytest.raises(ExportError, match=r"formats=\[...,executorch\] first"):
+        export_int8_executorch(trained_model, tmp_path, data[0])
+
+
+def test_recurrent_int8_program_without_test_split(tmp_path, executorch):
+    from torch.utils.data import TensorDataset
+
+    from deepiot.edge import export_int8_executorch
+
+    torch.manual_seed(0)
+    model = DeepSense(input_shape=(8, 6), conv_channels=8, gru_hidden=6).eval()  # 2 GRU steps
+    windows = TensorDataset(torch.randn(48, 8, 6), torch.zeros(48, dtype=torch.long))
+    export_model(model, torch.randn(1, 8, 6), tmp_path, manifest_extra={}, formats=["executorch"])
+    result = export_int8_executorch(model, tmp_path, windows, None, windows=32, latency_repeats=10)
+    report = result.report
+    assert report["output"]["windows"] == 16  # the 16 training windows not drawn for calibration
+    assert "test_accuracy" not in report["int8"] and report["check"]["passed"]
+    assert report["output"]["relative_error"] < 0.1
+    assert report["int8"]["delegates"]["XnnpackBackend"] >= 1
+
+
+def test_cli_int8_with_executorch_writes_both_int8_files(
+    tmp_path, executorch, trained_model, data, monkeypatch
+):
+    import deepiot.quantize
+
+    checkpoint = tmp_path / "run" / "model.pt"
+    save_checkpoint(
+        {
+            "kind": "trained_model",
+            "model_config": {**LENET300_CONFIG, "hidden1": 60, "hidden2": 30},
+            "state_dict": trained_model.state_dict(),
+            "metrics": {},
+            "config": {},
+        },
+        checkpoint,
+    )
+    monkeypatch.setattr(deepiot.quantize, "checkpoint_datasets", lambda path: (data[0], data[2]))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="export",
+            overrides=[
+                f"checkpoint={checkpoint}",
+                "formats=[onnx,executorch]",
+                "onnx_exporter=torchscript",
+                "int8=true",
+                "int8_windows=32",
+            ],
+        )
+    result = run_export(cfg)
+    assert result.paths["onnx_int8"].name == "model.int8.onnx"
+    assert result.paths["executorch_int8"].name == "model.int8.pte"
+    manifest = read_manifest(checkpoint.parent / "export")
+    assert {"int8", "executorch_int8"} <= set(manifest)
+    assert {"model.onnx", "model.int8.onnx", "model.pte", "model.int8.pte"} <= set(manifest["files"])

@@ -30,8 +30,11 @@ def run_export(cfg: DictConfig) -> ExportResult:
     check_export_settings(cfg)
     if not isinstance(cfg.get("int8", False), bool):
         raise ExportError(f"config value int8={cfg.int8!r} is invalid: expected true or false.")
-    if cfg.get("int8", False) and "onnx" not in formats:
-        raise ExportError("int8=true quantises the ONNX model; add onnx to formats.")
+    if cfg.get("int8", False) and "onnx" not in formats and "executorch" not in formats:
+        raise ExportError(
+            "int8=true quantises the ONNX model (and the ExecuTorch one); add onnx to formats "
+            "(or executorch)."
+        )
     result = export_compressed(
         cfg.checkpoint,
         cfg.plan,
@@ -44,14 +47,20 @@ def run_export(cfg: DictConfig) -> ExportResult:
         from deepiot.quantize import checkpoint_datasets, export_int8
 
         train, test = checkpoint_datasets(cfg.checkpoint)
-        int8 = export_int8(
-            result.paths["manifest"].parent,
-            train,
-            test,
-            windows=int(cfg.int8_windows),
-            max_drop_points=float(cfg.get("int8_max_drop", 1.0)),
-        )
-        result.paths["onnx_int8"] = int8.path
+        export_dir = result.paths["manifest"].parent
+        windows, max_drop = int(cfg.int8_windows), float(cfg.get("int8_max_drop", 1.0))
+        if "onnx" in formats:
+            int8 = export_int8(export_dir, train, test, windows=windows, max_drop_points=max_drop)
+            result.paths["onnx_int8"] = int8.path
+        if "executorch" in formats:  # PT2E quantisation of the PyTorch model, lowered to XNNPACK
+            from deepiot.edge import export_int8_executorch
+            from deepiot.export import load_export_model
+
+            model = load_export_model(cfg.checkpoint, cfg.plan)[0]
+            int8_pte = export_int8_executorch(
+                model, export_dir, train, test, windows=windows, max_drop_points=max_drop
+            )
+            result.paths["executorch_int8"] = int8_pte.path
     return result
 
 
