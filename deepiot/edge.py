@@ -218,8 +218,15 @@ def executorch_runner(path: Path) -> Callable[[tuple[Tensor, ...]], list[np.ndar
         per_window = []
         for index in range(batch_size):
             window = [value[index : index + 1].contiguous() for value in inputs]
+            try:
+                outputs = method.execute(window)
+            except Exception as error:  # a kernel failing at run time (ExecuTorch logs the operator)
+                raise EdgeError(
+                    f"ExecuTorch's runtime fails to run {Path(path).name} ({type(error).__name__}: {error}); "
+                    "its log above names the failing operator"
+                ) from error
             # copies: the outputs live in the method's planned arena, which the next call overwrites
-            per_window.append([np.array(output, copy=True) for output in method.execute(window)])
+            per_window.append([np.array(output, copy=True) for output in outputs])
         return [np.concatenate(outputs, axis=0) for outputs in zip(*per_window, strict=True)]
 
     return run
