@@ -1,6 +1,8 @@
-"""Export a (sliced) model to TorchScript and ONNX, check both against PyTorch, and describe it in a manifest.
+"""Export a (sliced) model to TorchScript, ONNX and ExecuTorch, check each against PyTorch, and describe it in a
+manifest.
 
-The output folder holds `model.ts`, `model.onnx`, `manifest.json` (input shape/layout, normalisation,
+The output folder holds `model.ts`, `model.onnx`, optionally `model.pte` (ExecuTorch, deepiot.edge),
+`manifest.json` (input shape/layout, normalisation,
 classes, params, MACs, memory, accuracy, exporter, file hashes) and, for a compressed model, the
 `slicing_plan.json` it was built from. Files are staged in a temporary folder and moved in with
 `os.replace`, manifest last, so a crash or a failed check never leaves a half-written export behind.
@@ -35,18 +37,20 @@ from deepiot.structure import SlicingPlan, Structure, build_sliced_model
 from deepiot.structure.plan import rebuild_original
 from deepiot.utils import describe_differences
 
-FORMATS = ("torchscript", "onnx")
-FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
+FORMATS = ("torchscript", "onnx", "executorch")
+DEFAULT_FORMATS = ("torchscript", "onnx")  # executorch needs the optional [edge] extra
+FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "executorch": "model.pte"}
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "slicing_plan.json"
 INT8_NAME = "model.int8.onnx"  # written by deepiot.quantize.export_int8 after an export
+EXECUTORCH_INT8_NAME = "model.int8.pte"  # written by deepiot.edge.export_int8_executorch after an export
 # Files an earlier export may have left in the folder; removed when this export does not rewrite them.
-KNOWN_ARTIFACTS = (*FILE_NAMES.values(), PLAN_NAME, INT8_NAME)
+KNOWN_ARTIFACTS = (*FILE_NAMES.values(), PLAN_NAME, INT8_NAME, EXECUTORCH_INT8_NAME)
 # An export passes its check when every output element is within TOLERANCE + RELATIVE_TOLERANCE * |PyTorch's|
 # (numpy.allclose): float32 rounding grows with the size of the outputs (logits of random inputs reach tens),
 # and a frozen TorchScript module folds batch norm into the convolutions (1.3e-5 seen on DeepSense).
-TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4}
-RELATIVE_TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4}
+TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4, "executorch": 1e-4}
+RELATIVE_TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4, "executorch": 1e-4}
 CHECK_BATCH_SIZES = (1, 3)
 TRACE_BATCH_SIZE = 2  # >1 so the dynamo exporter keeps the batch axis symbolic (size 1 would be specialised)
 OnnxExporter = Literal["auto", "dynamo", "torchscript"]
@@ -70,22 +74,24 @@ def export_model(
     out_dir: str | os.PathLike[str],
     *,
     manifest_extra: Mapping[str, Any],
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     check: bool = True,
     onnx_exporter: OnnxExporter = "auto",
     freeze: bool = True,
     extra_files: Mapping[str, bytes] | None = None,
 ) -> ExportResult:
-    """Export `model` to TorchScript (`model.ts`) and/or ONNX (`model.onnx`, dynamic batch axis 0).
+    """Export `model` to TorchScript (`model.ts`), ONNX (`model.onnx`, dynamic batch axis 0) and/or ExecuTorch
+    (`model.pte`, batch 1, XNNPACK delegate; see deepiot.edge).
 
     Args:
         model: the module to export; run in eval mode (its training flag is restored afterwards).
         example_inputs: a tensor or tuple of tensors whose axis 0 is the batch; fixes the per-sample shapes.
         out_dir: destination folder (created if missing); earlier deepiot artifacts in it are replaced.
         manifest_extra: extra top-level manifest entries (normalisation, class names, metrics, ...).
-        formats: any of "torchscript", "onnx".
+        formats: any of "torchscript", "onnx", "executorch" (the last needs the `[edge]` extra).
         check: reload each file and compare it with PyTorch on random inputs of batch sizes 1 and 3
-            (numpy.allclose: within 1e-4 + 1e-4·|output| for both); a larger difference raises ExportError.
+            (numpy.allclose: within 1e-4 + 1e-4·|output| for all; the batch-1 ExecuTorch program runs the
+            batch of 3 window by window in ExecuTorch's runtime); a larger difference raises ExportError.
         onnx_exporter: "auto" uses the TorchScript-based exporter (`dynamo=False`) for models with recurrent
             layers — the dynamo exporter takes minutes to unroll even a tiny GRU/LSTM — and
             `torch.onnx.export(dynamo=True)` for the others; either falls back to the other exporter on
@@ -94,6 +100,10 @@ def export_model(
         extra_files: name → content of further files to publish and hash with the export.
     """
     formats = _check_arguments(formats, manifest_extra, extra_files or {}, onnx_exporter)
+    if "executorch" in formats:
+        from deepiot.edge import executorch_modules
+
+        executorch_modules()  # missing ExecuTorch fails here, with the install command, before any work
     sample_inputs = _as_tensor_inputs(example_inputs)
     out_dir = Path(out_dir)
     _check_model_and_destination(model, sample_inputs, out_dir)
@@ -106,6 +116,11 @@ def export_model(
         with eval_mode(model), _quiet_exporters():
             manifest = _write_formats(model, sample_inputs, staging, formats, onnx_exporter, freeze)
             max_abs_diff = _check_formats(model, sample_inputs, staging, formats) if check else {}
+            if check and "executorch" in formats:  # the runtime is known to work: time the program too
+                from deepiot.edge import executorch_latency
+
+                pte = staging / FILE_NAMES["executorch"]
+                manifest["executorch"]["latency"] = executorch_latency({"fp32": pte}, sample_inputs)["fp32"]
             manifest["cost"] = measure_cost(model, sample_inputs)._asdict()
         for name, content in (extra_files or {}).items():
             (staging / name).write_bytes(content)
@@ -127,7 +142,7 @@ def export_compressed(
     plan_path: str | os.PathLike[str] | None,
     out_dir: str | os.PathLike[str] | None = None,
     *,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     check: bool = True,
     onnx_exporter: OnnxExporter = "auto",
 ) -> ExportResult:
@@ -143,23 +158,7 @@ def export_compressed(
         ExportError: the plan was made for another model (different model_config).
         StructureError: the plan's groups or indices do not fit the model's structure.
     """
-    extra_files: dict[str, bytes] = {}
-    if load_checkpoint(checkpoint_path).get("kind") == SLICED_MODEL_KIND:
-        model, checkpoint = load_sliced_model(checkpoint_path)
-        plan = SlicingPlan.from_dict(checkpoint["slicing_plan"])
-        if plan_path is not None:
-            # the given plan's own defects first, named against the full-size structure it describes
-            config = checkpoint["model_config"]
-            given = _checked_plan(Path(plan_path), config, rebuild_original(config), example_input(config))
-            _check_same_plan(plan, given, Path(plan_path), Path(checkpoint_path))
-        extra_files[PLAN_NAME] = json.dumps(plan.to_dict(), indent=2).encode()
-        example = example_input(checkpoint["model_config"])
-    else:
-        model, checkpoint = load_trained_model(checkpoint_path)
-        example = example_input(checkpoint["model_config"])
-        if plan_path is not None:
-            model = _sliced_model(model, checkpoint["model_config"], Path(plan_path), example)
-            extra_files[PLAN_NAME] = Path(plan_path).read_bytes()
+    model, checkpoint, example, extra_files = load_export_model(checkpoint_path, plan_path)
     out_dir = Path(checkpoint_path).parent / "export" if out_dir is None else Path(out_dir)
     manifest_extra = manifest_entries(
         checkpoint["model_config"],
@@ -178,6 +177,30 @@ def export_compressed(
         onnx_exporter=onnx_exporter,
         extra_files=extra_files,
     )
+
+
+def load_export_model(
+    checkpoint_path: str | os.PathLike[str], plan_path: str | os.PathLike[str] | None
+) -> tuple[nn.Module, dict[str, Any], Tensor, dict[str, bytes]]:
+    """The model `export_compressed` exports: (model, checkpoint, example input, extra files (the plan))."""
+    extra_files: dict[str, bytes] = {}
+    if load_checkpoint(checkpoint_path).get("kind") == SLICED_MODEL_KIND:
+        model, checkpoint = load_sliced_model(checkpoint_path)
+        plan = SlicingPlan.from_dict(checkpoint["slicing_plan"])
+        if plan_path is not None:
+            # the given plan's own defects first, named against the full-size structure it describes
+            config = checkpoint["model_config"]
+            given = _checked_plan(Path(plan_path), config, rebuild_original(config), example_input(config))
+            _check_same_plan(plan, given, Path(plan_path), Path(checkpoint_path))
+        extra_files[PLAN_NAME] = json.dumps(plan.to_dict(), indent=2).encode()
+        example = example_input(checkpoint["model_config"])
+    else:
+        model, checkpoint = load_trained_model(checkpoint_path)
+        example = example_input(checkpoint["model_config"])
+        if plan_path is not None:
+            model = _sliced_model(model, checkpoint["model_config"], Path(plan_path), example)
+            extra_files[PLAN_NAME] = Path(plan_path).read_bytes()
+    return model, checkpoint, example, extra_files
 
 
 def example_input(model_config: Mapping[str, Any]) -> Tensor:
@@ -356,6 +379,8 @@ _COMPUTED_MANIFEST_KEYS = (
     "output",
     "torchscript",
     "onnx",
+    "executorch",
+    "executorch_int8",
     "cost",
     "check",
     "files",
@@ -441,6 +466,10 @@ def _write_formats(
             "file": path.name,
             **_save_onnx(model, trace_inputs, len(outputs), path, onnx_exporter),
         }
+    if "executorch" in formats:
+        from deepiot.edge import save_executorch
+
+        manifest["executorch"] = save_executorch(model, sample_inputs, staging / FILE_NAMES["executorch"])
     return manifest
 
 
@@ -585,7 +614,13 @@ def _onnx_runner(path: Path):
     return lambda inputs: session.run(None, onnx_feed(session, inputs))
 
 
-_RUNNER_LOADERS = {"torchscript": _torchscript_runner, "onnx": _onnx_runner}
+def _executorch_runner(path: Path):
+    from deepiot.edge import executorch_runner
+
+    return executorch_runner(path)
+
+
+_RUNNER_LOADERS = {"torchscript": _torchscript_runner, "onnx": _onnx_runner, "executorch": _executorch_runner}
 
 
 def _max_abs_diff(expected: list[Tensor], actual: list[np.ndarray]) -> float:

@@ -8,6 +8,12 @@ if ! python3 -c "import hydra_plugins.hydra_ray_launcher" 2>/dev/null; then
   echo "[setup] installing the Hydra Ray launcher plugin (config only, --no-deps)"
   python3 -m pip install --quiet --no-deps hydra-ray-launcher==1.2.2
 fi
+if ! python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('executorch') and u.find_spec('torchao')))" 2>/dev/null; then
+  # the [edge] extra (ExecuTorch export tests), pinned and --no-deps: its full dependency list pulls ~20 packages
+  # (coremltools, pandas, scikit-learn, ...) that deepiot never imports; ~22 MB download, ~160 MB installed
+  echo "[setup] installing ExecuTorch (the [edge] extra, --no-deps)"
+  python3 -m pip install --quiet --no-deps executorch==1.5.1 torchao==0.18.0 ruamel.yaml==0.19.1 tabulate==0.10.0
+fi
 if ! command -v qemu-x86_64 >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # lets tests/test_quantize.py run ONNX Runtime's int8 kernels as on an AVX2 CPU without VNNI (they skip without it)
   echo "[test] installing qemu-user (emulated-CPU int8 check)"

@@ -109,7 +109,7 @@ def test_int8_needs_an_onnx_export(tmp_path, data):
             "int8_windows": 8,
         }
     )
-    with pytest.raises(ExportError, match="add onnx to formats"):
+    with pytest.raises(ExportError, match=r"add onnx to formats \(or executorch\)"):
         run_export(config)
 
 

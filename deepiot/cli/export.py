@@ -1,9 +1,11 @@
-"""`deepiot-export`: export a trained checkpoint, optionally sliced by a slicing plan, to TorchScript + ONNX.
+"""`deepiot-export`: export a trained checkpoint, optionally sliced by a slicing plan, to TorchScript + ONNX
+(+ ExecuTorch `model.pte` with formats=[torchscript,onnx,executorch], which needs the `[edge]` extra).
 
 Examples:
     deepiot-export checkpoint=outputs/train/lenet5_mnist/model.pt
     deepiot-export checkpoint=outputs/train/lenet5_mnist/model.pt plan=<compress run>/slicing_plan.json \
         out_dir=exports/lenet5_small formats=[onnx]
+    deepiot-export checkpoint=outputs/train/lenet5_mnist/model.pt formats=[torchscript,onnx,executorch]
 """
 
 from __future__ import annotations
@@ -40,26 +42,35 @@ def run_export(cfg: DictConfig) -> ExportResult:
         onnx_exporter=cfg.onnx_exporter,
     )
     if int8:
-        quantized = export_int8(
-            result.paths["manifest"].parent,
-            train,
-            test,
-            windows=cfg.int8_windows,
-            max_drop_points=float(cfg.get("int8_max_drop", 1.0)),
-        )
-        result.paths["onnx_int8"] = quantized.path
+        export_dir = result.paths["manifest"].parent
+        windows, max_drop = cfg.int8_windows, float(cfg.get("int8_max_drop", 1.0))
+        if "onnx" in formats:
+            int8 = export_int8(export_dir, train, test, windows=windows, max_drop_points=max_drop)
+            result.paths["onnx_int8"] = int8.path
+        if "executorch" in formats:  # PT2E quantisation of the PyTorch model, lowered to XNNPACK
+            from deepiot.edge import export_int8_executorch
+            from deepiot.export import load_export_model
+
+            model = load_export_model(cfg.checkpoint, cfg.plan)[0]
+            int8_pte = export_int8_executorch(
+                model, export_dir, train, test, windows=windows, max_drop_points=max_drop
+            )
+            result.paths["executorch_int8"] = int8_pte.path
     return result
 
 
 def check_int8_settings(cfg: DictConfig, formats: list) -> bool:
-    """int8 (true or false) and, when true, int8_windows (an integer >= 1) and onnx among the formats."""
+    """int8 (true or false) and, when true, int8_windows (an integer >= 1) and onnx or executorch among the
+    formats."""
     int8 = cfg.get("int8", False)
     if not isinstance(int8, bool):
         raise ExportError(f"config value int8={int8!r} is invalid: expected true or false.")
     if not int8:
         return False
-    if "onnx" not in formats:
-        raise ExportError("int8=true quantises the ONNX model; add onnx to formats.")
+    if "onnx" not in formats and "executorch" not in formats:
+        raise ExportError(
+            "int8=true quantises the ONNX model (and the ExecuTorch one); add onnx to formats (or executorch)."
+        )
     windows = cfg.get("int8_windows")
     if type(windows) is not int or windows < 1:
         raise ExportError(
@@ -87,7 +98,7 @@ def check_export_settings(cfg: DictConfig) -> None:
     if blocking is not None and not blocking.is_dir():
         raise ExportError(
             f"out_dir {out_dir} cannot be created: {blocking} is an existing file, not a folder. Expected a "
-            "folder (existing or new) for model.ts, model.onnx and manifest.json; pass another out_dir=..."
+            "folder (existing or new) for model.ts, model.onnx, model.pte and manifest.json; pass another out_dir=..."
         )
 
 
