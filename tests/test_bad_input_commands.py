@@ -118,13 +118,9 @@ REPRODUCE_CASES = {
 
 
 def load_reproduce_script():
-    import importlib.util
+    import deepiot.cli.reproduce
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
-    spec = importlib.util.spec_from_file_location("reproduce_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return deepiot.cli.reproduce
 
 
 @pytest.mark.parametrize("case_id", list(REPRODUCE_CASES))
@@ -142,7 +138,7 @@ def test_reproduce_refuses_a_bad_grid_before_any_work(case_id, tmp_path, capsys,
         script.main()
     err = capsys.readouterr().err
     assert stopped.value.code == 2
-    assert err.startswith("reproduce.py: error: ") and err.count("error:") == 1, err
+    assert err.startswith("deepiot-reproduce: error: ") and err.count("error:") == 1, err
     assert re.search(pattern, err), (pattern, err)
     assert files_under(tmp_path) == ["occupied"]  # no original, run folder or result written
 

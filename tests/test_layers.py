@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"finetune", "train"},
     {"device"},
     {"compression"},
-    {"export", "report", "quantize"},
+    {"export", "report", "quantize", "edge"},
     {"api", "env"},
     {"baselines"},
     {"cli"},

@@ -34,6 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 from deepiot.baselines import statistics
 from deepiot.baselines.pipeline import METHODS
 from deepiot.baselines.run import (
+    CONFIG_DIR,
     DEEPIOT_METHODS,
     RECIPES,
     check_baseline_config,
@@ -41,7 +42,6 @@ from deepiot.baselines.run import (
     run_baseline,
 )
 from deepiot.checkpoint import load_trained_model
-from deepiot.cli import CONFIG_DIR
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.export import export_model, manifest_entries

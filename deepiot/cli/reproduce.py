@@ -1,0 +1,105 @@
+"""Reproduction harness (`deepiot-reproduce`, or `python scripts/reproduce.py`): task × fold × method × budget ×
+seed, resumable (finished runs are skipped), aggregated.
+
+    deepiot-reproduce task=lenet5_mnist
+    deepiot-reproduce task=lenet5_mnist methods=magnitude,random,torch_pruning,unstructured \
+        budgets=0.01,0.02,0.035 seeds=0,1,2 recipes=equal,best finetune.steps=3000
+
+Grid keys: task, methods, budgets, seeds, folds (e.g. 0-4: cross-validation folds of the data config's fold
+protocol, each with its own original; tables in <results_dir>/<task>/cv/), recipes (equal | best), cost (params | macs: budgets are fractions;
+latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with cost.profile=... among the overrides), runs_dir
+(default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only.
+Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
+compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);
+<results_dir>/<task>/ receives results.json, table.md and pareto_<recipe>.png.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from deepiot.baselines.reproduce import (
+    Grid,
+    GridError,
+    aggregate,
+    check_grid,
+    parse_folds,
+    parse_values,
+    run_grid,
+)
+from deepiot.utils import ConfigError
+
+GRID_KEYS = {
+    "methods": lambda text: parse_values(text, str),
+    "budgets": lambda text: parse_values(text, float),
+    "seeds": lambda text: parse_values(text, int),
+    "folds": parse_folds,
+    "recipes": lambda text: parse_values(text, str),
+    "cost": str,
+    "runs_dir": Path,
+    "results_dir": Path,
+    "latency_repeats": int,
+}
+
+# what each grid key takes, for the error message of a value that does not parse
+EXPECTED = {
+    "budgets": "comma-separated numbers, e.g. budgets=0.01,0.02",
+    "seeds": "comma-separated integers >= 0, e.g. seeds=0,1,2",
+    "latency_repeats": "an integer >= 1",
+}
+
+
+def fail(message: str) -> NoReturn:
+    """The one error paragraph on stderr, exit status 2 (as the deepiot-* commands)."""
+    print(f"deepiot-reproduce: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse(arguments: list[str]) -> tuple[Grid, bool]:
+    """key=value arguments → (Grid, aggregate_only)."""
+    values, overrides, aggregate_only = {}, [], False
+    for argument in arguments:
+        key, separator, value = argument.partition("=")
+        if not separator:
+            fail(f"expected key=value, got {argument!r} (see --help in the docstring).")
+        if key == "task":
+            values["task"] = value
+        elif key == "aggregate_only":
+            aggregate_only = value.lower() in ("1", "true", "yes")
+        elif key in GRID_KEYS:
+            try:
+                values[key] = GRID_KEYS[key](value)
+            except ValueError:
+                fail(f"{key}={value!r} is invalid: expected {EXPECTED.get(key, 'another value')}.")
+        else:
+            overrides.append(argument)
+    if "task" not in values:
+        fail("task=<experiment name> is required, e.g. task=lenet5_mnist.")
+    return Grid(**values, overrides=tuple(overrides)), aggregate_only
+
+
+def main() -> None:
+    if any(argument in ("-h", "--help") for argument in sys.argv[1:]):
+        print(__doc__)
+        return
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        grid, aggregate_only = parse(sys.argv[1:])
+        check_grid(grid)  # every setting of every run, before the original is trained or a file written
+    except ValueError as error:  # Grid's own checks and check_grid's ConfigError
+        fail(str(error))
+    try:
+        records = aggregate(grid) if aggregate_only else run_grid(grid)
+    except (GridError, ConfigError) as error:
+        fail(str(error))
+    table = grid.results_dir / grid.task / ('cv' if grid.folds else '') / 'table.md'
+    print(f"[reproduce] {grid.task}: {len(records)} runs → {table}")
+
+
+if __name__ == "__main__":
+    main()
