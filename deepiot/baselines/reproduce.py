@@ -645,6 +645,8 @@ def plot_pareto(
     from deepiot.report import _pyplot
 
     plt = _pyplot()
+    from matplotlib import ticker
+
     figure, panels = plt.subplots(1, 3, figsize=(15, 4))
     axes_keys = (("params_left", "params left (%)", 100.0), ("macs_left", "MACs left (%)", 100.0),
                  ("latency_ms", "ONNX Runtime latency, batch 1, 1 thread (ms)", 1.0))  # fmt: skip
@@ -670,6 +672,9 @@ def plot_pareto(
             axes.axhline(100 * original["test_accuracy"], color="gray", linestyle="--", label="original")
         if key != "latency_ms":
             axes.set_xscale("log")
+            axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 3, 10 rather than 3×10⁰
+            axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+        axes.set_ylim(top=min(axes.get_ylim()[1], 100.5))  # an interval may reach past 100%
         axes.set_xlabel(label)
         axes.set_ylabel("test accuracy (%)")
     panels[0].legend(fontsize=7)
