@@ -48,6 +48,7 @@ TINY_GRID = (
 )
 # Ray on one machine, loopback only: without this Ray replaces 127.0.0.1 by the machine's routable address
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+NO_DRAIN = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # the head stops at once on SIGTERM
 
 
 def job_env(**extra: str) -> dict[str, str]:
@@ -77,7 +78,7 @@ def ray_head():
     command = ["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
                "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--include-dashboard=false",
                "--disable-usage-stats"]  # fmt: skip
-    head = subprocess.Popen(command, cwd=temp_dir, env=job_env(), stdout=log_file, stderr=subprocess.STDOUT,
+    head = subprocess.Popen(command, cwd=temp_dir, env=job_env(**NO_DRAIN), stdout=log_file, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     saved = {key: os.environ.get(key) for key in (*LOOPBACK, "RAY_ADDRESS")}
     try:
@@ -94,24 +95,41 @@ def ray_head():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        stop_process_group(head.pid)
+        stop_process_group(head)
         log_file.close()
 
 
-def stop_process_group(group: int) -> None:
-    """SIGTERM the Ray head's process group (every Ray process it started), SIGKILL what is left after 40 s."""
+def live_members(group: int) -> list[int]:
+    """The processes of process group `group` that are not zombies."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def stop_process_group(head: subprocess.Popen) -> None:
+    """SIGTERM the Ray head's process group (every Ray process it started), SIGKILL what is left after 30 s."""
     for sent in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(group, sent)
+            os.killpg(head.pid, sent)
         except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 40
+            break
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                os.killpg(group, 0)
-            except ProcessLookupError:
-                return
+            head.poll()  # reaps `ray start` itself
+            if not live_members(head.pid):
+                break
             time.sleep(0.5)
+        else:
+            continue
+        break
+    head.wait(timeout=30)
+    assert not live_members(head.pid), "Ray processes outlived the test"
 
 
 def sweep(cwd: Path, *launcher: str) -> str:
@@ -151,7 +169,7 @@ def test_ray_cluster_sweep_runs_two_jobs_on_the_cluster_and_a_rerun_skips_them(r
         tmp_path, "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_head}"
     )
     assert output.count(f"Connecting to existing Ray cluster at address: {ray_head}") == 2
-    assert output.count("(run_job_in pid=") >= 2  # the jobs' output, relayed from the Ray workers
+    assert output.count("(_run_job pid=") >= 2  # the jobs' output, relayed from the Ray workers
 
 
 def test_submitit_local_sweep_runs_two_subprocess_jobs_and_a_rerun_skips_them(tmp_path):

@@ -72,9 +72,11 @@ def launcher_config(*overrides: str) -> dict:
         (
             "ray_cluster",
             "hydra_ray_launcher",
-            "deepiot.launchers.ray_cluster.RayClusterLauncher",
-            {"ray": {"init": {"address": "auto", "object_store_memory": None},
-                     "remote": {"num_gpus": 0, "num_cpus": 4}}},
+            "ray_launcher.RayLauncher",
+            {"ray": {"init": {"address": "auto", "object_store_memory": None, "runtime_env": {
+                "env_vars": {"DEEPIOT_LAUNCH_DIR": "${deepiot.cwd:}"},
+                "worker_process_setup_hook": "deepiot.launchers.ray_cluster.enter_launch_folder"}},
+                "remote": {"max_retries": 0, "num_gpus": 0, "num_cpus": 4}}},
         ),
     ],
 )  # fmt: skip
@@ -85,8 +87,7 @@ def test_launcher_configs_compose_onto_the_plugins_schema(launcher, plugin, targ
     for variable in ("DEEPIOT_CPUS_PER_JOB", "DEEPIOT_GPUS_PER_JOB"):
         monkeypatch.delenv(variable, raising=False)
     config = launcher_config(f"hydra/launcher={launcher}")
-    expected = target if target.startswith("deepiot.") else f"hydra_plugins.{plugin}.{target}"
-    assert config["_target_"] == expected
+    assert config["_target_"] == f"hydra_plugins.{plugin}.{target}"
     assert {key: config[key] for key in settings} == settings
 
 
