@@ -4,6 +4,7 @@ and through submitit's LocalExecutor, each rerun to see both jobs skipped; the r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -68,8 +69,12 @@ def free_port() -> int:
 def ray_head():
     """A Ray head of 2 CPUs on 127.0.0.1 (`ray start --head --block` in its own process group, its own temp dir);
     yields its address; the teardown ends that process group, also when a test failed."""
-    pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    # not imported here: Ray reads its settings (LOOPBACK) when imported; the drivers are subprocesses
+    if (
+        importlib.util.find_spec("ray") is None
+        or importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
+    ):
+        pytest.skip('Ray and its Hydra launcher are not installed (pip install -e ".[ray]")')
     temp_dir = Path(
         tempfile.mkdtemp(prefix="rt", dir="/tmp")
     )  # short: Ray's socket paths have a length limit
@@ -80,21 +85,14 @@ def ray_head():
                "--disable-usage-stats"]  # fmt: skip
     head = subprocess.Popen(command, cwd=temp_dir, env=job_env(**NO_DRAIN), stdout=log_file, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
-    saved = {key: os.environ.get(key) for key in (*LOOPBACK, "RAY_ADDRESS")}
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started" not in (temp_dir / "head.log").read_text():
             if head.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray start failed:\n{(temp_dir / 'head.log').read_text()[-3000:]}")
             time.sleep(1)
-        os.environ.update(LOOPBACK)  # this process joins the cluster too (the grid test)
         yield f"127.0.0.1:{port}"
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         stop_process_group(head)
         log_file.close()
 
@@ -175,7 +173,7 @@ def test_ray_cluster_sweep_runs_two_jobs_on_the_cluster_and_a_rerun_skips_them(r
 def test_submitit_local_sweep_runs_two_subprocess_jobs_and_a_rerun_skips_them(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     check_sweep_and_rerun(tmp_path, "hydra/launcher=local")
-    jobs = sorted((tmp_path / "sweep" / ".submitit").iterdir())
+    jobs = sorted(path for path in (tmp_path / "sweep" / ".submitit").iterdir() if path.name.isdigit())
     assert len(jobs) == 4  # two sweeps of two jobs, each a process of its own with its submitit logs
     for job in jobs:
         assert {f"{job.name}_0_log.out", f"{job.name}_0_log.err", f"{job.name}_0_result.pkl"} <= {
@@ -218,7 +216,9 @@ def sequential_grid(tmp_path_factory):
     return tmp_path, original, records
 
 
-def test_parallel_grid_gives_the_sequential_results_and_resumes(sequential_grid, monkeypatch):
+def test_parallel_grid_gives_the_sequential_results_and_a_killed_grid_resumes_on_submitit(
+    sequential_grid, monkeypatch
+):
     tmp_path, original, expected = sequential_grid
     monkeypatch.setenv("PYTHONPATH", job_env()["PYTHONPATH"])  # the loky workers import this checkout
     grid = tiny_grid(tmp_path, "parallel", original)
@@ -229,10 +229,24 @@ def test_parallel_grid_gives_the_sequential_results_and_resumes(sequential_grid,
     (killed.folder / reproduce.RESULT_FILE).unlink()
     assert [[job.name for job in wave] for wave in waves(grid)] == [[str(grid.task_dir(None) / "original")], [],
                                                                     [str(killed.folder)]]  # fmt: skip
-    assert outcomes(run_grid_on(grid, "parallel", workers=2)) == outcomes(expected)
+    # ... and resumes on another launcher: submitit's LocalExecutor, a subprocess with its submitit logs
+    assert outcomes(run_grid_on(grid, "submitit_local", workers=2)) == outcomes(expected)
+    logs = sorted((grid.runs_dir / ".submitit").glob("*/*_0_log.err"))
+    assert len(logs) == 2  # the original (read back) and the killed run
 
 
-def test_ray_grid_gives_the_sequential_results(ray_head, sequential_grid, monkeypatch):
+def test_ray_grid_from_the_command_line_gives_the_sequential_results(ray_head, sequential_grid):
+    """scripts/reproduce.py launcher=ray: the grid's jobs as Ray tasks on the running cluster."""
     tmp_path, original, expected = sequential_grid
-    records = run_grid_on(tiny_grid(tmp_path, "ray", original), "ray", workers=2, address=ray_head)
+    grid = tiny_grid(tmp_path, "ray", original)
+    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), f"task={grid.task}", "methods=deepiot,scratch",
+               "budgets=0.2", "seeds=0,1", f"runs_dir={grid.runs_dir}", f"results_dir={grid.results_dir}",
+               "latency_repeats=3", *grid.overrides, "launcher=ray", "workers=2", f"ray_address={ray_head}"]  # fmt: skip
+    completed = subprocess.run(command, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=900,
+                               check=False)  # fmt: skip
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    assert f"Connecting to existing Ray cluster at address: {ray_head}" in output
+    assert "[reproduce] lenet300_mnist: 4 runs" in output
+    records = [json.loads((run.folder / reproduce.RESULT_FILE).read_text()) for run in grid.runs()]
     assert outcomes(records) == outcomes(expected)
