@@ -1,7 +1,7 @@
 """The reproduction grid on each launcher: wall time of the same 4-run grid, sequential vs parallel vs Ray.
 
     OMP_NUM_THREADS=1 python scripts/bench_grid_launchers.py [workers=2] [launchers=sequential,parallel,ray]
-        [ray_address=127.0.0.1:6379] [out=experiments/cluster/README.md]
+        [ray_address=127.0.0.1:6379] [out=experiments/cluster/README.md] [compress.max_iterations=1000 ...]
 
 The grid: lenet300_mnist on 256 MNIST samples, DeepIoT and magnitude pruning at a 20% params budget, seeds 0 and 1
 (4 independent runs, one torch thread each; 200 compression iterations and 100 fine-tuning steps, so that a run
@@ -9,6 +9,7 @@ lasts seconds, not the launchers' start-up). The original is trained once before
 runs the same 4 runs (plus the original's export and latency in its own runs folder). Each launcher starts from
 an empty runs folder; its wall time includes its own start-up (loky workers; a local Ray of `workers` CPUs, or
 joining ray_address). The results must be equal across launchers (accuracy, params, kept counts; not latency).
+Arguments with a dot are overrides added to every run (longer runs: compress.max_iterations=..., finetune.steps=...).
 The markdown table replaces the part of `out` between <!-- bench:start --> and <!-- bench:end -->.
 """
 
@@ -47,7 +48,7 @@ COMPARED = ("test_accuracy", "params", "macs", "kept_counts")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def grid(folder: Path, original: Path) -> Grid:
+def grid(folder: Path, original: Path, extra: tuple[str, ...] = ()) -> Grid:
     return Grid(
         task="lenet300_mnist",
         methods=("deepiot", "magnitude"),
@@ -56,7 +57,7 @@ def grid(folder: Path, original: Path) -> Grid:
         runs_dir=folder / "runs",
         results_dir=folder / "results",
         latency_repeats=20,
-        overrides=(*OVERRIDES, f"paths.original_dir={original}"),
+        overrides=(*OVERRIDES, *extra, f"paths.original_dir={original}"),
     )
 
 
@@ -69,18 +70,24 @@ def main() -> None:
     workers = int(options.get("workers", 2))
     launchers = options.get("launchers", "sequential,parallel,ray").split(",")
     out = Path(options.get("out", ROOT / "experiments" / "cluster" / "README.md"))
+    extra = tuple(
+        f"{key}={value}" for key, value in options.items() if "." in key
+    )  # e.g. compress.max_iterations=1000
     logging.basicConfig(level=logging.WARNING)
     base = Path(tempfile.mkdtemp(prefix="bench_grid_"))
     original = base / "train"
     start = time.perf_counter()
-    original_reference(grid(base / "warmup", original))  # trains the shared original
+    original_reference(grid(base / "warmup", original, extra))  # trains the shared original
     print(f"[bench] original trained in {time.perf_counter() - start:.1f} s")
     rows, reference = [], None
     for launcher in launchers:
         load = os.getloadavg()[0]
         start = time.perf_counter()
         records = run_grid_on(
-            grid(base / launcher, original), launcher, workers=workers, address=options.get("ray_address")
+            grid(base / launcher, original, extra),
+            launcher,
+            workers=workers,
+            address=options.get("ray_address"),
         )
         seconds = time.perf_counter() - start
         reference = reference or outcome(records)
@@ -102,7 +109,9 @@ def main() -> None:
     for name, seconds, before, after, same in rows:
         speedup = f"{sequential / seconds:.2f}×" if sequential else "—"
         count = 1 if name == "sequential" else workers
-        lines.append(f"| {name} | {count} | {seconds:.1f} | {speedup} | {before:.1f} → {after:.1f} | {same} |")
+        lines.append(
+            f"| {name} | {count} | {seconds:.1f} | {speedup} | {before:.1f} → {after:.1f} | {same} |"
+        )
     lines.append(END)
     table = "\n".join(lines)
     text = out.read_text() if out.is_file() else ""
