@@ -250,6 +250,10 @@ def split_launch_arguments(arguments: Sequence[str]) -> tuple[dict[str, Any], li
             launch["workers"] = int(value)
         elif key == "ray_address":
             launch["address"] = value or None
-        else:
+        elif ALIASES.get(value, value) in LAUNCHERS:
             launch["launcher"] = value
+        else:
+            raise SystemExit(
+                f"reproduce.py: error: {key}={value!r} is unknown: choose from {', '.join(LAUNCHERS)}."
+            )
     return launch, rest
