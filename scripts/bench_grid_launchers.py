@@ -18,15 +18,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# a local Ray stays on 127.0.0.1 and sends no usage statistics (set before Ray is imported)
+# a local Ray stays on 127.0.0.1, sends no usage statistics and uses a token of its own (Ray would write one to
+# ~/.ray/auth_token, which every later `ray start` on the machine then requires); set before Ray is imported
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+if "RAY_ADDRESS" not in os.environ and "ray_address=" not in " ".join(sys.argv):
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(ROOT))
