@@ -3,10 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if ! python3 -c "import hydra_plugins.hydra_ray_launcher" 2>/dev/null; then
-  # only so that the tests can compose the Ray launcher config; Ray users install the extra: pip install -e ".[ray]"
-  echo "[setup] installing the Hydra Ray launcher plugin (config only, --no-deps)"
-  python3 -m pip install --quiet --no-deps hydra-ray-launcher==1.2.2
+if ! python3 -c "import ray, hydra_plugins.hydra_ray_launcher" 2>/dev/null; then
+  # the [ray] extra, for the live-cluster tests (tests/test_cluster.py: a local Ray head on 127.0.0.1);
+  # ~80 MB download, ~420 MB installed, so the quickstart's setup leaves it out
+  LOCK=${DEEPIOT_LOCK-scripts/lock/requirements.lock}
+  echo "[setup] installing the [ray] extra${LOCK:+, versions from $LOCK}"
+  python3 -m pip install --quiet ${LOCK:+-c $LOCK} -e ".[ray]"
 fi
 if ! python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('executorch') and u.find_spec('torchao')))" 2>/dev/null; then
   # the [edge] extra (ExecuTorch export tests), pinned and --no-deps: its full dependency list pulls ~20 packages

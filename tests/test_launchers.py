@@ -36,10 +36,19 @@ def clear_hydra():
 
 
 def launcher_config(*overrides: str) -> dict:
+    """hydra.launcher, its ${oc.env:...} settings resolved (the ${hydra...} ones left as they are)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    return OmegaConf.to_container(cfg.hydra.launcher)
+    config = OmegaConf.to_container(cfg.hydra.launcher)
+    for path in ("cpus_per_task", "gpus_per_node", "ray.remote.num_cpus", "ray.remote.num_gpus"):
+        *parents, key = path.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent, {})
+        if key in node:
+            node[key] = OmegaConf.select(cfg.hydra.launcher, path)
+    return config
 
 
 @pytest.mark.parametrize(
@@ -51,23 +60,59 @@ def launcher_config(*overrides: str) -> dict:
             "slurm",
             "hydra_submitit_launcher",
             "submitit_launcher.SlurmLauncher",
-            {"gpus_per_node": 1, "partition": None, "submitit_folder": "${hydra.sweep.dir}/.submitit/%j"},
+            {"gpus_per_node": 0, "cpus_per_task": 4, "partition": None,
+             "submitit_folder": "${hydra.sweep.dir}/.submitit/%j"},
+        ),
+        (
+            "local",
+            "hydra_submitit_launcher",
+            "submitit_launcher.LocalLauncher",
+            {"gpus_per_node": 0, "cpus_per_task": 4, "submitit_folder": "${hydra.sweep.dir}/.submitit/%j"},
         ),
         (
             "ray_cluster",
             "hydra_ray_launcher",
             "ray_launcher.RayLauncher",
-            {"ray": {"init": {"address": "auto"}, "remote": {"num_gpus": 1, "num_cpus": 4}}},
+            {"ray": {"init": {"address": "auto", "object_store_memory": None, "runtime_env": {
+                "env_vars": {"DEEPIOT_LAUNCH_DIR": "${deepiot.cwd:}"},
+                "worker_process_setup_hook": "deepiot.launchers.ray_cluster.enter_launch_folder"}},
+                "remote": {"max_retries": 0, "num_gpus": 0, "num_cpus": 4}}},
         ),
     ],
-)
-def test_launcher_configs_compose_onto_the_plugins_schema(launcher, plugin, target, settings):
+)  # fmt: skip
+def test_launcher_configs_compose_onto_the_plugins_schema(launcher, plugin, target, settings, monkeypatch):
     pytest.importorskip(
         f"hydra_plugins.{plugin}", reason=f"{plugin} is not installed (pip install deepiot[...])"
     )
+    for variable in ("DEEPIOT_CPUS_PER_JOB", "DEEPIOT_GPUS_PER_JOB"):
+        monkeypatch.delenv(variable, raising=False)
     config = launcher_config(f"hydra/launcher={launcher}")
     assert config["_target_"] == f"hydra_plugins.{plugin}.{target}"
     assert {key: config[key] for key in settings} == settings
+
+
+def test_per_job_resources_come_from_the_environment(monkeypatch):
+    """CPU-only by default; DEEPIOT_GPUS_PER_JOB / DEEPIOT_CPUS_PER_JOB set every launcher's request."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    monkeypatch.setenv("DEEPIOT_GPUS_PER_JOB", "1")
+    monkeypatch.setenv("DEEPIOT_CPUS_PER_JOB", "8")
+    ray = launcher_config("hydra/launcher=ray_cluster")["ray"]["remote"]
+    assert (ray["num_gpus"], ray["num_cpus"]) == (1, 8)
+    for launcher in ("slurm", "local"):
+        config = launcher_config(f"hydra/launcher={launcher}")
+        assert (config["gpus_per_node"], config["cpus_per_task"]) == (1, 8)
+
+
+def test_slurm_differs_from_the_tested_local_launcher_only_in_its_executor(monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    local, slurm = (launcher_config(f"hydra/launcher={name}") for name in ("local", "slurm"))
+    shared = {key: value for key, value in slurm.items() if key in local}
+    assert shared == {**local, "_target_": slurm["_target_"]}
+    assert set(slurm) - set(local) <= {"partition", "qos", "comment", "constraint", "exclude", "gres",
+                                       "cpus_per_gpu", "gpus_per_task", "mem_per_gpu", "mem_per_cpu", "account",
+                                       "signal_delay_s", "max_num_timeout", "additional_parameters",
+                                       "array_parallelism", "setup"}  # fmt: skip
 
 
 def test_launcher_settings_override_on_the_command_line():

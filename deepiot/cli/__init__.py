@@ -54,6 +54,10 @@ def budget_amount(fraction: float | None, limit: float | None) -> str:
 
 OmegaConf.register_new_resolver("deepiot.budget_amount", budget_amount, replace=True)
 
+# `${deepiot.cwd:}`: the folder the command runs in, where relative paths resolve (resolved by the driver of a
+# sweep: configs/hydra/launcher/ray_cluster.yaml sends it to the Ray workers, which start elsewhere)
+OmegaConf.register_new_resolver("deepiot.cwd", lambda: str(Path.cwd()), replace=True)
+
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose the root config with command-line style overrides, without running anything.

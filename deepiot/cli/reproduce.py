@@ -12,6 +12,12 @@ latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with
 Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
 compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);
 <results_dir>/<task>/ receives results.json, table.md and pareto_<recipe>.png.
+
+Launchers (deepiot.baselines.dispatch): launcher=sequential (default: one run after the other in this process) |
+parallel (joblib, `workers` local processes) | ray (Ray tasks on ray_address= or $RAY_ADDRESS, else a local Ray of
+`workers` CPUs) | submitit_local (submitit's LocalExecutor, logs in <runs_dir>/.submitit/); workers=N (default 2).
+The originals run first, then the runs, then the scratch runs; a killed grid resumes on any launcher.
+    deepiot-reproduce task=lenet5_mnist seeds=0,1,2 launcher=parallel workers=3
 """
 
 from __future__ import annotations
@@ -21,15 +27,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from deepiot.baselines.reproduce import (
-    Grid,
-    GridError,
-    aggregate,
-    check_grid,
-    parse_folds,
-    parse_values,
-    run_grid,
-)
+from deepiot.baselines.dispatch import run_grid_on, split_launch_arguments
+from deepiot.baselines.reproduce import Grid, GridError, aggregate, check_grid, parse_folds, parse_values
 from deepiot.utils import ConfigError
 
 GRID_KEYS = {
@@ -89,15 +88,16 @@ def main() -> None:
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        grid, aggregate_only = parse(sys.argv[1:])
+        launch, arguments = split_launch_arguments(sys.argv[1:])
+        grid, aggregate_only = parse(arguments)
         check_grid(grid)  # every setting of every run, before the original is trained or a file written
     except ValueError as error:  # Grid's own checks and check_grid's ConfigError
         fail(str(error))
     try:
-        records = aggregate(grid) if aggregate_only else run_grid(grid)
+        records = aggregate(grid) if aggregate_only else run_grid_on(grid, **launch)
     except (GridError, ConfigError) as error:
         fail(str(error))
-    table = grid.results_dir / grid.task / ('cv' if grid.folds else '') / 'table.md'
+    table = grid.results_dir / grid.task / ("cv" if grid.folds else "") / "table.md"
     print(f"[reproduce] {grid.task}: {len(records)} runs → {table}")
 
 
