@@ -673,7 +673,7 @@ def plot_pareto(
         if key != "latency_ms":
             axes.set_xscale("log")
             axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 3, 10 rather than 3×10⁰
-            axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+            axes.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         axes.set_ylim(top=min(axes.get_ylim()[1], 100.5))  # an interval may reach past 100%
         axes.set_xlabel(label)
         axes.set_ylabel("test accuracy (%)")
