@@ -4,7 +4,7 @@
     python scripts/int8_emulated_cpus.py checkpoint=outputs/train/lenet5_mnist/model.pt [windows=2000] \
         [cpus=EPYC-Rome,Haswell] [out=experiments/device/int8/emulated_cpus.md]
 
-For each weight type: test accuracy on the first `windows` test windows and the largest output error relative
+For each weight type: test accuracy on `windows` test windows spread evenly over the test split and the largest output error relative
 to the largest fp32 logit, on this CPU and on each emulated one (qemu-x86_64 -cpu <cpu>; apt-get install
 qemu-user). ONNX Runtime picks its int8 kernels from CPUID, so the emulated runs take the AVX2 (vpmaddubsw,
 saturating) path that a CPU without VNNI takes.
@@ -54,7 +54,8 @@ def main() -> None:
     cpus = [cpu for cpu in options.get("cpus", "EPYC-Rome,Haswell").split(",") if cpu]
     model, saved = load_trained_model(checkpoint)
     train, test = checkpoint_datasets(checkpoint)
-    inputs, labels = test.tensors[0][:windows].numpy().astype(np.float32), test.tensors[1][:windows].numpy()
+    chosen = np.linspace(0, len(test) - 1, min(windows, len(test))).round().astype(int)  # spread over the split
+    inputs, labels = test.tensors[0][chosen].numpy().astype(np.float32), test.tensors[1][chosen].numpy()
     lines = [f"`{checkpoint}` ({len(inputs)} test windows; onnxruntime int8 static QDQ, per-channel, 256 "
              "calibration windows from the training split)", "",
              "| CPU | weights | test accuracy | int8 − fp32 (points) | max output error / max logit |",

@@ -133,7 +133,7 @@ def test_reproduce_refuses_a_bad_grid_before_any_work(case_id, tmp_path, capsys,
     task = [] if any(argument.startswith("task=") for argument in arguments) else ["task=lenet5_mnist"]
     monkeypatch.setattr("sys.argv", ["reproduce.py", *task, *folders, *arguments])
     script = load_reproduce_script()
-    monkeypatch.setattr(script, "run_grid", lambda grid: pytest.fail("the grid ran"))
+    monkeypatch.setattr(script, "run_grid_on", lambda grid, **launch: pytest.fail("the grid ran"))
     with pytest.raises(SystemExit) as stopped:
         script.main()
     err = capsys.readouterr().err
