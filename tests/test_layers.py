@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"compression"},
     {"export", "report", "quantize", "edge"},
     {"api", "env"},
-    {"baselines"},
+    {"baselines", "launchers"},  # launchers: the Ray workers' setup hook (hydra launcher configs name it)
     {"cli"},
 ]
 LAYER_OF = {unit: index for index, layer in enumerate(LAYERS) for unit in layer}
