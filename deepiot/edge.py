@@ -318,7 +318,7 @@ def export_int8_executorch(
     """
     from deepiot.cost.latency import eval_mode
     from deepiot.export import EXECUTORCH_INT8_NAME, FILE_NAMES, MANIFEST_NAME, _quiet_exporters
-    from deepiot.quantize import heldout_windows, sample_windows
+    from deepiot.quantize import check_int8_bound, heldout_windows, sample_windows
 
     export_dir = Path(export_dir)
     fp32_path, manifest_path = export_dir / FILE_NAMES["executorch"], export_dir / MANIFEST_NAME
@@ -347,19 +347,15 @@ def export_int8_executorch(
     report["int8"].update(
         {key: value for key, value in describe_program(program).items() if key != "batch_size"}
     )
-    report["check"] = {
-        "heldout": "test split" if test is not None else "training windows not used for calibration",
-        "max_drop_points": max_drop_points,
-        "passed": test is None or report["accuracy_drop_points"] <= max_drop_points,
-    }
-    if not report["check"]["passed"]:
-        int8_path.unlink()
-        raise ExportError(
-            f"int8 ExecuTorch program refused: its accuracy on {len(heldout)} held-out windows is "
-            f"{report['int8']['test_accuracy']:.2%} against {report['fp32']['test_accuracy']:.2%} in fp32, "
-            f"{report['accuracy_drop_points']:.2f} points lower, beyond the bound of {max_drop_points} points. "
-            "The fp32 model.pte is unaffected; calibrate on more windows or accept a larger drop."
-        )
+    check_int8_bound(
+        report,
+        int8_path,
+        len(heldout),
+        test is not None,
+        max_drop_points,
+        "int8 ExecuTorch program",
+        "model.pte",
+    )
     report["calibration"] = {
         "windows": len(calibration_windows),
         "split": "train",

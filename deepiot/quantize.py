@@ -241,6 +241,36 @@ def compare_int8(
     return report
 
 
+def check_int8_bound(
+    report: dict[str, Any],
+    int8_path: Path,
+    heldout: int,
+    labelled: bool,
+    max_drop_points: float,
+    what: str,
+    fp32_file: str,
+) -> None:
+    """Record the accuracy check in `report["check"]`; past the bound, delete `int8_path` and raise ExportError
+    (`what`: the refused artefact's name, `fp32_file`: the fp32 file that stays). Shared by ONNX and ExecuTorch."""
+    report["check"] = {
+        "heldout": "test split" if labelled else "training windows not used for calibration",
+        "max_drop_points": max_drop_points,
+        "passed": not labelled or report["accuracy_drop_points"] <= max_drop_points,
+    }
+    if report["check"]["passed"]:
+        return
+    int8_path.unlink()
+    error = report.get("output", {}).get("relative_error")
+    raise ExportError(
+        f"{what} refused: its accuracy on {heldout} held-out windows is {report['int8']['test_accuracy']:.2%} "
+        f"against {report['fp32']['test_accuracy']:.2%} in fp32, {report['accuracy_drop_points']:.2f} points "
+        f"lower, beyond the bound of {max_drop_points} points"
+        + ("" if error is None else f" (largest output error {error:.1%} of the largest logit)")
+        + f". The fp32 {fp32_file} is unaffected; ship it, calibrate on more windows (int8_windows=...), or accept "
+        "a larger drop (int8_max_drop=...)."
+    )
+
+
 def heldout_windows(
     calibration: TensorDataset, test: TensorDataset | None, count: int, seed: int
 ) -> TensorDataset:
@@ -302,20 +332,7 @@ def export_int8(
         recurrent_weights,
     )
     report = compare_int8(fp32_path, int8_path, heldout, threads, labelled=test is not None)
-    report["check"] = {
-        "heldout": "test split" if test is not None else "training windows not used for calibration",
-        "max_drop_points": max_drop_points,
-        "passed": test is None or report["accuracy_drop_points"] <= max_drop_points,
-    }
-    if not report["check"]["passed"]:
-        int8_path.unlink()
-        raise ExportError(
-            f"int8 refused: its accuracy on {len(heldout)} held-out windows is {report['int8']['test_accuracy']:.2%} "
-            f"against {report['fp32']['test_accuracy']:.2%} in fp32, {report['accuracy_drop_points']:.2f} points "
-            f"lower, beyond the bound of {max_drop_points} points (largest output error "
-            f"{report['output']['relative_error']:.1%} of the largest logit). The fp32 model.onnx is unaffected; "
-            "ship it, calibrate on more windows (int8_windows=...), or accept a larger drop (int8_max_drop=...)."
-        )
+    check_int8_bound(report, int8_path, len(heldout), test is not None, max_drop_points, "int8", "model.onnx")
     report["calibration"] = {
         "windows": min(windows, len(calibration)),
         "split": "train",

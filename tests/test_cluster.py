@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_reproduce import TINY
 
 from deepiot.baselines import reproduce
 from deepiot.baselines.dispatch import run_grid_on, waves
@@ -38,16 +39,7 @@ TINY_SWEEP = [
     "compress.latency_threads=null",
     "hydra.sweep.dir=sweep",
 ]
-TINY_GRID = (
-    "data.dataset.limit=256",
-    "trainer.epochs=1",
-    "finetune.steps=4",
-    "finetune.eval_every=2",
-    "finetune.batch_size=32",
-    "compress.max_iterations=20",
-    "compress.eval_every=10",
-    "compress.batch_size=32",
-)
+TINY_GRID = TINY  # the harness tests' tiny settings
 # Ray on one machine, loopback only: without this Ray replaces 127.0.0.1 by the machine's routable address
 # ... and with a token of its own (not ~/.ray/auth_token, which a local ray.init() writes and ray start then uses)
 LOOPBACK = {
