@@ -68,11 +68,15 @@ class WindowReader(CalibrationDataReader):
         self.start = 0
 
 
+def calibration_indices(size: int, count: int, seed: int) -> np.ndarray:
+    """Sorted indices of the `count` (at most `size`) windows drawn for calibration with `seed`."""
+    return np.sort(np.random.default_rng(seed).permutation(size)[: min(count, size)])
+
+
 def sample_windows(dataset: TensorDataset, count: int, seed: int = 0) -> np.ndarray:
     """`count` random inputs of `dataset` (a split of a DatasetBundle) as float32 [count, ...]."""
     inputs = dataset.tensors[0]
-    order = np.random.default_rng(seed).permutation(len(inputs))[: min(count, len(inputs))]
-    return inputs[np.sort(order)].numpy().astype(np.float32)
+    return inputs[calibration_indices(len(inputs), count, seed)].numpy().astype(np.float32)
 
 
 # not QInt8: u8s8 kernels saturate on AVX2 CPUs without VNNI (module docstring)
@@ -278,8 +282,7 @@ def heldout_windows(
     for calibration (`sample_windows` with the same count and seed)."""
     if test is not None:
         return test
-    drawn = np.random.default_rng(seed).permutation(len(calibration))[: min(count, len(calibration))]
-    rest = np.setdiff1d(np.arange(len(calibration)), drawn)
+    rest = np.setdiff1d(np.arange(len(calibration)), calibration_indices(len(calibration), count, seed))
     if len(rest) == 0:
         raise ExportError(
             f"int8 export needs held-out windows to check the int8 model against fp32, but all {len(calibration)} "

@@ -497,11 +497,10 @@ def summarise_folds(
         row["sparse"] = any(member["sparse"] for member in members)
         row["params"] = float(np.mean([member["params"] for member in members]))
         for key in SUMMARY_KEYS:
-            interval = statistics.mean_interval(list(per_fold(members, key).values()))
+            fold_values = list(per_fold(members, key).values())
+            interval = statistics.mean_interval(fold_values)
             row[key], row[f"{key}_low"], row[f"{key}_high"] = interval.mean, interval.low, interval.high
-            row[f"{key}_std"] = (
-                float(np.std(list(per_fold(members, key).values()), ddof=1)) if interval.count > 1 else 0.0
-            )
+            row[f"{key}_std"] = float(np.std(fold_values, ddof=1)) if interval.count > 1 else 0.0
         reference = groups.get((recipe, REFERENCE_METHOD, cost, budget))
         difference = None
         if reference is not None and method != REFERENCE_METHOD:
@@ -673,7 +672,9 @@ def plot_pareto(
         if key != "latency_ms":
             axes.set_xscale("log")
             axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 3, 10 rather than 3×10⁰
-            axes.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+            axes.xaxis.set_minor_formatter(
+                ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+            )
         axes.set_ylim(top=min(axes.get_ylim()[1], 100.5))  # an interval may reach past 100%
         axes.set_xlabel(label)
         axes.set_ylabel("test accuracy (%)")
