@@ -57,6 +57,10 @@ BASELINE_CASES = {
     ),
     "recipe": (["recipe=fancy"], "recipe must be one of equal, best, got 'fancy'"),
     "deepiot critic.lr": (["method=deepiot", "critic.lr=-1"], "critic.lr"),
+    "element_choice": (["method=deepiot", "compress.element_choice=best"], "compress.element_choice must be one of"),
+    "choice_steps=0": (["method=deepiot", "compress.choice_steps=0"], "compress.choice_steps must be a positive"),
+    "choice_steps=abc": (["method=deepiot", "compress.choice_steps=abc"], "compress.choice_steps"),
+    "mask_scale": (["method=deepiot", "critic.mask_scale=half"], "critic.mask_scale must be one of"),
 }
 
 
@@ -204,6 +208,8 @@ INT8_CASES = {
     "int8_windows=0": (["int8_windows=0"], r"int8_windows=0 is invalid: expected .* an integer >= 1"),
     "int8_windows=abc": (["int8_windows=abc"], r"int8_windows='abc' is invalid: expected"),
     "int8_windows=1.5": (["int8_windows=1.5"], r"int8_windows=1.5 is invalid: expected"),
+    "int8_max_drop=abc": (["int8_max_drop=abc"], r"int8_max_drop='abc' is invalid: expected .* a number >= 0"),
+    "int8_max_drop=-1": (["int8_max_drop=-1"], r"int8_max_drop=-1 is invalid: expected"),
     "dataset gone": (
         [],
         r"int8 export calibrates on the training split of the dataset .*model.pt was trained on .* cannot be "

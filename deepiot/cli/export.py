@@ -71,6 +71,12 @@ def check_int8_settings(cfg: DictConfig, formats: list) -> bool:
         raise ExportError(
             "int8=true quantises the ONNX model (and the ExecuTorch one); add onnx to formats (or executorch)."
         )
+    max_drop = cfg.get("int8_max_drop", 1.0)
+    if type(max_drop) not in (int, float) or not max_drop >= 0:
+        raise ExportError(
+            f"config value int8_max_drop={max_drop!r} is invalid: expected the accuracy drop in points int8 may "
+            "have against fp32 before it is refused, a number >= 0 (default 1)."
+        )
     windows = cfg.get("int8_windows")
     if type(windows) is not int or windows < 1:
         raise ExportError(
