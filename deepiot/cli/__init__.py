@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,9 +14,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-# The repository's configs/ folder (../../configs from this file), absolute: Hydra would read a relative
-# config_path as a Python package when an entry point runs as an installed console script.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+def config_dir() -> Path:
+    """The folder of the Hydra configs: the package deepiot.configs, which an install (wheel or editable) maps
+    onto the repository's top-level configs/ (pyproject.toml's package-dir); in a source checkout on PYTHONPATH,
+    which maps nothing, the configs/ folder beside the package."""
+    try:
+        return Path(str(importlib.resources.files("deepiot.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "configs"
+
+
+# Absolute: Hydra would read a relative config_path as relative to the calling module.
+CONFIG_DIR = config_dir()
 
 # Short model names for default run names (configs/model/<name>.yaml); other classes use their lowercased name.
 MODEL_NAMES = {
