@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(ROOT))
 
-from deepiot.baselines.dispatch import run_grid_on  # noqa: E402
-from deepiot.baselines.reproduce import Grid, original_reference  # noqa: E402
+from deepiot.cli.dispatch import run_grid_on  # noqa: E402
+from deepiot.cli.harness import Grid, original_reference  # noqa: E402
 
 OVERRIDES = (
     "data.dataset.limit=256",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from deepiot.baselines.run import compose_baseline_config, run_baseline
 from deepiot.cli import reported_errors
+from deepiot.cli.baseline import compose_baseline_config, run_baseline
 
 
 @pytest.fixture(autouse=True)
@@ -149,10 +149,10 @@ def test_reproduce_refuses_a_bad_grid_before_any_work(case_id, tmp_path, capsys,
 
 def test_harness_checks_every_run_before_the_original_is_trained(tmp_path):
     """A run folder finished with other overrides is found before the original is trained or a run is made."""
-    from deepiot.baselines import reproduce
+    from deepiot.cli import harness
     from deepiot.utils import ConfigError
 
-    grid = reproduce.Grid(
+    grid = harness.Grid(
         task="lenet5_mnist",
         methods=("magnitude", "random"),
         budgets=(0.1,),
@@ -163,10 +163,10 @@ def test_harness_checks_every_run_before_the_original_is_trained(tmp_path):
     )
     last = grid.runs()[-1]
     last.folder.mkdir(parents=True)
-    (last.folder / reproduce.RESULT_FILE).write_text('{"overrides": ["experiment=other"]}\n')
+    (last.folder / harness.RESULT_FILE).write_text('{"overrides": ["experiment=other"]}\n')
     before = files_under(tmp_path)
     with pytest.raises(ConfigError, match="was written by a run with other overrides"):
-        reproduce.run_grid(grid)
+        harness.run_grid(grid)
     assert files_under(tmp_path) == before  # the original was not trained, the first run not made
 
 

@@ -511,7 +511,7 @@ def test_prune_runs_the_new_budget_methods_end_to_end(tmp_path, cnn, method):
 def test_deepiot_baseline_config_selects_the_new_methods(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
-    from deepiot.baselines.run import compose_baseline_config
+    from deepiot.cli.baseline import compose_baseline_config
 
     base = [f"paths.output_dir={tmp_path}"]
     try:
@@ -530,7 +530,7 @@ def test_deepiot_baseline_config_selects_the_new_methods(tmp_path):
 def test_run_baseline_trains_another_runs_plan_from_scratch(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
-    from deepiot.baselines.run import compose_baseline_config, run_baseline
+    from deepiot.cli.baseline import compose_baseline_config, run_baseline
 
     tiny = [
         "data.dataset.limit=256",

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from test_reproduce import TINY
 
-from deepiot.baselines import reproduce
-from deepiot.baselines.dispatch import run_grid_on, waves
-from deepiot.baselines.reproduce import Grid
+from deepiot.cli import harness
+from deepiot.cli.dispatch import run_grid_on, waves
+from deepiot.cli.harness import Grid
 
 pytestmark = pytest.mark.cluster
 
@@ -225,7 +225,7 @@ def test_parallel_grid_gives_the_sequential_results_and_a_killed_grid_resumes_on
     records = run_grid_on(grid, "parallel", workers=2)
     assert len(records) == 4 and outcomes(records) == outcomes(expected)
     killed = grid.runs()[-1]  # as if the grid had been killed before its last run finished
-    (killed.folder / reproduce.RESULT_FILE).unlink()
+    (killed.folder / harness.RESULT_FILE).unlink()
     assert [[job.name for job in wave] for wave in waves(grid)] == [[str(grid.task_dir(None) / "original")], [],
                                                                     [str(killed.folder)]]  # fmt: skip
     # ... and resumes on another launcher: submitit's LocalExecutor, a subprocess with its submitit logs
@@ -247,5 +247,5 @@ def test_ray_grid_from_the_command_line_gives_the_sequential_results(ray_head, s
     assert completed.returncode == 0, output[-4000:]
     assert f"Connecting to existing Ray cluster at address: {ray_head}" in output
     assert "[reproduce] lenet300_mnist: 4 runs" in output
-    records = [json.loads((run.folder / reproduce.RESULT_FILE).read_text()) for run in grid.runs()]
+    records = [json.loads((run.folder / harness.RESULT_FILE).read_text()) for run in grid.runs()]
     assert outcomes(records) == outcomes(expected)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from deepiot.baselines import prune
-from deepiot.baselines.run import budget_setting, compose_baseline_config, run_baseline
 from deepiot.cli import compose_config
+from deepiot.cli.baseline import budget_setting, compose_baseline_config, run_baseline
 from deepiot.cli.compress import compression_config
 from deepiot.compression import CompressionConfig, CriticConfig, LoopConfig, ScheduleConfig, compress_model
 from deepiot.compression.budget import (

@@ -47,10 +47,6 @@ KNOWN_EXCEPTIONS = {
         "deepiot",
         "deepiot.api",
     ): "`deepiot.compress` is a lazy accessor of the package root (PEP 562 __getattr__)",
-    ("deepiot.baselines.run", "deepiot.cli"): "the harness composes configs with the CLI's CONFIG_DIR (to be "
-    "moved below the CLI)",
-    ("deepiot.baselines.run", "deepiot.cli.compress"): "the harness reuses the CLI's compression_config and "
-    "output_options (to be moved below the CLI)",
 }
 
 
@@ -148,3 +144,20 @@ def test_the_cost_registry_sits_below_the_search_and_the_device():
         for imported in imports_of(modules[name], modules)
     }
     assert not any(unit_of(name) == "compression" for name in device)
+
+
+def test_only_the_cli_composes_hydra_configs():
+    """Composing the configs (hydra.compose, initialize_config_dir, @hydra.main) is the command line's glue: it
+    lives in deepiot.cli, and the packages below get settings, models and data from it."""
+    composing = {"compose", "initialize", "initialize_config_dir", "initialize_config_module", "main"}
+    found = set()
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            imported = isinstance(node, ast.ImportFrom) and node.module == "hydra"
+            if imported and any(alias.name in composing for alias in node.names):
+                found.add(name)
+            attribute = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            if attribute and node.value.id == "hydra" and node.attr in composing:
+                found.add(name)
+    assert {"deepiot.cli", "deepiot.cli.baseline", "deepiot.cli.compress"} <= found
+    assert {name for name in found if unit_of(name) != "cli"} == set()

@@ -8,9 +8,9 @@ import json
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from deepiot.baselines import reproduce
-from deepiot.baselines.reproduce import Grid, run_grid
-from deepiot.baselines.run import compose_baseline_config, finetune_config, run_baseline
+from deepiot.cli import harness
+from deepiot.cli.baseline import compose_baseline_config, finetune_config, run_baseline
+from deepiot.cli.harness import Grid, run_grid
 from deepiot.export import ExportError
 from deepiot.utils import ConfigError
 
@@ -72,7 +72,7 @@ def test_harness_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path, monk
     def must_not_run(cfg):
         raise AssertionError("a finished run was run again")
 
-    monkeypatch.setattr(reproduce, "run_baseline", must_not_run)
+    monkeypatch.setattr(harness, "run_baseline", must_not_run)
     assert run_grid(grid) == records
 
     with pytest.raises(ValueError, match="written by a run with other overrides"):
@@ -83,31 +83,31 @@ def test_a_run_interrupted_before_its_result_is_rerun(tmp_path):
     grid = tiny_grid(tmp_path, methods=("magnitude",), seeds=(0,))
     run = grid.runs()[0]
     run_grid(grid)
-    first = json.loads((run.folder / reproduce.RESULT_FILE).read_text())
-    (run.folder / reproduce.RESULT_FILE).unlink()  # as if killed before result.json was written
+    first = json.loads((run.folder / harness.RESULT_FILE).read_text())
+    (run.folder / harness.RESULT_FILE).unlink()  # as if killed before result.json was written
     again = run_grid(grid)
     assert again[0]["test_accuracy"] == first["test_accuracy"]  # fine-tuning resumed from its finished state
 
 
 def test_a_failing_run_does_not_stop_the_grid(tmp_path, monkeypatch):
     grid = tiny_grid(tmp_path, methods=("magnitude",))
-    real_run_baseline = reproduce.run_baseline
+    real_run_baseline = harness.run_baseline
 
     def fails_for_seed_0(cfg):
         if cfg.run_seed == 0:
             raise ExportError("exported model differs from PyTorch (as a run may fail for its own reasons)")
         return real_run_baseline(cfg)
 
-    monkeypatch.setattr(reproduce, "run_baseline", fails_for_seed_0)
+    monkeypatch.setattr(harness, "run_baseline", fails_for_seed_0)
     with pytest.raises(
-        reproduce.GridError, match=r"(?s)1 of 2 runs .* failed.*seed0: ExportError: exported model"
+        harness.GridError, match=r"(?s)1 of 2 runs .* failed.*seed0: ExportError: exported model"
     ):
         run_grid(grid)
-    seed0, seed1 = (run.folder / reproduce.RESULT_FILE for run in grid.runs())
+    seed0, seed1 = (run.folder / harness.RESULT_FILE for run in grid.runs())
     assert not seed0.exists() and seed1.is_file()  # the run after the failure ran
     summary = json.loads((tmp_path / "results" / "lenet300_mnist" / "results.json").read_text())["summary"]
     assert [row["seeds"] for row in summary] == [1]  # what finished was aggregated
-    monkeypatch.setattr(reproduce, "run_baseline", real_run_baseline)
+    monkeypatch.setattr(harness, "run_baseline", real_run_baseline)
     assert [record["seed"] for record in run_grid(grid)] == [0, 1]  # rerunning retries the failed run only
 
 
@@ -119,7 +119,7 @@ def test_a_configuration_error_stops_the_grid_at_once(tmp_path, monkeypatch):
         calls.append(cfg.run_seed)
         raise ConfigError("finetune.steps must be positive")
 
-    monkeypatch.setattr(reproduce, "run_baseline", bad_config)
+    monkeypatch.setattr(harness, "run_baseline", bad_config)
     with pytest.raises(ConfigError, match="finetune.steps"):
         run_grid(grid)
     assert calls == [0]
@@ -152,12 +152,12 @@ def test_run_baseline_refuses_torch_pruning_on_a_recurrent_model(tmp_path):
 
 def test_paper_rows_in_another_metric_are_tabled_not_plotted(tmp_path):
     record = {"recipe": "equal", "method": "magnitude", "cost": "params", "budget": 0.1, "sparse": False}
-    summary = reproduce.summarise([record | dict.fromkeys(reproduce.SUMMARY_KEYS, 0.5)])
+    summary = harness.summarise([record | dict.fromkeys(harness.SUMMARY_KEYS, 0.5)])
     original = {"test_accuracy": 0.9, "latency_ms": 1.0}
-    text = reproduce.table("lstm_hapt_activity", summary, original)
+    text = harness.table("lstm_hapt_activity", summary, original)
     assert "| DeepIoT (paper, LibriSpeech 5-layer bi-LSTM) | 9.98% | WER 9.20 (9.31) |" in text
     assert "| equal | magnitude | 10% params | 1 | 50.00% |" in text
-    reproduce.plot_pareto("lstm_hapt_activity", summary, original, tmp_path / "pareto.png")
+    harness.plot_pareto("lstm_hapt_activity", summary, original, tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").stat().st_size > 0
 
 
@@ -172,7 +172,7 @@ def test_fold_runs_have_their_own_folders_originals_and_order(tmp_path):
     assert f"paths.original_dir={tmp_path / 'runs' / 'lenet300_mnist' / 'fold0' / 'original' / 'train'}" in runs[0].overrides
     scratch = runs[2]
     assert f"method.plan={runs[0].folder / 'slicing_plan.json'}" in scratch.overrides  # DeepIoT's architecture
-    assert reproduce.parse_folds("0-2,4") == (0, 1, 2, 4) and reproduce.parse_folds("") == ()
+    assert harness.parse_folds("0-2,4") == (0, 1, 2, 4) and harness.parse_folds("") == ()
 
 
 def cv_record(method: str, fold: int, seed: int, accuracy: float) -> dict:
@@ -189,7 +189,7 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     # magnitude: two seeds per fold averaging exactly 2 points below DeepIoT on every fold
     records += [cv_record("magnitude", fold, seed, accuracy - 0.02 + (0.01 if seed else -0.01))
                 for fold, accuracy in deepiot.items() for seed in (0, 1)]  # fmt: skip
-    summary = {row["method"]: row for row in reproduce.summarise_folds(records, {0: 0.91, 1: 0.81, 2: 0.96})}
+    summary = {row["method"]: row for row in harness.summarise_folds(records, {0: 0.91, 1: 0.81, 2: 0.96})}
     assert summary["magnitude"]["folds"] == [0, 1, 2] and summary["magnitude"]["seeds"] == 6
     assert summary["magnitude"]["test_accuracy"] == pytest.approx(sum(deepiot.values()) / 3 - 0.02)
     difference = summary["magnitude"]["diff_vs_reference"]
@@ -198,10 +198,10 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     assert summary["deepiot"]["diff_vs_original"]["mean"] == pytest.approx(-0.01)  # 1 point below on every fold
     low, high = summary["deepiot"]["test_accuracy_low"], summary["deepiot"]["test_accuracy_high"]
     assert low < summary["deepiot"]["test_accuracy"] < high
-    original = reproduce.summarise_originals(
+    original = harness.summarise_originals(
         [{"fold": fold, "test_accuracy": 0.95, "latency_ms": 0.4} for fold in range(3)]
     )
-    table = reproduce.cv_table("task", list(summary.values()), original)
+    table = harness.cv_table("task", list(summary.values()), original)
     assert "| equal | magnitude | 3% params | 3 | 6 | 9,000 | 3.00% | 4.00% |" in table
     assert "| -2.00 [-2.00, -2.00] * | -3.00 [-3.00, -3.00] * |" in table
     assert "fold 0: 95.00%" in table

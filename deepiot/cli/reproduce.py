@@ -13,7 +13,7 @@ Every other key=value is a Hydra override of configs/baseline.yaml applied to ev
 compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);
 <results_dir>/<task>/ receives results.json, table.md and pareto_<recipe>.png.
 
-Launchers (deepiot.baselines.dispatch): launcher=sequential (default: one run after the other in this process) |
+Launchers (deepiot.cli.dispatch): launcher=sequential (default: one run after the other in this process) |
 parallel (joblib, `workers` local processes) | ray (Ray tasks on ray_address= or $RAY_ADDRESS, else a local Ray of
 `workers` CPUs) | submitit_local (submitit's LocalExecutor, logs in <runs_dir>/.submitit/); workers=N (default 2).
 The originals run first, then the runs, then the scratch runs; a killed grid resumes on any launcher.
@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from deepiot.baselines.dispatch import run_grid_on, split_launch_arguments
-from deepiot.baselines.reproduce import Grid, GridError, aggregate, check_grid, parse_folds, parse_values
+from deepiot.cli.dispatch import run_grid_on, split_launch_arguments
+from deepiot.cli.harness import Grid, GridError, aggregate, check_grid, parse_folds, parse_values
 from deepiot.utils import ConfigError
 
 GRID_KEYS = {

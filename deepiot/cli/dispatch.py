@@ -3,7 +3,7 @@
     run_grid_on(grid, "parallel", workers=4)      # joblib (loky): 4 local processes
     run_grid_on(grid, "ray", workers=8)           # Ray tasks on $RAY_ADDRESS (or `address`), else a local Ray
     run_grid_on(grid, "submitit_local", workers=2)  # submitit's LocalExecutor: subprocesses with submitit logs
-    run_grid_on(grid, "sequential")               # deepiot.baselines.reproduce.run_grid, in this process
+    run_grid_on(grid, "sequential")               # deepiot.cli.harness.run_grid, in this process
 
 Waves, each finished before the next starts: the originals of the folds with missing runs (one job per fold),
 then every missing run but `scratch`, then the `scratch` runs (each trains the architecture of the DeepIoT run of
@@ -30,8 +30,8 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from deepiot.baselines import reproduce
-from deepiot.baselines.reproduce import Grid, GridError, Run
+from deepiot.cli import harness
+from deepiot.cli.harness import Grid, GridError, Run
 from deepiot.utils import ConfigError
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ def work(job: Job, cwd: str) -> Outcome:
     os.chdir(cwd)
     try:
         torch.set_num_threads(1)
-        original = reproduce.original_reference(job.grid, job.fold)
+        original = harness.original_reference(job.grid, job.fold)
         if job.run is not None:
-            reproduce.execute(job.run, original)
+            harness.execute(job.run, original)
         return Outcome(job.name, True, seconds=time.perf_counter() - start)
     except (ConfigError, HydraException, OmegaConfBaseException) as error:
         return Outcome(job.name, False, f"{type(error).__name__}: {error}", fatal=True)
@@ -91,7 +91,7 @@ def work(job: Job, cwd: str) -> Outcome:
 
 def waves(grid: Grid) -> list[list[Job]]:
     """[originals, runs, scratch runs] of what is missing (ValueError when a result has other overrides)."""
-    pending = [run for run in grid.runs() if not reproduce.finished(run)]
+    pending = [run for run in grid.runs() if not harness.finished(run)]
     folds = list(dict.fromkeys(run.fold for run in pending))
     return [
         [Job(grid, fold) for fold in folds],
@@ -104,7 +104,7 @@ def run_grid_on(
     grid: Grid, launcher: str = "sequential", workers: int = 2, address: str | None = None
 ) -> list[dict[str, Any]]:
     """Run the grid's missing runs as jobs on `launcher` (LAUNCHERS or ALIASES), `workers` at a time, then
-    aggregate in this process; returns the records like `reproduce.run_grid`.
+    aggregate in this process; returns the records like `harness.run_grid`.
 
     address: the Ray cluster to join (default $RAY_ADDRESS; without either, a local Ray of `workers` CPUs).
     """
@@ -114,7 +114,7 @@ def run_grid_on(
     if workers < 1:
         raise ConfigError(f"workers={workers} is invalid: expected an integer >= 1.")
     if launcher == "sequential":
-        return reproduce.run_grid(grid)
+        return harness.run_grid(grid)
     total, failures, failed_folds = len(grid.runs()), [], set()
     cwd = os.getcwd()
     with Executor(launcher, workers, address, grid) as submit_all:
@@ -135,9 +135,9 @@ def run_grid_on(
             fatal = [outcome for outcome in outcomes if outcome.fatal]
             if fatal:
                 raise ConfigError(f"{fatal[0].name}: {fatal[0].error}")
-    missing = [run for run in grid.runs() if run.fold in failed_folds and not reproduce.finished(run)]
+    missing = [run for run in grid.runs() if run.fold in failed_folds and not harness.finished(run)]
     failures += [f"{run.folder}: not run: the original of its fold failed" for run in missing]
-    records = reproduce.aggregate(grid)
+    records = harness.aggregate(grid)
     if failures:
         raise GridError(
             f"{len(failures)} jobs of the {grid.task} grid ({total} runs) failed (the rest are aggregated in "
@@ -239,7 +239,7 @@ LAUNCH_KEYS = ("launcher", "hydra/launcher", "workers", "ray_address")
 
 
 def split_launch_arguments(arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """scripts/reproduce.py's launcher=, workers=, ray_address= (→ run_grid_on's keywords) and the rest."""
+    """deepiot-reproduce's launcher=, workers=, ray_address= (→ run_grid_on's keywords) and the rest."""
     launch: dict[str, Any] = {}
     rest = []
     for argument in arguments:

@@ -1,4 +1,4 @@
-"""The reproduction harness behind `scripts/reproduce.py`: task × fold × method × budget × seed, resumable.
+"""The reproduction harness behind `deepiot-reproduce` (and `scripts/reproduce.py`): task × fold × method × budget × seed, resumable.
 
 Each run gets its own folder `<runs>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/` (the full artefacts of
 `run_baseline`) with a `result.json` written last and atomically: a rerun skips every run that has one.
@@ -33,15 +33,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines import statistics
 from deepiot.baselines.pipeline import METHODS
-from deepiot.baselines.run import (
-    CONFIG_DIR,
+from deepiot.checkpoint import load_trained_model
+from deepiot.cli import CONFIG_DIR
+from deepiot.cli.baseline import (
     DEEPIOT_METHODS,
     RECIPES,
     check_baseline_config,
     compose_baseline_config,
     run_baseline,
 )
-from deepiot.checkpoint import load_trained_model
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.export import export_model, manifest_entries
