@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepiot.errors import DeepIoTError
 from deepiot.utils import atomic_write
 
 FORMAT = "deepiot"
@@ -26,7 +27,7 @@ VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DeepIoTError, ValueError):
     """A checkpoint file is missing, truncated, not a deepiot checkpoint, or of the wrong kind."""
 
 

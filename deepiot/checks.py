@@ -14,8 +14,10 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from deepiot.errors import DeepIoTError
 
-class ModelCheckError(ValueError):
+
+class ModelCheckError(DeepIoTError, ValueError):
     """A model or dataset that deepiot cannot compress; the message says what was found and expected."""
 
 

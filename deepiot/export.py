@@ -33,6 +33,7 @@ import deepiot
 from deepiot.checkpoint import load_checkpoint, load_trained_model
 from deepiot.cost.counter import ExampleInputs, as_batch_of_one, iter_tensors, measure_cost
 from deepiot.cost.latency import eval_mode, onnx_feed, onnx_session
+from deepiot.errors import DeepIoTError
 from deepiot.structure import SlicingPlan, Structure, build_sliced_model
 from deepiot.structure.plan import rebuild_original
 from deepiot.utils import describe_differences
@@ -57,7 +58,7 @@ OnnxExporter = Literal["auto", "dynamo", "torchscript"]
 ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
-class ExportError(ValueError):
+class ExportError(DeepIoTError, ValueError):
     """Bad export arguments, a plan that does not belong to the model, or an export that fails its check."""
 
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from deepiot.errors import DeepIoTError
+
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N | mps"
 
 
@@ -65,7 +67,7 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-class CompressionError(RuntimeError):
+class CompressionError(DeepIoTError, RuntimeError):
     """The loop cannot continue (e.g. a loss became NaN); the message says what happened and what to do."""
 
 

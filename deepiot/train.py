@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.data import DataError, DatasetBundle
+from deepiot.errors import DeepIoTError
 from deepiot.models import build_model
 from deepiot.runtime import DEVICE_CHOICES, evaluate_loader, hyperparameter_table, resolve_device
 from deepiot.utils import (
@@ -54,7 +55,7 @@ from deepiot.utils import (
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DeepIoTError, RuntimeError):
     """Training cannot go on (the loss became NaN/inf or exploded); the message says what to change."""
 
 

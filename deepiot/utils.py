@@ -19,6 +19,8 @@ from typing import IO, Any, TypeVar
 import numpy as np
 import torch
 
+from deepiot.errors import DeepIoTError
+
 T = TypeVar("T")
 
 # A mean cross-entropy above this only comes from a diverged run (chance level is ln K: 2.3 for 10 classes);
@@ -26,7 +28,7 @@ T = TypeVar("T")
 DIVERGED_LOSS = 1000.0
 
 
-class ConfigError(ValueError):
+class ConfigError(DeepIoTError, ValueError):
     """A config value is missing or out of range; raised before any long work starts."""
 
 

@@ -25,7 +25,7 @@ PACKAGE = Path(deepiot.__file__).parent
 
 # Lowest first; the units of one layer may import each other (tests/test_imports.py forbids cycles).
 LAYERS: list[set[str]] = [
-    {"deepiot", "utils", "runtime", "checks"},  # the package root (version, gym registration) and helpers
+    {"deepiot", "errors", "utils", "runtime", "checks"},  # the package root (version, gym registration), helpers
     {"data"},
     {"models"},
     {"checkpoint"},  # rebuilds models from their config

@@ -14,6 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from deepiot.errors import DeepIoTError
+
 
 def config_dir() -> Path:
     """The folder of the Hydra configs: the package deepiot.configs, which an install (wheel or editable) maps
@@ -83,31 +85,16 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 @contextmanager
 def reported_errors(program: str) -> Iterator[None]:
-    """Turn deepiot's own input errors into `<program>: error: <message>` on stderr and exit status 2.
+    """Turn deepiot's own errors (`deepiot.errors.DeepIoTError`) into `<program>: error: <message>` on stderr and
+    exit status 2.
 
-    These errors (bad config, data, checkpoint, structure, export, a NaN or exploding loss) already say what is wrong and
-    what was expected; a Python traceback would only bury that. Other exceptions propagate unchanged.
+    These errors (bad config, data, checkpoint, structure, export, profile, a NaN or exploding loss) already say
+    what is wrong and what was expected; a Python traceback would only bury that. Other exceptions propagate
+    unchanged.
     """
-    from deepiot.checkpoint import CheckpointError
-    from deepiot.data.errors import DataError
-    from deepiot.export import ExportError
-    from deepiot.runtime import CompressionError
-    from deepiot.structure.errors import StructureError
-    from deepiot.train import TrainingError
-    from deepiot.utils import ConfigError
-
-    errors = (
-        CheckpointError,
-        CompressionError,
-        ConfigError,
-        DataError,
-        ExportError,
-        StructureError,
-        TrainingError,
-    )
     try:
         yield
-    except errors as err:
+    except DeepIoTError as err:
         print(f"{program}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 

@@ -44,6 +44,7 @@ from deepiot.cli.baseline import (
 )
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
+from deepiot.errors import DeepIoTError
 from deepiot.export import export_model, manifest_entries
 from deepiot.train import ensure_trained
 from deepiot.utils import ConfigError, atomic_write
@@ -213,7 +214,7 @@ class Run:
         return [f"method.plan={source.folder / 'slicing_plan.json'}"]
 
 
-class GridError(RuntimeError):
+class GridError(DeepIoTError, RuntimeError):
     """Some runs of a grid failed (the others finished and were aggregated)."""
 
 

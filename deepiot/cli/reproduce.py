@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from deepiot.cli.dispatch import run_grid_on, split_launch_arguments
-from deepiot.cli.harness import Grid, GridError, aggregate, check_grid, parse_folds, parse_values
-from deepiot.utils import ConfigError
+from deepiot.cli.harness import Grid, aggregate, check_grid, parse_folds, parse_values
+from deepiot.errors import DeepIoTError
 
 GRID_KEYS = {
     "methods": lambda text: parse_values(text, str),
@@ -95,7 +95,7 @@ def main() -> None:
         fail(str(error))
     try:
         records = aggregate(grid) if aggregate_only else run_grid_on(grid, **launch)
-    except (GridError, ConfigError) as error:
+    except DeepIoTError as error:  # GridError (failed runs), ConfigError, ...
         fail(str(error))
     table = grid.results_dir / grid.task / ("cv" if grid.folds else "") / "table.md"
     print(f"[reproduce] {grid.task}: {len(records)} runs → {table}")

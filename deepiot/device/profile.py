@@ -20,6 +20,7 @@ import numpy as np
 
 from deepiot.device import ort_profile
 from deepiot.device.latency_model import fit_layers, fit_quality
+from deepiot.errors import DeepIoTError
 
 PROFILE_NAME = "device_profile.json"
 PLOT_NAME = "fit.png"
@@ -32,7 +33,7 @@ GOALS = {"median_abs_rel_error": 0.10, "spearman": 0.90}
 CALIBRATION_SLICINGS = (1, 2, 3)  # per reference model: fit the overhead; all other slicings validate
 
 
-class ProfileError(ValueError):
+class ProfileError(DeepIoTError, ValueError):
     """Bad profiling settings, or a suite / timings folder that does not fit together."""
 
 
