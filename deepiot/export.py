@@ -527,7 +527,7 @@ def auto_onnx_exporters(model: nn.Module) -> tuple[str, str]:
 
     Exporting a GRU/LSTM with `dynamo=True` takes 40–100 s even for a tiny model (it traces the recurrence
     step by step), against well under a second with `dynamo=False`; both pass the ONNX Runtime check
-    (`scripts/bench_onnx_export.py` measures the ratio).
+    (`scripts/benchmarks/bench_onnx_export.py` measures the ratio).
     """
     recurrent = any(isinstance(module, nn.RNNBase | nn.RNNCellBase) for module in model.modules())
     return ("torchscript", "dynamo") if recurrent else ("dynamo", "torchscript")

@@ -54,3 +54,25 @@ def test_no_reference_to_documents_outside_the_repository():
         str(path.relative_to(ROOT)) for path in cited_in() if stale.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+SCRIPT_PATH = re.compile(r"(?<![\w/.-])scripts/[\w./-]*\w")
+
+
+def test_every_cited_script_exists():
+    """Every `scripts/...` path named in the README, docs, experiment pages, package, scripts, configs and tests
+    is in the repository (scripts/ is split into benchmarks/, examples/ and the tools: a move updates them all)."""
+    pages = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "experiments").rglob("*.md"))]
+    files = [
+        *cited_in(),
+        *pages,
+        *sorted((ROOT / "scripts").rglob("*.sh")),
+        *sorted((ROOT / "tests").glob("*.py")),
+    ]
+    cited: dict[str, set[str]] = {}
+    for path in files:
+        for match in SCRIPT_PATH.finditer(path.read_text(encoding="utf-8")):
+            cited.setdefault(match.group(0), set()).add(str(path.relative_to(ROOT)))
+    assert "scripts/benchmarks/bench_step.py" in cited and "scripts/examples/example_custom_model.py" in cited
+    missing = {name: sorted(where) for name, where in cited.items() if not (ROOT / name).exists()}
+    assert missing == {}

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "example_custom_model.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "examples" / "example_custom_model.py"
 
 
 def test_example_compresses_and_exports_a_user_model(tmp_path):

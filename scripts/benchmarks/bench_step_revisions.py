@@ -6,7 +6,7 @@ A measurement times `--iterations` iterations of LeNet-5 (masked, batch 64, 1 th
 random inputs of MNIST's shape, and reports the median per iteration. Prints a table and the ratio.
 
     git worktree add --detach /tmp/deepiot-base <commit>
-    python scripts/bench_step_revisions.py /tmp/deepiot-base . --rounds 6 --json experiments/compress/bench_step_revisions.json
+    python scripts/benchmarks/bench_step_revisions.py /tmp/deepiot-base . --rounds 6 --json experiments/compress/bench_step_revisions.json
 """
 
 from __future__ import annotations

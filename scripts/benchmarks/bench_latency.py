@@ -8,8 +8,8 @@ PyTorch eager, TorchScript and ONNX Runtime. Original and sliced runs are interl
 drifts of a shared machine hit both alike.
 
 Usage (from the repository root):
-    python scripts/bench_latency.py                       # writes experiments/latency/latency.{json,png}
-    python scripts/bench_latency.py --repeats 100 --models lenet5
+    python scripts/benchmarks/bench_latency.py                       # writes experiments/latency/latency.{json,png}
+    python scripts/benchmarks/bench_latency.py --repeats 100 --models lenet5
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The reproduction grid on each launcher: wall time of the same 4-run grid, sequential vs parallel vs Ray.
 
-    OMP_NUM_THREADS=1 python scripts/bench_grid_launchers.py [workers=2] [launchers=sequential,parallel,ray]
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_grid_launchers.py [workers=2] [launchers=sequential,parallel,ray]
         [ray_address=127.0.0.1:6379] [out=experiments/cluster/README.md] [compress.max_iterations=1000 ...]
 
 The grid: lenet300_mnist on 256 MNIST samples, DeepIoT and magnitude pruning at a 20% params budget, seeds 0 and 1
@@ -32,7 +32,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 if "RAY_ADDRESS" not in os.environ and "ray_address=" not in " ".join(sys.argv):
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(ROOT))
 
@@ -100,7 +100,7 @@ def main() -> None:
         rows.append((launcher, seconds, load, os.getloadavg()[0], same))
         print(f"[bench] {launcher}: {seconds:.1f} s, results equal to the first launcher's: {same}")
     sequential = next((seconds for name, seconds, *_ in rows if name == "sequential"), None)
-    command = "OMP_NUM_THREADS=1 nice -n 19 python scripts/bench_grid_launchers.py " + " ".join(
+    command = "OMP_NUM_THREADS=1 nice -n 19 python scripts/benchmarks/bench_grid_launchers.py " + " ".join(
         shlex.quote(argument) for argument in sys.argv[1:]
     )
     lines = [

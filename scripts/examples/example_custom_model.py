@@ -1,7 +1,7 @@
 """Compress your own sensor model with the Python API: a Conv1d + GRU network on real HAPT windows.
 
-    python scripts/example_custom_model.py                 # ~ a few minutes on a 2-core CPU
-    python scripts/example_custom_model.py --quick         # a smoke run (used by the tests)
+    python scripts/examples/example_custom_model.py                 # ~ a few minutes on a 2-core CPU
+    python scripts/examples/example_custom_model.py --quick         # a smoke run (used by the tests)
 
 Steps: load the bundled HAPT activity data ([N, T=128, C=6]), train the model for a couple of epochs,
 then `deepiot.compress` it (compressor-critic search with a fast threshold schedule, fine-tuning, slicing,

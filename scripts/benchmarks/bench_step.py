@@ -6,8 +6,8 @@ under sampled masks + a compressor forward over all weight matrices, a masked fo
 REINFORCE update + one more compressor forward (step 3). Inputs are random tensors of the real shapes (time
 does not depend on the values).
 
-    python scripts/bench_step.py                        # all models, 1 thread
-    python scripts/bench_step.py --models lenet5 --steps 200 --json experiments/compress/bench_step.json
+    python scripts/benchmarks/bench_step.py                        # all models, 1 thread
+    python scripts/benchmarks/bench_step.py --models lenet5 --steps 200 --json experiments/compress/bench_step.json
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ wall time of the episode (steps + fine-tuning + evaluation; building the env, wh
 pre-trains the model once, is timed separately).
 
 Usage (from the repository root):
-    python scripts/env_random_policy.py                           # LeNet-300-100 / MNIST, 5 episodes
-    python scripts/env_random_policy.py --episodes 10 --model lenet5 --lam 2 --finetune-steps 50
+    python scripts/examples/env_random_policy.py                           # LeNet-300-100 / MNIST, 5 episodes
+    python scripts/examples/env_random_policy.py --episodes 10 --model lenet5 --lam 2 --finetune-steps 50
 
 Any gymnasium-compatible agent drives the same env. With stable-baselines3 (not a deepiot dependency:
 `pip install stable-baselines3` into the same environment, keeping its torch):

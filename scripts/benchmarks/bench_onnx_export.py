@@ -8,7 +8,7 @@ sliced StackedRNN — with `onnx_exporter="dynamo"` (the old default) and `"auto
 prints the ratio. Both must pass the same check; a failure raises.
 
 Usage (from the repository root; the dynamo exports take a minute or more on a small CPU):
-    OMP_NUM_THREADS=1 python scripts/bench_onnx_export.py [--models gru lstm] [--out FILE.json]
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_onnx_export.py [--models gru lstm] [--out FILE.json]
 
 Measured on the project's shared 2-core machine (torch 2.13 CPU, 1 thread; seconds per checked export,
 dynamo before → auto after): gru 13.97 → 0.11 (131×; the first export also pays dynamo's warm-up),

@@ -5,7 +5,7 @@ For every task: the original (exported here from outputs/train/<task>/model.pt) 
 changes on a shared machine hit every model alike). Writes results.json, table.md and latency.png into --out; labels starting with "params" / "latency" are
 drawn blue / orange.
 
-    python scripts/bench_device_budgets.py \
+    python scripts/benchmarks/bench_device_budgets.py \
         --run lenet5_mnist:params=outputs/device_budgets/lenet5_mnist_params \
         --run lenet5_mnist:latency=outputs/device_budgets/lenet5_mnist_latency \
         --profile experiments/device/host_ort_1thread/device_profile.json --out experiments/device/budgets

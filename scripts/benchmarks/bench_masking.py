@@ -3,7 +3,7 @@
 One step = forward + backward + Adam step on a batch of 64; the masked step also samples fresh per-sample
 masks (keep prob 0.5) for every group. Plain and masked steps alternate so both see the same machine load.
 
-    python scripts/bench_masking.py [--steps 20] [--threads 1]
+    python scripts/benchmarks/bench_masking.py [--steps 20] [--threads 1]
 """
 
 from __future__ import annotations
