@@ -307,3 +307,31 @@ def test_real_command_line_refuses_a_bad_launcher_before_the_sweep(launcher, exp
     assert done.stderr.startswith("deepiot-train: error: ") and re.search(expected, done.stderr), done.stderr
     assert "Traceback" not in done.stderr
     assert files_under(tmp_path) == []  # no sweep folder
+
+
+# ---------------------------------------------------------------------------------------------- removed settings
+
+
+@pytest.mark.parametrize("argument", ["paths.artifacts_dir=out", "+paths.artifacts_dir=out", "~paths.artifacts_dir"])
+def test_a_removed_setting_is_refused_with_its_replacement(argument):
+    from deepiot.cli import check_removed_keys
+    from deepiot.utils import ConfigError
+
+    with pytest.raises(ConfigError, match=r"paths\.artifacts_dir is no longer a setting: .*paths\.output_dir"):
+        check_removed_keys(["experiment=lenet5_mnist", argument])
+    check_removed_keys(["experiment=lenet5_mnist", "paths.original_dir=out"])  # a setting that exists
+
+
+@pytest.mark.parametrize("command", ["train", "compress", "baseline"])
+def test_commands_refuse_a_removed_setting_before_hydra_runs(command, monkeypatch, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(f"deepiot.cli.{command}").main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", [f"deepiot-{command}", "paths.artifacts_dir=out"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith(f"deepiot-{command}: error: paths.artifacts_dir is no longer a setting"), err
+    assert list(tmp_path.iterdir()) == []  # nothing written: no outputs/ run folder

@@ -183,3 +183,30 @@ def test_an_unknown_compression_setting_on_the_command_line_is_refused(tmp_path)
 def test_compress_paper_fine_tunes_long_unless_the_paper_optimiser_is_asked_for(overrides, lr, schedule):
     finetune = compose_config(overrides).finetune
     assert (finetune.lr, finetune.schedule) == (lr, schedule)
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "expected"),
+    [
+        ("compress", [], (0, 0, 0)),
+        ("compress", ["seed=3"], (3, 3, 3)),
+        ("compress", ["seed=3", "compress.seed=5"], (3, 5, 5)),
+        ("compress", ["compress.seed=5", "finetune.seed=7"], (0, 5, 7)),
+        ("baseline", ["seed=3"], (3, 3, 3)),
+        ("baseline", ["seed=3", "run_seed=5"], (3, 5, 5)),
+    ],
+)
+def test_the_four_seeds_do_what_docs_design_section_7_says(command, overrides, expected):
+    """`seed` decides the original (its run folder), `compress.seed` the search, `finetune.seed` the fine-tuning
+    (each defaults to the one before), and deepiot-baseline's `run_seed` the method while `seed` stays."""
+    from deepiot.cli.baseline import compose_baseline_config
+
+    compose = compose_baseline_config if command == "baseline" else compose_config
+    cfg = compose([*overrides, "paths.output_dir=/tmp/run"])
+    config = compression_config(cfg)
+    assert (cfg.seed, config.loop.seed, config.finetune.seed) == expected
+    assert cfg.paths.original_dir == "outputs/train/lenet5_mnist" + (
+        "" if expected[0] == 0 else f"_seed{expected[0]}"
+    )
+    if command == "baseline":
+        assert cfg.run_seed == expected[1]

@@ -157,15 +157,36 @@ def check_launcher(config_name: str, arguments: Sequence[str]) -> None:
         )
 
 
-def checked_launcher(program: str, config_name: str) -> Any:
-    """Decorate a `@hydra.main` entry point so that `check_launcher` runs first: a bad launcher ends with
-    `<program>: error: ...` and exit status 2 before Hydra writes anything."""
+# Settings that no longer exist → what to use instead. Hydra would only say that the key is not in the config and
+# suggest `+key=...`, which adds a value nothing reads.
+REMOVED_KEYS = {
+    "paths.artifacts_dir": "it was never read. A run writes into its run folder (paths.output_dir, set by "
+    "hydra.run.dir): slicing_plan.json, and the exported models with their manifest under export/; deepiot-export "
+    "writes to out_dir",
+}
+
+
+def check_removed_keys(arguments: Sequence[str]) -> None:
+    """ConfigError naming the replacement of a removed setting on the command line (`key=`, `+key=`, `++key=`,
+    `~key`)."""
+    from deepiot.utils import ConfigError
+
+    for argument in arguments:
+        key = argument.split("=", 1)[0].lstrip("+~")
+        if key in REMOVED_KEYS:
+            raise ConfigError(f"{key} is no longer a setting: {REMOVED_KEYS[key]}.")
+
+
+def checked_command_line(program: str, config_name: str) -> Any:
+    """Decorate a `@hydra.main` entry point so that `check_removed_keys` and `check_launcher` run first: a removed
+    setting or a bad launcher ends with `<program>: error: ...` and exit status 2 before Hydra writes anything."""
 
     def decorate(hydra_main: Any) -> Any:
         @functools.wraps(hydra_main)
         def main(cfg_passthrough: DictConfig | None = None) -> Any:
             if cfg_passthrough is None:
                 with reported_errors(program):
+                    check_removed_keys(sys.argv[1:])
                     check_launcher(config_name, sys.argv[1:])
             return hydra_main(cfg_passthrough)
 

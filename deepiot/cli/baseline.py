@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from deepiot.api import OutputOptions, compress
 from deepiot.baselines.pipeline import METHODS, prune
 from deepiot.checkpoint import load_trained_model
-from deepiot.cli import CONFIG_DIR, checked_launcher, reported_errors
+from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
 from deepiot.cli.compress import compression_config, config_device, output_options
 from deepiot.compression import CompressionResult
 from deepiot.compression.budget import DEVICE_BUDGETS, LatencyProfile
@@ -234,7 +234,7 @@ def run_deepiot(
     )  # fmt: skip
 
 
-@checked_launcher("deepiot-baseline", "baseline")
+@checked_command_line("deepiot-baseline", "baseline")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baseline")
 def main(cfg: DictConfig) -> float:
     """Run, print a one-line summary, and return the compressed model's validation accuracy."""

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import load_trained_model, save_checkpoint
-from deepiot.cli import CONFIG_DIR, checked_launcher, reported_errors
+from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
 from deepiot.compression import STATE_FILE, CompressionConfig, CompressionResult
 from deepiot.compression.state import read_saved_state
 from deepiot.export import SLICED_MODEL_KIND
@@ -183,7 +183,7 @@ def save_finetuned_model(out_dir: Path, original: dict[str, Any], result: Compre
     save_checkpoint(payload, out_dir / FINETUNED_MODEL)
 
 
-@checked_launcher("deepiot-compress", "config")
+@checked_command_line("deepiot-compress", "config")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Compress, print a one-line summary, and return the compressed model's validation accuracy."""

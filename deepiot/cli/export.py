@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deepiot.cli import CONFIG_DIR, checked_launcher, reported_errors
+from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
 from deepiot.export import ExportError, ExportResult, export_compressed
 
 
@@ -115,7 +115,7 @@ def describe(result: ExportResult) -> str:
     return "\n".join(["[deepiot-export] wrote", *lines, f"  max |exported - PyTorch|: {checked}"])
 
 
-@checked_launcher("deepiot-export", "export")
+@checked_command_line("deepiot-export", "export")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """Run the export and print where it went; bad inputs end with their message and exit status 2."""

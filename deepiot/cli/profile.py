@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from deepiot.cli import CONFIG_DIR, checked_launcher, reported_errors
+from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
 from deepiot.device.ort_profile import SUITE_NAME, TIMINGS_NAME
 from deepiot.device.profile import (
     PROFILE_NAME,
@@ -85,7 +85,7 @@ def describe(result: dict[str, Any], out_dir: str) -> str:
     return "\n".join(lines)
 
 
-@checked_launcher("deepiot-profile", "profile")
+@checked_command_line("deepiot-profile", "profile")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="profile")
 def main(cfg: DictConfig) -> None:
     """Profile, fit and print the fit quality; bad settings end with their message and exit status 2."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from deepiot.cli import CONFIG_DIR, checked_launcher, reported_errors
+from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
 from deepiot.train import train
 
 
-@checked_launcher("deepiot-train", "config")
+@checked_command_line("deepiot-train", "config")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train, print a one-line summary, and return the validation accuracy (the value a sweeper optimises)."""
