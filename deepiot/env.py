@@ -31,17 +31,10 @@ from deepiot.compression.reward import Reward
 from deepiot.cost.registry import COST_FUNCTIONS
 from deepiot.data import DatasetBundle, loaders_by_name
 from deepiot.export import PLAN_NAME, ExportResult, export_model, manifest_entries
-from deepiot.models import build_model
+from deepiot.models import REFERENCE_MODELS, build_model
 from deepiot.runtime import BatchStream, dataset_tensors, evaluate, resolve_device
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
 
-MODEL_TARGETS = {
-    "lenet300": "deepiot.models.LeNet300",
-    "lenet5": "deepiot.models.LeNet5",
-    "vgg": "deepiot.models.VGG",
-    "lstm": "deepiot.models.LSTMClassifier",
-    "deepsense": "deepiot.models.DeepSense",
-}
 DATASETS = ("mnist", "hapt_activity", "hapt_user", "cifar10")  # loaders taking (root, limit)
 KINDS = ("linear", "conv", "rnn")
 OBSERVATION_FIELDS = (
@@ -85,7 +78,7 @@ class CompressEnv(gym.Env[np.ndarray, np.ndarray]):
     original weights, so episodes are independent.
 
     Args:
-        model: a name in `MODEL_TARGETS` (pre-trained inside the env for `PRETRAIN_STEPS` steps, once per
+        model: a name in `deepiot.models.REFERENCE_MODELS` (pre-trained inside the env for `PRETRAIN_STEPS` steps, once per
             process, deterministically), a trained `nn.Module` (copied, never modified), or None: the
             checkpoint's model, else "lenet300".
         data: a name in `DATASETS` (loaded with `data_root` and `data_limit` samples per split), a
@@ -368,9 +361,9 @@ def check_arguments(
     render_mode: str | None,
 ) -> None:
     """Reject bad constructor arguments with a message naming the argument, before any data is loaded."""
-    if isinstance(model, str) and model not in MODEL_TARGETS:
+    if isinstance(model, str) and model not in REFERENCE_MODELS:
         raise ValueError(
-            f"CompressEnv: unknown model {model!r}; expected one of {sorted(MODEL_TARGETS)} or an nn.Module."
+            f"CompressEnv: unknown model {model!r}; expected one of {sorted(REFERENCE_MODELS)} or an nn.Module."
         )
     if model is not None and not isinstance(model, str | nn.Module):
         raise TypeError(
@@ -430,7 +423,7 @@ def build_episode_model(
     if isinstance(model, nn.Module):
         return copy.deepcopy(model).eval(), {}, bundle  # the env moves it to its device
     model_config = {
-        "_target_": MODEL_TARGETS[model or "lenet300"],
+        "_target_": f"deepiot.models.{REFERENCE_MODELS[model or 'lenet300'].__name__}",
         "input_shape": [int(size) for size in bundle.input_shape],
         "num_classes": int(bundle.num_classes),
     }

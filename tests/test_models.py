@@ -4,7 +4,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from deepiot.models import VGG, DeepSense, LeNet5, LeNet300, LSTMClassifier, build_model
+from deepiot.cli import CONFIG_DIR, run_name
+from deepiot.models import REFERENCE_MODELS, VGG, DeepSense, LeNet5, LeNet300, LSTMClassifier, build_model
 
 CASES = [
     (LeNet5, (1, 28, 28), 10),
@@ -45,9 +46,17 @@ def test_deepsense_rejects_non_imu_input():
         DeepSense(input_shape=(128, 3))
 
 
-@pytest.mark.parametrize("name", ["lenet5", "lenet300", "vgg", "lstm", "deepsense"])
+def test_the_model_configs_the_env_and_the_run_names_share_one_table():
+    assert sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml")) == sorted(REFERENCE_MODELS)
+    for name, model in REFERENCE_MODELS.items():
+        target = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")["_target_"]
+        assert target == f"deepiot.models.{model.__name__}"
+        assert run_name(target, "deepiot.data.load_mnist") == f"{name}_mnist"
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_MODELS))
 def test_build_model_from_config_file(name):
-    config = OmegaConf.to_container(OmegaConf.load(f"configs/model/{name}.yaml"))
+    config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"))
     shape = (128, 6) if name in ("lstm", "deepsense") else ((3, 32, 32) if name == "vgg" else (1, 28, 28))
     model = build_model({**config, "input_shape": list(shape), "num_classes": 7})
     assert model(torch.randn(2, *shape)).shape == (2, 7)

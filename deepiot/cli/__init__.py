@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from deepiot.errors import DeepIoTError
+from deepiot.models import REFERENCE_MODELS
 
 
 def config_dir() -> Path:
@@ -31,13 +32,7 @@ def config_dir() -> Path:
 CONFIG_DIR = config_dir()
 
 # Short model names for default run names (configs/model/<name>.yaml); other classes use their lowercased name.
-MODEL_NAMES = {
-    "LeNet5": "lenet5",
-    "LeNet300": "lenet300",
-    "VGG": "vgg",
-    "LSTMClassifier": "lstm",
-    "DeepSense": "deepsense",
-}
+MODEL_NAMES = {model.__name__: name for name, model in REFERENCE_MODELS.items()}
 
 
 def run_name(model_target: str, data_target: str) -> str:

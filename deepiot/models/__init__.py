@@ -13,7 +13,18 @@ from deepiot.models.lenet import LeNet5, LeNet300
 from deepiot.models.rnn import DeepSense, LSTMClassifier
 from deepiot.models.vgg import VGG
 
-__all__ = ["VGG", "DeepSense", "LSTMClassifier", "LeNet5", "LeNet300", "build_model"]
+__all__ = ["REFERENCE_MODELS", "VGG", "DeepSense", "LSTMClassifier", "LeNet5", "LeNet300", "build_model"]
+
+# The reference models by short name, the one table of them: configs/model/<name>.yaml builds the class
+# (tests/test_models.py), the env takes the name (`CompressEnv(model="lenet5")`), and a run without an experiment
+# is named "<name>_<data>" (deepiot.cli.run_name).
+REFERENCE_MODELS: dict[str, type[nn.Module]] = {
+    "lenet5": LeNet5,
+    "lenet300": LeNet300,
+    "vgg": VGG,
+    "lstm": LSTMClassifier,
+    "deepsense": DeepSense,
+}
 
 
 def build_model(model_config: dict[str, Any]) -> nn.Module:
