@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, StepLR
@@ -46,7 +46,6 @@ from deepiot.utils import (
     config_to_dataclass,
     derive_seed,
     describe_differences,
-    exclusive_lock,
     flatten,
     remove_stale_temporaries,
     seed_everything,
@@ -203,44 +202,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     record = {"name": cfg.name, "metrics": metrics, "history": progress.history}
     atomic_write(output_dir / "metrics.json", lambda file: file.write(json.dumps(record, indent=2) + "\n"))
     return metrics
-
-
-def ensure_trained(cfg: DictConfig) -> Path:
-    """Path of the trained original for `cfg` (its data, model, trainer, seed), training it first if missing.
-
-    The original lives in deepiot-train's run folder `cfg.paths.original_dir` (default outputs/train/<name>)
-    as model.pt. A missing one is trained there (resuming a partial run); an existing one trained with a
-    different data/model/trainer/seed config raises ConfigError instead of being silently reused. Parallel
-    jobs (a joblib sweep) that need the same original wait while one of them trains it.
-    """
-    model_path = Path(cfg.paths.original_dir) / "model.pt"
-    if model_path.is_file():
-        return _ensure_trained(cfg)
-    with exclusive_lock(model_path.parent / ".lock"):  # only a run that trains writes into the folder
-        return _ensure_trained(cfg)
-
-
-def _ensure_trained(cfg: DictConfig) -> Path:
-    """`ensure_trained` (under its lock when it may train)."""
-    run_dir = Path(cfg.paths.original_dir)
-    model_path = run_dir / "model.pt"
-    if model_path.is_file():
-        checkpoint = load_checkpoint(model_path, kind="trained_model")
-        expected = result_config(resolve_groups(cfg, RESULT_GROUPS))
-        if result_config(checkpoint["config"]) != expected:
-            raise ConfigError(
-                f"the trained original {model_path} was trained with another config "
-                f"({describe_differences(result_config(checkpoint['config']), expected)}). Delete that folder to "
-                "retrain it, or point paths.original_dir at the run that matches this config."
-            )
-        return model_path
-    train_cfg = cfg.copy()
-    with open_dict(train_cfg):
-        train_cfg.paths.output_dir = str(run_dir)
-        train_cfg.paths.tensorboard_dir = str(run_dir / "tensorboard")
-    log.info("no trained original at %s: training it now", model_path)
-    train(train_cfg)
-    return model_path
 
 
 def check_train_config(cfg: DictConfig) -> None:

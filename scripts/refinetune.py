@@ -19,11 +19,12 @@ import torch
 
 from deepiot.checkpoint import load_checkpoint, load_trained_model
 from deepiot.cli import compose_config
+from deepiot.cli.train import ensure_trained
 from deepiot.compression import STATE_FILE
 from deepiot.finetune import FinetuneConfig, finetune
 from deepiot.runtime import accuracy, dataset_tensors
 from deepiot.structure import Structure, slice_model
-from deepiot.train import ensure_trained, load_bundle
+from deepiot.train import load_bundle
 
 
 def main() -> None:

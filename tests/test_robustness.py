@@ -17,13 +17,14 @@ from deepiot import train as train_module
 from deepiot.checkpoint import load_checkpoint
 from deepiot.cli import CONFIG_DIR, compose_config
 from deepiot.cli.compress import compression_config
+from deepiot.cli.train import ensure_trained
 from deepiot.compression import CompressionConfig, LoopConfig, compress_model
 from deepiot.compression.step import LoopState, check_finite
 from deepiot.data import load_npz
 from deepiot.finetune import FinetuneConfig
 from deepiot.report import REPORT_JSON, write_report
 from deepiot.runtime import CompressionError
-from deepiot.train import TrainingError, ensure_trained, train
+from deepiot.train import TrainingError, train
 from deepiot.utils import ConfigError, remove_stale_temporaries
 
 LSTM = ["data=npz", "model=lstm", "model.hidden_size=8", "model.num_layers=1", "trainer.progress_bar=false"]

@@ -9,12 +9,14 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import deepiot.cli.train as train_cli
 import deepiot.train as train_module
 from deepiot.checkpoint import load_checkpoint, load_trained_model
 from deepiot.cli import compose_config
+from deepiot.cli.train import ensure_trained
 from deepiot.data import load_mnist
 from deepiot.runtime import evaluate_loader
-from deepiot.train import ensure_trained, train
+from deepiot.train import train
 from deepiot.utils import ConfigError
 
 # small data, one thread (the machine is shared: oversubscribed threads are many times slower)
@@ -127,7 +129,7 @@ def test_ensure_trained_trains_once_then_reuses(tmp_path, monkeypatch):
     def fail(cfg):
         raise AssertionError("ensure_trained retrained an existing original")
 
-    monkeypatch.setattr(train_module, "train", fail)
+    monkeypatch.setattr(train_cli, "train", fail)
     assert ensure_trained(cfg) == path
     other = compose_config(["experiment=lenet300_mnist", *TINY, "trainer.epochs=3", original])
     with pytest.raises(ConfigError, match=r"trained with another config \(trainer\.epochs: 1 → 3\)"):

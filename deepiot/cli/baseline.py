@@ -12,7 +12,7 @@ Examples:
 `run_baseline(cfg)`: one method × budget × seed run from the composed `configs/baseline.yaml` (the pure function
 behind `deepiot-baseline` and the reproduction harness, `deepiot.cli.harness`).
 
-Like `deepiot-compress`, it trains-or-loads the experiment's original (`deepiot.train.ensure_trained`), then
+Like `deepiot-compress`, it trains-or-loads the experiment's original (`deepiot.cli.train.ensure_trained`), then
 runs `cfg.method` at `cfg.budget` and the shared path (fine-tune → test → report → export) into
 `cfg.paths.output_dir` (method.floor: magnitude_floor's floor; method.plan: the slicing_plan.json whose
 architecture scratch trains from scratch — the budget is then that run's and only recorded). Method "deepiot" runs the budget-driven compressor-critic search (`deepiot.compress`
@@ -39,10 +39,11 @@ from deepiot.baselines.pipeline import METHODS, prune
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
 from deepiot.cli.compress import compression_config, config_device, output_options
+from deepiot.cli.train import ensure_trained
 from deepiot.compression import CompressionResult
 from deepiot.compression.budget import DEVICE_BUDGETS, LatencyProfile
 from deepiot.finetune import FinetuneConfig
-from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
+from deepiot.train import check_train_config, load_bundle, show_progress
 from deepiot.utils import ConfigError, config_to_dataclass
 
 RECIPES = ("equal", "best")

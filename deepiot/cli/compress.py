@@ -26,12 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from deepiot.api import OutputOptions, compress
 from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
+from deepiot.cli.train import ensure_trained
 from deepiot.compression import STATE_FILE, CompressionConfig, CompressionResult
 from deepiot.compression.state import read_saved_state
 from deepiot.export import SLICED_MODEL_KIND
 from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
-from deepiot.train import check_train_config, ensure_trained, load_bundle, show_progress
+from deepiot.train import check_train_config, load_bundle, show_progress
 from deepiot.utils import ConfigError, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)

@@ -42,11 +42,11 @@ from deepiot.cli.baseline import (
     compose_baseline_config,
     run_baseline,
 )
+from deepiot.cli.train import ensure_trained
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.errors import DeepIoTError
 from deepiot.export import export_model, manifest_entries
-from deepiot.train import ensure_trained
 from deepiot.utils import ConfigError, atomic_write
 
 log = logging.getLogger(__name__)

@@ -84,7 +84,7 @@ def readme(rows: list[dict[str, Any]], environment: dict[str, Any]) -> str:
         "```",
         "",
         "Checkpoints: `outputs/train/<experiment>/model.pt` (kind `trained_model`; load with",
-        "`deepiot.checkpoint.load_trained_model`). `deepiot.train.ensure_trained(cfg)` finds them there",
+        "`deepiot.checkpoint.load_trained_model`). `deepiot.cli.train.ensure_trained(cfg)` finds them there",
         "(`paths.original_dir`, default `outputs/train/${name}`) and trains a missing one.",
         "",
         f"Measured at commit `{environment['commit']}` on {environment['machine']} (torch {environment['torch']},",
