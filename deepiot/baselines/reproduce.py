@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,6 +402,42 @@ def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:
 def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int) -> float:
     """Median ONNX Runtime latency in ms, batch 1, one thread."""
     return measure_onnx_latency(path, example, threads=1, warmup=min(20, repeats), repeats=repeats).median_ms
+
+
+def remeasure_latencies(grid: Grid) -> int:
+    """Measure again, here, the ONNX latency (batch 1, 1 thread) of the task's originals and finished runs.
+
+    A grid whose runs ran on several machines (launcher=ray or submitit, another host) has latencies from each;
+    this puts them all on this machine, side by side in one process, before the tables compare them. Updates
+    latency_ms, latency_left and latency_host in each result.json (atomically); returns the number of runs."""
+    task_runs = grid.runs_dir / grid.task
+    host = platform.node()
+    originals = {}
+    for path in [
+        task_runs / "original" / RESULT_FILE,
+        *sorted(task_runs.glob(f"fold*/original/{RESULT_FILE}")),
+    ]:
+        if path.is_file():
+            record = json.loads(path.read_text())
+            example = torch.zeros(1, *record["input_shape"])
+            record.update(latency_ms=onnx_latency(record["onnx_path"], example, grid.latency_repeats),
+                          latency_host=host)  # fmt: skip
+            atomic_write(path, lambda file, record=record: file.write(json.dumps(record, indent=2) + "\n"))
+            originals[record.get("fold")] = record
+    paths = [
+        *task_runs.glob(f"*/*/*/seed*/{RESULT_FILE}"),
+        *task_runs.glob(f"fold*/*/*/*/seed*/{RESULT_FILE}"),
+    ]
+    for path in sorted(paths):
+        record = json.loads(path.read_text())
+        original = originals[record.get("fold")]
+        onnx_path = original["onnx_path"] if record["sparse"] else path.parent / "export" / "model.onnx"
+        latency = onnx_latency(onnx_path, torch.zeros(1, *original["input_shape"]), grid.latency_repeats)
+        record.update(latency_ms=latency, latency_left=latency / original["latency_ms"], latency_host=host)
+        atomic_write(path, lambda file, record=record: file.write(json.dumps(record, indent=2) + "\n"))
+    log.info("%s: latency measured again on %s for %d originals and %d runs", grid.task, host,
+                len(originals), len(paths))  # fmt: skip
+    return len(paths)
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
