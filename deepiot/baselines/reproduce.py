@@ -694,6 +694,7 @@ def plot_pareto(
                 [100 * row["test_accuracy"] for row in points],
                 yerr=np.array([accuracy_error_bar(row) for row in points]).T,
                 marker="o", capsize=3, label=method,
+                linestyle="none" if key == "latency_ms" else "-",  # latency is not monotone in the budget
             )  # fmt: skip
         if key == "params_left":
             for row in (row for row in PAPER_ROWS.get(task, []) if "test_accuracy" in row):
@@ -712,7 +713,8 @@ def plot_pareto(
             axes.xaxis.set_minor_formatter(
                 ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
             )
-        axes.set_ylim(top=min(axes.get_ylim()[1], 100.5))  # an interval may reach past 100%
+        low, high = axes.get_ylim()  # an interval of few folds may reach past 0% or 100%
+        axes.set_ylim(bottom=max(low, -0.5), top=min(high, 100.5))
         axes.set_xlabel(label)
         axes.set_ylabel("test accuracy (%)")
     panels[0].legend(fontsize=7)
