@@ -57,8 +57,14 @@ BASELINE_CASES = {
     ),
     "recipe": (["recipe=fancy"], "recipe must be one of equal, best, got 'fancy'"),
     "deepiot critic.lr": (["method=deepiot", "critic.lr=-1"], "critic.lr"),
-    "element_choice": (["method=deepiot", "compress.element_choice=best"], "compress.element_choice must be one of"),
-    "choice_steps=0": (["method=deepiot", "compress.choice_steps=0"], "compress.choice_steps must be a positive"),
+    "element_choice": (
+        ["method=deepiot", "compress.element_choice=best"],
+        "compress.element_choice must be one of",
+    ),
+    "choice_steps=0": (
+        ["method=deepiot", "compress.choice_steps=0"],
+        "compress.choice_steps must be a positive",
+    ),
     "choice_steps=abc": (["method=deepiot", "compress.choice_steps=abc"], "compress.choice_steps"),
     "mask_scale": (["method=deepiot", "critic.mask_scale=half"], "critic.mask_scale must be one of"),
 }
@@ -86,7 +92,10 @@ REPRODUCE_CASES = {
     "seeds=a,b": (["seeds=a,b"], r"seeds='a,b' is invalid: expected comma-separated integers >= 0"),
     "seeds=-1": (["seeds=-1"], r"seeds=\[-1\] is invalid: expected integers >= 0"),
     "seeds=": (["seeds="], "seeds is empty: expected at least one value"),
-    "methods=foo": (["methods=foo"], r"unknown method\(s\) \['foo'\]; choose from deepiot, deepiot_inverted, magnitude"),
+    "methods=foo": (
+        ["methods=foo"],
+        r"unknown method\(s\) \['foo'\]; choose from deepiot, deepiot_inverted, magnitude",
+    ),
     "methods=": (["methods="], "methods is empty: expected at least one value"),
     "recipes=foo": (["recipes=foo"], "recipes must be among equal, best, got"),
     "cost=energy": (["cost=energy"], "cost must be params or macs .* got 'energy'"),
@@ -103,6 +112,10 @@ REPRODUCE_CASES = {
     ),
     "latency_repeats=x": (["latency_repeats=x"], "latency_repeats='x' is invalid: expected an integer >= 1"),
     "latency_repeats=0": (["latency_repeats=0"], "latency_repeats=0 is invalid: expected an integer >= 1"),
+    "remeasure_latency=maybe": (
+        ["remeasure_latency=maybe"],
+        "remeasure_latency='maybe' is invalid: expected true or false",
+    ),
     "latency without profile": (
         ["cost=latency_ms", "budgets=0.1"],
         "a latency_ms budget needs a device profile",
@@ -208,7 +221,10 @@ INT8_CASES = {
     "int8_windows=0": (["int8_windows=0"], r"int8_windows=0 is invalid: expected .* an integer >= 1"),
     "int8_windows=abc": (["int8_windows=abc"], r"int8_windows='abc' is invalid: expected"),
     "int8_windows=1.5": (["int8_windows=1.5"], r"int8_windows=1.5 is invalid: expected"),
-    "int8_max_drop=abc": (["int8_max_drop=abc"], r"int8_max_drop='abc' is invalid: expected .* a number >= 0"),
+    "int8_max_drop=abc": (
+        ["int8_max_drop=abc"],
+        r"int8_max_drop='abc' is invalid: expected .* a number >= 0",
+    ),
     "int8_max_drop=-1": (["int8_max_drop=-1"], r"int8_max_drop=-1 is invalid: expected"),
     "dataset gone": (
         [],

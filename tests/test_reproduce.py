@@ -89,6 +89,22 @@ def test_a_run_interrupted_before_its_result_is_rerun(tmp_path):
     assert again[0]["test_accuracy"] == first["test_accuracy"]  # fine-tuning resumed from its finished state
 
 
+def test_latencies_measured_elsewhere_are_measured_again_here(tmp_path):
+    grid = tiny_grid(tmp_path, methods=("magnitude",), seeds=(0,))
+    run_grid(grid)
+    path = grid.runs()[0].folder / harness.RESULT_FILE
+    record = json.loads(path.read_text())
+    path.write_text(
+        json.dumps({**record, "latency_ms": 1234.0, "latency_left": 99.0})
+    )  # as from another host
+    assert harness.remeasure_latencies(grid) == 1
+    again = json.loads(path.read_text())
+    original = json.loads((grid.task_dir(None) / "original" / harness.RESULT_FILE).read_text())
+    assert 0 < again["latency_ms"] < 1234.0 and again["latency_host"] == original["latency_host"]
+    assert again["latency_left"] == pytest.approx(again["latency_ms"] / original["latency_ms"])
+    assert again["test_accuracy"] == record["test_accuracy"]  # nothing but the latency changes
+
+
 def test_a_failing_run_does_not_stop_the_grid(tmp_path, monkeypatch):
     grid = tiny_grid(tmp_path, methods=("magnitude",))
     real_run_baseline = harness.run_baseline
@@ -167,9 +183,15 @@ def test_fold_runs_have_their_own_folders_originals_and_order(tmp_path):
     assert [(run.fold, run.method) for run in runs] == [
         (0, "deepiot"), (0, "magnitude"), (0, "scratch"), (1, "deepiot"), (1, "magnitude"), (1, "scratch"),
     ]  # fmt: skip
-    assert runs[0].folder == tmp_path / "runs" / "lenet300_mnist" / "fold0" / "equal" / "deepiot" / "params0.2" / "seed0"
+    assert (
+        runs[0].folder
+        == tmp_path / "runs" / "lenet300_mnist" / "fold0" / "equal" / "deepiot" / "params0.2" / "seed0"
+    )
     assert "data.dataset.fold=0" in runs[0].overrides
-    assert f"paths.original_dir={tmp_path / 'runs' / 'lenet300_mnist' / 'fold0' / 'original' / 'train'}" in runs[0].overrides
+    assert (
+        f"paths.original_dir={tmp_path / 'runs' / 'lenet300_mnist' / 'fold0' / 'original' / 'train'}"
+        in runs[0].overrides
+    )
     scratch = runs[2]
     assert f"method.plan={runs[0].folder / 'slicing_plan.json'}" in scratch.overrides  # DeepIoT's architecture
     assert harness.parse_folds("0-2,4") == (0, 1, 2, 4) and harness.parse_folds("") == ()
@@ -195,7 +217,9 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     difference = summary["magnitude"]["diff_vs_reference"]
     assert difference["mean"] == pytest.approx(-0.02) and difference["significant"] is True
     assert summary["deepiot"]["diff_vs_reference"] is None
-    assert summary["deepiot"]["diff_vs_original"]["mean"] == pytest.approx(-0.01)  # 1 point below on every fold
+    assert summary["deepiot"]["diff_vs_original"]["mean"] == pytest.approx(
+        -0.01
+    )  # 1 point below on every fold
     low, high = summary["deepiot"]["test_accuracy_low"], summary["deepiot"]["test_accuracy_high"]
     assert low < summary["deepiot"]["test_accuracy"] < high
     original = harness.summarise_originals(

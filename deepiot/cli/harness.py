@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,6 +405,42 @@ def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int) -> float
     return measure_onnx_latency(path, example, threads=1, warmup=min(20, repeats), repeats=repeats).median_ms
 
 
+def remeasure_latencies(grid: Grid) -> int:
+    """Measure again, here, the ONNX latency (batch 1, 1 thread) of the task's originals and finished runs.
+
+    A grid whose runs ran on several machines (launcher=ray or submitit, another host) has latencies from each;
+    this puts them all on this machine, side by side in one process, before the tables compare them. Updates
+    latency_ms, latency_left and latency_host in each result.json (atomically); returns the number of runs."""
+    task_runs = grid.runs_dir / grid.task
+    host = platform.node()
+    originals = {}
+    for path in [
+        task_runs / "original" / RESULT_FILE,
+        *sorted(task_runs.glob(f"fold*/original/{RESULT_FILE}")),
+    ]:
+        if path.is_file():
+            record = json.loads(path.read_text())
+            example = torch.zeros(1, *record["input_shape"])
+            record.update(latency_ms=onnx_latency(record["onnx_path"], example, grid.latency_repeats),
+                          latency_host=host)  # fmt: skip
+            atomic_write(path, lambda file, record=record: file.write(json.dumps(record, indent=2) + "\n"))
+            originals[record.get("fold")] = record
+    paths = [
+        *task_runs.glob(f"*/*/*/seed*/{RESULT_FILE}"),
+        *task_runs.glob(f"fold*/*/*/*/seed*/{RESULT_FILE}"),
+    ]
+    for path in sorted(paths):
+        record = json.loads(path.read_text())
+        original = originals[record.get("fold")]
+        onnx_path = original["onnx_path"] if record["sparse"] else path.parent / "export" / "model.onnx"
+        latency = onnx_latency(onnx_path, torch.zeros(1, *original["input_shape"]), grid.latency_repeats)
+        record.update(latency_ms=latency, latency_left=latency / original["latency_ms"], latency_host=host)
+        atomic_write(path, lambda file, record=record: file.write(json.dumps(record, indent=2) + "\n"))
+    log.info("%s: latency measured again on %s for %d originals and %d runs", grid.task, host,
+                len(originals), len(paths))  # fmt: skip
+    return len(paths)
+
+
 # ---------------------------------------------------------------------------------------------- aggregation
 
 
@@ -658,6 +695,7 @@ def plot_pareto(
                 [100 * row["test_accuracy"] for row in points],
                 yerr=np.array([accuracy_error_bar(row) for row in points]).T,
                 marker="o", capsize=3, label=method,
+                linestyle="none" if key == "latency_ms" else "-",  # latency is not monotone in the budget
             )  # fmt: skip
         if key == "params_left":
             for row in (row for row in PAPER_ROWS.get(task, []) if "test_accuracy" in row):
@@ -676,7 +714,8 @@ def plot_pareto(
             axes.xaxis.set_minor_formatter(
                 ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
             )
-        axes.set_ylim(top=min(axes.get_ylim()[1], 100.5))  # an interval may reach past 100%
+        low, high = axes.get_ylim()  # an interval of few folds may reach past 0% or 100%
+        axes.set_ylim(bottom=max(low, -0.5), top=min(high, 100.5))
         axes.set_xlabel(label)
         axes.set_ylabel("test accuracy (%)")
     panels[0].legend(fontsize=7)

@@ -8,7 +8,8 @@ seed, resumable (finished runs are skipped), aggregated.
 Grid keys: task, methods, budgets, seeds, folds (e.g. 0-4: cross-validation folds of the data config's fold
 protocol, each with its own original; tables in <results_dir>/<task>/cv/), recipes (equal | best), cost (params | macs: budgets are fractions;
 latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with cost.profile=... among the overrides), runs_dir
-(default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only.
+(default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only,
+remeasure_latency (true: measure every finished run's latency again on this machine, e.g. after runs on a cluster).
 Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
 compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);
 <results_dir>/<task>/ receives results.json, table.md and pareto_<recipe>.png.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from deepiot.cli.dispatch import run_grid_on, split_launch_arguments
-from deepiot.cli.harness import Grid, aggregate, check_grid, parse_folds, parse_values
+from deepiot.cli.harness import Grid, aggregate, check_grid, parse_folds, parse_values, remeasure_latencies
 from deepiot.errors import DeepIoTError
 
 GRID_KEYS = {
@@ -42,6 +43,10 @@ GRID_KEYS = {
     "results_dir": Path,
     "latency_repeats": int,
 }
+
+# true/false keys: aggregate_only (tables and plots from the finished runs, nothing run), remeasure_latency (the
+# ONNX latency of every finished run and original measured again here, before the grid runs or aggregates)
+FLAGS = ("aggregate_only", "remeasure_latency")
 
 # what each grid key takes, for the error message of a value that does not parse
 EXPECTED = {
@@ -57,17 +62,19 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def parse(arguments: list[str]) -> tuple[Grid, bool]:
-    """key=value arguments → (Grid, aggregate_only)."""
-    values, overrides, aggregate_only = {}, [], False
+def parse(arguments: list[str]) -> tuple[Grid, dict[str, bool]]:
+    """key=value arguments → (Grid, {"aggregate_only": ..., "remeasure_latency": ...})."""
+    values, overrides, flags = {}, [], dict.fromkeys(FLAGS, False)
     for argument in arguments:
         key, separator, value = argument.partition("=")
         if not separator:
             fail(f"expected key=value, got {argument!r} (see --help in the docstring).")
         if key == "task":
             values["task"] = value
-        elif key == "aggregate_only":
-            aggregate_only = value.lower() in ("1", "true", "yes")
+        elif key in FLAGS:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                fail(f"{key}={value!r} is invalid: expected true or false.")
+            flags[key] = value.lower() in ("true", "1", "yes")
         elif key in GRID_KEYS:
             try:
                 values[key] = GRID_KEYS[key](value)
@@ -77,7 +84,7 @@ def parse(arguments: list[str]) -> tuple[Grid, bool]:
             overrides.append(argument)
     if "task" not in values:
         fail("task=<experiment name> is required, e.g. task=lenet5_mnist.")
-    return Grid(**values, overrides=tuple(overrides)), aggregate_only
+    return Grid(**values, overrides=tuple(overrides)), flags
 
 
 def main() -> None:
@@ -89,12 +96,14 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         launch, arguments = split_launch_arguments(sys.argv[1:])
-        grid, aggregate_only = parse(arguments)
+        grid, flags = parse(arguments)
         check_grid(grid)  # every setting of every run, before the original is trained or a file written
     except ValueError as error:  # Grid's own checks and check_grid's ConfigError
         fail(str(error))
     try:
-        records = aggregate(grid) if aggregate_only else run_grid_on(grid, **launch)
+        if flags["remeasure_latency"]:
+            remeasure_latencies(grid)
+        records = aggregate(grid) if flags["aggregate_only"] else run_grid_on(grid, **launch)
     except DeepIoTError as error:  # GridError (failed runs), ConfigError, ...
         fail(str(error))
     table = grid.results_dir / grid.task / ("cv" if grid.folds else "") / "table.md"
