@@ -60,7 +60,9 @@ class TrainingError(DeepIoTError, RuntimeError):
 
 # Config groups that decide what a training run computes (compared before resuming or reusing a model).
 RESULT_GROUPS = ("seed", "data", "model", "trainer")
-# Keys inside those groups that change only how a run is shown or how fast it goes.
+# Keys inside those groups that change only how a run is shown or how fast it goes. trainer.progress_bar and
+# trainer.num_threads are the root keys progress_bar and num_threads now (outside RESULT_GROUPS); the saved configs
+# of originals trained before the move still carry them, and must still match.
 NON_RESULT_KEYS = (
     "trainer.resume",
     "trainer.progress_bar",
@@ -91,10 +93,8 @@ TRAINER_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("lr_gamma", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("gradient_clip_norm", lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
     ("eval_batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
-    ("num_threads", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
     ("limit_batches", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
     ("resume", lambda v: isinstance(v, bool), "true or false"),
-    ("progress_bar", lambda v: v in (True, False, "auto"), "true, false or auto"),
     ("log_every", lambda v: _is_int(v, 1), "an integer >= 1"),
 )
 
@@ -103,6 +103,8 @@ TRAINER_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 # range; then `TrainerConfig` refuses unknown trainer keys.
 CONFIG_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", lambda v: _is_int(v, 0), "an integer >= 0"),
+    ("num_threads", lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    ("progress_bar", lambda v: v in (True, False, "auto"), "true, false or auto"),
     ("data.batch_size", lambda v: _is_int(v, 1), "an integer >= 1"),
     ("data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0"),
     *((f"trainer.{name}", is_valid, expected) for name, is_valid, expected in TRAINER_CHECKS),
@@ -125,10 +127,8 @@ class TrainerConfig:
     gradient_clip_norm: float | None = None
     eval_batch_size: int = 512
     device: str = "auto"
-    num_threads: int | None = None
     limit_batches: int | None = None
     resume: bool = True
-    progress_bar: bool | str = "auto"  # true | false | auto
     log_every: int = 50
 
     def __post_init__(self) -> None:
@@ -173,8 +173,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return finished
     saved_state = read_resume_state(output_dir / "last.pt", config) if cfg.trainer.resume else None
     remove_stale_temporaries(output_dir)
-    if cfg.trainer.num_threads is not None:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
     bundle = load_bundle(cfg)
     model_config = describe_model(cfg, bundle)
@@ -445,7 +445,10 @@ def run_epoch(
     started = time.perf_counter()
     seed_everything(derive_seed(cfg.seed, epoch))
     loaders.shuffle_generator.manual_seed(derive_seed(cfg.seed, epoch, 1))
-    train_loss = train_one_epoch(model, loaders.train, optimizer, scheduler, cfg.trainer, epoch, writer)
+    show_bar = show_progress(cfg.progress_bar)
+    train_loss = train_one_epoch(
+        model, loaders.train, optimizer, scheduler, cfg.trainer, epoch, writer, show_bar
+    )
     device = resolve_device(cfg.trainer.device)
     val_accuracy, val_loss, _ = evaluate_loader(model, loaders.val, device, cfg.trainer.limit_batches)
     seconds = time.perf_counter() - started
@@ -476,8 +479,10 @@ def train_one_epoch(
     trainer: DictConfig,
     epoch: int,
     writer: SummaryWriter,
+    progress: bool,
 ) -> float:
-    """One pass over the training batches; logs `losses/train` every `log_every` steps; returns the mean loss."""
+    """One pass over the training batches (with a progress bar when `progress`); logs `losses/train` every
+    `log_every` steps; returns the mean loss."""
     model.train()
     device = resolve_device(trainer.device)
     steps = count_batches(loader, trainer.limit_batches)
@@ -486,7 +491,7 @@ def train_one_epoch(
         total=steps,
         desc=f"epoch {epoch + 1}/{trainer.epochs}",
         leave=False,
-        disable=not show_progress(trainer),
+        disable=not progress,
     )
     for step, (inputs, labels) in enumerate(islice(loader, steps), start=1):
         loss = F.cross_entropy(model(inputs.to(device)), labels.to(device))
@@ -513,11 +518,12 @@ def train_one_epoch(
     return epoch_loss / steps
 
 
-def show_progress(trainer: DictConfig) -> bool:
-    """Progress bars: as configured, or with "auto" only in an interactive terminal outside CI."""
-    if trainer.progress_bar == "auto":
+def show_progress(progress_bar: bool | str) -> bool:
+    """Progress bars (the root `progress_bar` setting): as configured, or with "auto" only in an interactive
+    terminal outside CI."""
+    if progress_bar == "auto":
         return sys.stderr.isatty() and not os.environ.get("CI")
-    return bool(trainer.progress_bar)
+    return bool(progress_bar)
 
 
 def train_state(

@@ -34,7 +34,7 @@ from deepiot.train import train
 
 WINDOW = (16, 6)  # [T, C] of the small sensor windows used throughout
 LSTM = ["data=npz", "model=lstm", "model.hidden_size=8", "model.num_layers=1"]
-QUICK = ["trainer.epochs=1", "trainer.progress_bar=false"]
+QUICK = ["trainer.epochs=1", "progress_bar=false"]
 COMPRESS_QUICK = [
     "compress.max_iterations=20",
     "compress.eval_every=10",
@@ -237,10 +237,10 @@ TYPE_CASES = [
     wrong_type("trainer.lr_gamma", "2", r"a number in \(0, 1\]"),
     wrong_type("trainer.gradient_clip_norm", "0", "null or a number > 0"),
     wrong_type("trainer.eval_batch_size", "1.5", "an integer >= 1"),
-    wrong_type("trainer.num_threads", "0", "null or an integer >= 1"),
+    wrong_type("num_threads", "0", "null or an integer >= 1"),
     wrong_type("trainer.limit_batches", "0", "null or an integer >= 1"),
     wrong_type("trainer.resume", "maybe", "true or false"),
-    wrong_type("trainer.progress_bar", "sometimes", "true, false or auto"),
+    wrong_type("progress_bar", "sometimes", "true, false or auto"),
     wrong_type("trainer.log_every", "0", "an integer >= 1"),
     wrong_type("data.dataset.val_frac", "abc", "a number"),
     wrong_type("data.dataset.seed", "1.5", "an integer"),

@@ -4,6 +4,7 @@ before any long work and before any file is written (the rest of the battery is 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -131,6 +132,10 @@ REPRODUCE_CASES = {
         "runs_dir=.*occupied cannot be created: .* is an existing file",
     ),
     "no key=value": (["foo"], "expected key=value, got 'foo'"),
+    "moved setting": (
+        ["trainer.num_threads=1"],
+        r"trainer\.num_threads is no longer a setting: it is the root key num_threads now.* write num_threads=",
+    ),
 }
 
 
@@ -181,6 +186,28 @@ def test_harness_checks_every_run_before_the_original_is_trained(tmp_path):
     with pytest.raises(ConfigError, match="was written by a run with other overrides"):
         harness.run_grid(grid)
     assert files_under(tmp_path) == before  # the original was not trained, the first run not made
+
+
+def test_runs_finished_before_the_process_settings_moved_still_count_as_finished(tmp_path):
+    """result.json files of older runs record trainer.num_threads=1 and trainer.progress_bar=false: the harness
+    reads them under the root keys, so the same grid skips those runs; other differences are still refused."""
+    from deepiot.cli import harness
+
+    original = f"paths.original_dir={tmp_path / 'original'}"
+    grid = harness.Grid(task="lenet5_mnist", methods=("magnitude",), budgets=(0.1,), seeds=(0,),
+                        runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", overrides=(original,))  # fmt: skip
+    run = grid.runs()[0]
+    recorded = ["experiment=lenet5_mnist", "method=magnitude", "budget.cost=params", "budget.fraction=0.1",
+                "recipe=equal", "run_seed=0", "trainer.num_threads=1", "trainer.progress_bar=false",
+                "compress.latency_threads=null", original]  # fmt: skip
+    run.folder.mkdir(parents=True)
+    (run.folder / harness.RESULT_FILE).write_text(json.dumps({"overrides": recorded}))
+    assert harness.finished(run)
+    harness.check_grid(grid)
+    recorded[6] = "trainer.num_threads=2"
+    (run.folder / harness.RESULT_FILE).write_text(json.dumps({"overrides": recorded}))
+    with pytest.raises(ValueError, match=r"other overrides \(\[.*'num_threads=2'"):
+        harness.finished(run)
 
 
 # ---------------------------------------------------------------------------------------------- deepiot-export int8
@@ -328,26 +355,41 @@ def test_real_command_line_refuses_a_bad_launcher_before_the_sweep(launcher, exp
 # ---------------------------------------------------------------------------------------------- removed settings
 
 
-@pytest.mark.parametrize("argument", ["paths.artifacts_dir=out", "+paths.artifacts_dir=out", "~paths.artifacts_dir"])
+REMOVED = {  # a removed setting on the command line → what its message must name
+    "paths.artifacts_dir=out": r"paths\.artifacts_dir is no longer a setting: .*paths\.output_dir",
+    "+paths.artifacts_dir=out": r"paths\.artifacts_dir is no longer a setting: .*paths\.output_dir",
+    "~paths.artifacts_dir": r"paths\.artifacts_dir is no longer a setting: .*paths\.output_dir",
+    "trainer.num_threads=1": r"trainer\.num_threads is no longer a setting: it is the root key num_threads now, "
+    r".*write num_threads=\.\.\. instead of trainer\.num_threads=\.\.\.\.$",
+    "trainer.progress_bar=false": r"trainer\.progress_bar is no longer a setting: it is the root key progress_bar "
+    r"now, .*write progress_bar=\.\.\. instead of trainer\.progress_bar=\.\.\.\.$",
+}
+
+
+@pytest.mark.parametrize("argument", list(REMOVED))
 def test_a_removed_setting_is_refused_with_its_replacement(argument):
     from deepiot.cli import check_removed_keys
     from deepiot.utils import ConfigError
 
-    with pytest.raises(ConfigError, match=r"paths\.artifacts_dir is no longer a setting: .*paths\.output_dir"):
+    with pytest.raises(ConfigError, match=REMOVED[argument]):
         check_removed_keys(["experiment=lenet5_mnist", argument])
-    check_removed_keys(["experiment=lenet5_mnist", "paths.original_dir=out"])  # a setting that exists
+    # settings that exist: the root keys, and the trainer group's others
+    check_removed_keys(["paths.original_dir=out", "num_threads=1", "progress_bar=false", "trainer.resume=false"])
 
 
+@pytest.mark.parametrize("argument", ["paths.artifacts_dir=out", "trainer.num_threads=1", "trainer.progress_bar=false"])
 @pytest.mark.parametrize("command", ["train", "compress", "baseline"])
-def test_commands_refuse_a_removed_setting_before_hydra_runs(command, monkeypatch, tmp_path, capsys):
+def test_commands_refuse_a_removed_setting_before_hydra_runs(command, argument, monkeypatch, tmp_path, capsys):
     import importlib
 
     main = importlib.import_module(f"deepiot.cli.{command}").main
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", [f"deepiot-{command}", "paths.artifacts_dir=out"])
+    monkeypatch.setattr("sys.argv", [f"deepiot-{command}", argument])
     with pytest.raises(SystemExit) as stopped:
         main()
     err = capsys.readouterr().err
     assert stopped.value.code == 2
-    assert err.startswith(f"deepiot-{command}: error: paths.artifacts_dir is no longer a setting"), err
+    key = argument.split("=")[0]
+    assert err.startswith(f"deepiot-{command}: error: {key} is no longer a setting"), err
+    assert err.count("\n") == 1  # one paragraph
     assert list(tmp_path.iterdir()) == []  # nothing written: no outputs/ run folder

@@ -84,7 +84,7 @@ def test_missing_mandatory_value_fails_before_loading_data(tmp_path):
         ("trainer.epochs=0", "trainer.epochs=0 is invalid: expected an integer >= 1"),
         ("trainer.lr=-1", "trainer.lr=-1 is invalid: expected a number > 0"),
         ("trainer.lr_schedule=linear", "expected one of: constant, cosine, step"),
-        ("trainer.progress_bar=sometimes", "expected true, false or auto"),
+        ("progress_bar=sometimes", "expected true, false or auto"),
         ("data.batch_size=0", "data.batch_size=0 is invalid"),
         ("trainer.device=tpu9", "trainer.device='tpu9' is not a torch device"),
     ],
@@ -97,9 +97,7 @@ def test_bad_config_value_gives_clear_error(override, message, tmp_path):
 
 def test_result_config_ignores_presentation_keys(tmp_path):
     base = compose_config([f"paths.output_dir={tmp_path}"])
-    cosmetic = compose_config(
-        [f"paths.output_dir={tmp_path}/other", "trainer.progress_bar=false", "trainer.num_threads=1"]
-    )
+    cosmetic = compose_config([f"paths.output_dir={tmp_path}/other", "progress_bar=false", "num_threads=1"])
     changed = compose_config([f"paths.output_dir={tmp_path}", "trainer.lr=0.01"])
     as_dict = lambda cfg: result_config(OmegaConf.to_container(cfg, resolve=True))  # noqa: E731
     assert as_dict(base) == as_dict(cosmetic)

@@ -24,7 +24,7 @@ TINY_TRAIN = [
     "experiment=lenet300_mnist",
     "data.dataset.limit=256",
     "trainer.epochs=1",
-    "trainer.num_threads=1",
+    "num_threads=1",
     "device=cpu",
 ]
 

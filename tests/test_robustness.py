@@ -27,7 +27,7 @@ from deepiot.runtime import CompressionError
 from deepiot.train import TrainingError, train
 from deepiot.utils import ConfigError, remove_stale_temporaries
 
-LSTM = ["data=npz", "model=lstm", "model.hidden_size=8", "model.num_layers=1", "trainer.progress_bar=false"]
+LSTM = ["data=npz", "model=lstm", "model.hidden_size=8", "model.num_layers=1", "progress_bar=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +55,8 @@ def test_training_that_diverges_keeps_the_last_good_epoch_and_writes_no_model(
 ):
     real_epoch = train_module.train_one_epoch
 
-    def exploding_second_epoch(model, loader, optimizer, scheduler, trainer, epoch, writer):
-        loss = real_epoch(model, loader, optimizer, scheduler, trainer, epoch, writer)
+    def exploding_second_epoch(model, loader, optimizer, scheduler, trainer, epoch, writer, progress):
+        loss = real_epoch(model, loader, optimizer, scheduler, trainer, epoch, writer, progress)
         return 1e12 if epoch == 1 else loss
 
     monkeypatch.setattr(train_module, "train_one_epoch", exploding_second_epoch)

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import deepiot.cli.train as train_cli
 import deepiot.train as train_module
-from deepiot.checkpoint import load_checkpoint, load_trained_model
+from deepiot.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
 from deepiot.cli import compose_config
 from deepiot.cli.train import ensure_trained
 from deepiot.data import load_mnist
@@ -22,9 +22,9 @@ from deepiot.utils import ConfigError
 # small data, one thread (the machine is shared: oversubscribed threads are many times slower)
 TINY = [
     "data.dataset.limit=256",
-    "trainer.progress_bar=false",
+    "progress_bar=false",
     "trainer.log_every=2",
-    "trainer.num_threads=1",
+    "num_threads=1",
 ]
 METRIC_KEYS = {"train_loss", "val_accuracy", "test_accuracy", "epochs", "wall_time_s", "params"}
 
@@ -131,6 +131,11 @@ def test_ensure_trained_trains_once_then_reuses(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_cli, "train", fail)
     assert ensure_trained(cfg) == path
+    # an original trained before num_threads and progress_bar became root keys saved them in its trainer group
+    checkpoint = load_checkpoint(path)
+    checkpoint["config"]["trainer"].update(num_threads=1, progress_bar=False)
+    save_checkpoint(checkpoint, path)
+    assert ensure_trained(cfg) == path
     other = compose_config(["experiment=lenet300_mnist", *TINY, "trainer.epochs=3", original])
     with pytest.raises(ConfigError, match=r"trained with another config \(trainer\.epochs: 1 → 3\)"):
         ensure_trained(other)
@@ -150,7 +155,7 @@ def test_command_line_writes_model_and_tensorboard_events(tmp_path):
         "data.dataset.limit=512",
         "trainer.epochs=1",
         "trainer.log_every=2",
-        "trainer.num_threads=1",
+        "num_threads=1",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
@@ -178,7 +183,7 @@ def test_multirun_smoke(tmp_path):
         "data.dataset.limit=256",
         "trainer.epochs=1",
         "trainer.lr=0.001,0.002",
-        "trainer.num_threads=1",
+        "num_threads=1",
         f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path,
     )

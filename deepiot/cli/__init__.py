@@ -152,12 +152,23 @@ def check_launcher(config_name: str, arguments: Sequence[str]) -> None:
         )
 
 
+# Settings that moved → their key now: the process settings left the trainer group (training of the original) for
+# the root config, shared by deepiot-train, deepiot-compress, deepiot-baseline and deepiot-reproduce. Refused on the
+# command line (REMOVED_KEYS); the harness renames them in the overrides that older runs recorded.
+MOVED_KEYS = {"trainer.num_threads": "num_threads", "trainer.progress_bar": "progress_bar"}
+
 # Settings that no longer exist → what to use instead. Hydra would only say that the key is not in the config and
 # suggest `+key=...`, which adds a value nothing reads.
 REMOVED_KEYS = {
     "paths.artifacts_dir": "it was never read. A run writes into its run folder (paths.output_dir, set by "
     "hydra.run.dir): slicing_plan.json, and the exported models with their manifest under export/; deepiot-export "
     "writes to out_dir",
+    **{
+        old: f"it is the root key {new} now, a process setting shared by deepiot-train, deepiot-compress, "
+        f"deepiot-baseline and deepiot-reproduce (the trainer group configures training of the original only): "
+        f"write {new}=... instead of {old}=..."
+        for old, new in MOVED_KEYS.items()
+    },
 }
 
 

@@ -76,8 +76,8 @@ def finetune_config(cfg: DictConfig) -> FinetuneConfig | None:
 def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg.method` on the experiment's trained original into `cfg.paths.output_dir`; returns the report."""
     recipe, (budget, cost) = check_baseline_config(cfg)
-    if cfg.trainer.num_threads is not None:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path)
     bundle = load_bundle(cfg)
@@ -94,7 +94,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
         counts=method.get("counts"), fraction=method.get("fraction"), normalizer=method.get("normalizer", "mean"),
         floor=method.get("floor"), plan=method.get("plan"),
         profile=latency_profile(cfg), finetune_config=recipe, seed=int(cfg.run_seed), out_dir=out_dir, outputs=outputs,
-        progress=show_progress(cfg.trainer),
+        progress=show_progress(cfg.progress_bar),
     )  # fmt: skip
     return result.report
 
@@ -231,7 +231,7 @@ def run_deepiot(
     config = dataclasses.replace(config, loop=loop, finetune=recipe or config.finetune)
     return compress(
         model, bundle.train, bundle.val, bundle.test, config=config, out_dir=out_dir, outputs=outputs,
-        progress=show_progress(cfg.trainer),
+        progress=show_progress(cfg.progress_bar),
     )  # fmt: skip
 
 

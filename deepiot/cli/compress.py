@@ -101,8 +101,8 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s holds a finished run with this config: skipped", out_dir)
         return finished
     read_saved_state(out_dir / STATE_FILE, config)  # a finished/partial run with other settings: refuse now
-    if cfg.trainer.num_threads is not None:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     bundle = load_bundle(cfg)
     check_enough_data(bundle, config)
     remove_stale_temporaries(out_dir)
@@ -116,7 +116,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
         config=config,
         out_dir=out_dir,
         outputs=output_options(cfg, checkpoint, original_path),
-        progress=show_progress(cfg.trainer),
+        progress=show_progress(cfg.progress_bar),
         device=device,
     )
     save_finetuned_model(out_dir, checkpoint, result)

@@ -35,7 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from deepiot.baselines import statistics
 from deepiot.baselines.pipeline import METHODS
 from deepiot.checkpoint import load_trained_model
-from deepiot.cli import CONFIG_DIR
+from deepiot.cli import CONFIG_DIR, MOVED_KEYS, check_removed_keys
 from deepiot.cli.baseline import (
     DEEPIOT_METHODS,
     RECIPES,
@@ -199,8 +199,8 @@ class Run:
             f"budget.{'limit' if self.grid.cost in DEVICE_BUDGETS else 'fraction'}={self.budget}",
             f"recipe={self.recipe}",
             f"run_seed={self.seed}",
-            "trainer.num_threads=1",
-            "trainer.progress_bar=false",
+            "num_threads=1",
+            "progress_bar=false",
             "compress.latency_threads=null",  # latency is measured here, in ONNX Runtime
             *self.grid.fold_overrides(self.fold),
             *self.scratch_overrides(),
@@ -223,9 +223,11 @@ def check_grid(grid: Grid) -> None:
     """Check the grid and every run's settings before the original is trained or any file is written.
 
     ConfigError names the first bad value: an unknown task, an empty axis, a seed < 0, a budget outside (0, 1]
-    (params, macs) or not > 0 (device units), a folder blocked by a file, a run's config as `run_baseline`
-    checks it (one composed config per recipe × method), or a run folder finished with other overrides.
+    (params, macs) or not > 0 (device units), a removed setting among the overrides (named with its replacement),
+    a folder blocked by a file, a run's config as `run_baseline` checks it (one composed config per recipe ×
+    method), or a run folder finished with other overrides.
     """
+    check_removed_keys(grid.overrides)
     tasks = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
     if grid.task not in tasks:
         raise ConfigError(f"task={grid.task!r} is not an experiment: expected one of {', '.join(tasks)}.")
@@ -311,17 +313,29 @@ def run_grid(grid: Grid) -> list[dict[str, Any]]:
 
 
 def finished(run: Run) -> bool:
-    """True when the run's result.json exists; ValueError when it was written with other overrides."""
+    """True when the run's result.json exists; ValueError when it was written with other overrides (compared
+    after `renamed_overrides`)."""
     path = run.folder / RESULT_FILE
     if not path.is_file():
         return False
-    recorded = json.loads(path.read_text())["overrides"]
+    recorded = renamed_overrides(json.loads(path.read_text())["overrides"])
     if recorded != run.overrides:
         raise ValueError(
             f"{path} was written by a run with other overrides ({recorded}) than this grid's ({run.overrides}); "
             "delete its folder, or use another runs_dir."
         )
     return True
+
+
+def renamed_overrides(recorded: Sequence[str]) -> list[str]:
+    """Recorded overrides with moved settings under their key now (deepiot.cli.MOVED_KEYS): runs finished
+    before the process settings became root keys recorded trainer.num_threads=1 and trainer.progress_bar=false,
+    and still count as finished for the same grid."""
+    renamed = []
+    for override in recorded:
+        key, separator, value = override.partition("=")
+        renamed.append(f"{MOVED_KEYS.get(key, key)}{separator}{value}")
+    return renamed
 
 
 def original_reference(grid: Grid, fold: int | None = None) -> dict[str, Any]:
