@@ -244,6 +244,42 @@ def test_int8_export_refuses_before_exporting_anything(
     assert files_under(tmp_path) == before  # no model.onnx, model.ts or manifest
 
 
+# ---------------------------------------------------------------------------------------------- deepiot-profile
+
+PROFILE_CASES = {
+    "runtime=tflite": (
+        ["runtime=tflite"],
+        r"runtime must be one of \('onnxruntime', 'torch', 'executorch'\), got 'tflite': the runtime whose",
+    ),
+    "executorch threads=2": (
+        ["runtime=executorch", "threads=2"],
+        "runtime=executorch profiles with threads=1 only, got threads=2",
+    ),
+    "architectures=[vgg]": (
+        ["architectures=[vgg]"],
+        r"config value architectures=\['vgg'\] is invalid: expected a non-empty list of reference models among "
+        r"\['lenet5', 'deepsense', 'lstm'\]",
+    ),
+    "architectures=[]": (["architectures=[]"], r"config value architectures=\[\] is invalid"),
+    "architectures=lenet5": (["architectures=lenet5"], "config value architectures='lenet5' is invalid"),
+}
+
+
+@pytest.mark.parametrize("case_id", list(PROFILE_CASES))
+def test_deepiot_profile_refuses_bad_settings_before_any_timing(case_id, tmp_path):
+    import subprocess
+    import sys
+
+    arguments, pattern = PROFILE_CASES[case_id]
+    command = [sys.executable, "-m", "deepiot.cli.profile", *arguments, f"out_dir={tmp_path / 'profile'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("deepiot-profile: error: ") and done.stderr.count("error:") == 1, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one paragraph
+    assert re.search(pattern, done.stderr), (pattern, done.stderr)
+    assert files_under(tmp_path) == []  # no suite, no profile
+
+
 # ---------------------------------------------------------------------------------------------- launchers
 
 
