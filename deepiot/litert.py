@@ -86,3 +86,20 @@ def litert_runner(path: Path) -> Callable[[tuple[Tensor, ...]], list[np.ndarray]
         return [np.concatenate(outputs, axis=0) for outputs in zip(*per_window, strict=True)]
 
     return run
+
+
+def litert_call(path: Path, sample_inputs: tuple[Tensor, ...]) -> Callable[[], Any]:
+    """One batch-1 call of the model on fixed inputs in LiteRT's interpreter, one thread (for latency timing)."""
+    interpreter = litert_modules().Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    feed = [
+        (detail["index"], value[:LITERT_BATCH_SIZE].contiguous().numpy())
+        for detail, value in zip(interpreter.get_input_details(), sample_inputs, strict=True)
+    ]
+
+    def call() -> None:
+        for at, value in feed:
+            interpreter.set_tensor(at, value)
+        interpreter.invoke()
+
+    return call

@@ -2,7 +2,7 @@
 
 python scripts/edge_table.py <task>.original=<model.pt> <task>.compressed=<finetuned_model.pt | run folder> \
     [<task>.original=... ...] [out_dir=experiments/device/executorch] [work_dir=/tmp/edge_table] \
-    [repeats=500] [windows=256]
+    [repeats=500] [windows=256] [litert=false]
 
 A compressed model is a fine-tuned sliced checkpoint (deepiot-compress's finetuned_model.pt) or a deepiot-baseline
 run folder (slicing_plan.json + finetune_state.pt: the best fine-tuned weights; checked against the folder's
@@ -11,7 +11,9 @@ against PyTorch by export_model), then quantised to int8 in both (ONNX Runtime s
 calibrated on `windows` training windows of the original's dataset; fp32 and int8 test accuracy is measured on the
 whole test split in each runtime (the ExecuTorch program window by window). Latency: per task, all eight programs
 (original/compressed × fp32/int8 × ExecuTorch/ONNX Runtime) timed interleaved in one run, batch 1, 1 thread, median
-of `repeats` calls. Writes <out_dir>/results.json and <out_dir>/table.md; exports stay in work_dir.
+of `repeats` calls. With litert=true (needs the [litert] extra, see deepiot/litert.py) each model is also converted
+to LiteRT (fp32 model.tflite, checked in LiteRT's interpreter), its test accuracy measured there and its latency
+timed in the same interleaved run. Writes <out_dir>/results.json and <out_dir>/table.md; exports stay in work_dir.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ SETTINGS = {
     "work_dir": "/tmp/edge_table",
     "repeats": "500",
     "windows": "256",
+    "litert": "false",
 }
 NO_BOUND = 100.0  # record int8 whatever its accuracy; the table states the drop against the 0.5-point goal
 GOAL_DROP_POINTS, GOAL_LATENCY_CUT = 0.5, 0.80
@@ -72,6 +75,8 @@ def parse(arguments: list[str]) -> tuple[dict[str, dict[str, Path]], dict[str, s
         sys.exit(
             f"edge_table: error: every task needs both .original= and .compressed= (incomplete: {incomplete})"
         )
+    if settings["litert"] not in ("true", "false"):
+        sys.exit(f"edge_table: error: litert={settings['litert']!r} is invalid: expected true or false")
     for key in ("repeats", "windows"):
         if not settings[key].isdigit() or int(settings[key]) < 1:
             sys.exit(f"edge_table: error: {key}={settings[key]!r} is invalid: expected an integer >= 1")
@@ -99,24 +104,33 @@ def load_compressed(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, plan.model_config
 
 
-def export_variant(model: nn.Module, config: dict[str, Any], folder: Path, train, test, windows: int) -> dict:
-    """fp32 ONNX + ExecuTorch (checked), then int8 in both; the manifest (with both int8 records)."""
+def export_variant(
+    model: nn.Module, config: dict[str, Any], folder: Path, train, test, windows: int, litert: bool
+) -> dict:
+    """fp32 ONNX + ExecuTorch (+ LiteRT) (checked), then int8 in ONNX and ExecuTorch; the manifest (with both
+    int8 records)."""
     export_model(
         model,
         example_input(config),
         folder,
         manifest_extra={"model_config": config},
-        formats=["onnx", "executorch"],
+        formats=["onnx", "executorch", *(["litert"] if litert else [])],
     )
     export_int8(folder, train, test, windows=windows, max_drop_points=NO_BOUND)
     export_int8_executorch(model, folder, train, test, windows=windows, max_drop_points=NO_BOUND)
     return json.loads((folder / "manifest.json").read_text())
 
 
-def side_by_side(folders: dict[str, Path], example: torch.Tensor, repeats: int) -> dict[str, float]:
+def side_by_side(
+    folders: dict[str, Path], example: torch.Tensor, repeats: int, litert: bool
+) -> dict[str, float]:
     """Median batch-1 ms of every program of the task, all timed interleaved in one run (1 thread)."""
     calls = {}
     for variant, folder in folders.items():
+        if litert:
+            from deepiot.litert import litert_call
+
+            calls[f"litert/fp32/{variant}"] = litert_call(folder / FILE_NAMES["litert"], (example,))
         for precision, name in (("fp32", FILE_NAMES["executorch"]), ("int8", EXECUTORCH_INT8_NAME)):
             calls[f"executorch/{precision}/{variant}"] = executorch_call(folder / name, (example,))
         for precision, name in (("fp32", FILE_NAMES["onnx"]), ("int8", INT8_NAME)):
@@ -136,10 +150,13 @@ def task_record(task: str, paths: dict[str, Path], settings: dict[str, str]) -> 
         "compressed": (compressed, compressed_config),
     }
     folders = {variant: Path(settings["work_dir"]) / task / variant for variant in VARIANTS}
+    litert = settings["litert"] == "true"
     record: dict[str, Any] = {"test_windows": len(test), "variants": {}}
     for variant, (model, config) in models.items():
         print(f"[edge_table] {task} {variant}: exporting", flush=True)
-        manifest = export_variant(model, config, folders[variant], train, test, int(settings["windows"]))
+        manifest = export_variant(
+            model, config, folders[variant], train, test, int(settings["windows"]), litert
+        )
         onnx8, pte8, pte = manifest["int8"], manifest["executorch_int8"], manifest["executorch"]
         record["variants"][variant] = {
             "source": str(paths[variant]),
@@ -166,15 +183,22 @@ def task_record(task: str, paths: dict[str, Path], settings: dict[str, str]) -> 
                 "onnxruntime": onnx8["accuracy_drop_points"],
             },
         }
+        if litert:
+            from deepiot.litert import litert_runner
+
+            logits = litert_runner(folders[variant] / FILE_NAMES["litert"])((test.tensors[0].float(),))[0]
+            record["variants"][variant]["bytes"]["litert_fp32"] = manifest["litert"]["bytes"]
+            record["variants"][variant]["test_accuracy"]["litert_fp32"] = float(
+                (logits.argmax(axis=1) == test.tensors[1].numpy()).mean()
+            )
     example = example_input(models["original"][1])
-    print(f"[edge_table] {task}: timing 8 programs side by side", flush=True)
-    record["latency_ms"] = side_by_side(folders, example, int(settings["repeats"]))
+    print(f"[edge_table] {task}: timing every program side by side", flush=True)
+    record["latency_ms"] = side_by_side(folders, example, int(settings["repeats"]), litert)
     latency = record["latency_ms"]
     record["latency_cut"] = {
-        f"{runtime}/{precision}": 1
-        - latency[f"{runtime}/{precision}/compressed"] / latency[f"{runtime}/{precision}/original"]
-        for runtime in ("executorch", "onnxruntime")
-        for precision in ("fp32", "int8")
+        key.removesuffix("/original"): 1 - latency[key.replace("/original", "/compressed")] / latency[key]
+        for key in latency
+        if key.endswith("/original")
     }
     drops = [d for v in record["variants"].values() for d in v["int8_drop_points"].values()]
     record["goals"] = {
@@ -226,6 +250,23 @@ def table(results: dict[str, Any]) -> str:
             f"| {max(drops, key=abs):+.2f} | {'met' if goals['int8_within_0.5_points'] else 'MISSED'}; "
             f"{'met' if goals['executorch_latency_cut_at_least_80%'] else 'MISSED'} |"
         )
+    if any("litert/fp32/original" in record["latency_ms"] for record in results["tasks"].values()):
+        lines += [
+            "",
+            "| model | .tflite fp32 (KiB) | LiteRT acc. fp32 | LiteRT ms fp32 | ExecuTorch ms fp32 | ONNX Runtime ms fp32 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for task, record in results["tasks"].items():
+            for variant, v in record["variants"].items():
+                ms = {
+                    r: record["latency_ms"][f"{r}/fp32/{variant}"]
+                    for r in ("litert", "executorch", "onnxruntime")
+                }
+                lines.append(
+                    f"| {task} {variant} | {v['bytes']['litert_fp32'] / 1024:.1f} "
+                    f"| {100 * v['test_accuracy']['litert_fp32']:.2f}% | {ms['litert']:.4f} "
+                    f"| {ms['executorch']:.4f} | {ms['onnxruntime']:.4f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
