@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -54,8 +54,14 @@ NO_BOUND = 100.0  # record int8 whatever its accuracy; the table states the drop
 GOAL_DROP_POINTS, GOAL_LATENCY_CUT = 0.5, 0.80
 
 
+def refuse(message: str) -> NoReturn:
+    """One `edge_table: error: ...` line and exit status 2, as the deepiot commands refuse bad input."""
+    print(f"edge_table: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse(arguments: list[str]) -> tuple[dict[str, dict[str, Path]], dict[str, str]]:
-    """{task: {original, compressed}} and the settings; SystemExit(2) with one line on bad input."""
+    """{task: {original, compressed}} and the settings; `refuse` on bad input, before any work."""
     tasks: dict[str, dict[str, Path]] = {}
     settings = dict(SETTINGS)
     for argument in arguments:
@@ -66,20 +72,22 @@ def parse(arguments: list[str]) -> tuple[dict[str, dict[str, Path]], dict[str, s
         elif sep and dot and variant in VARIANTS and Path(value).exists():
             tasks.setdefault(task, {})[variant] = Path(value)
         else:
-            sys.exit(
-                f"edge_table: error: {argument!r} is invalid: expected <task>.original=<existing checkpoint>, "
+            refuse(
+                f"{argument!r} is invalid: expected <task>.original=<existing checkpoint>, "
                 f"<task>.compressed=<existing sliced checkpoint or run folder>, or one of {sorted(SETTINGS)}=..."
             )
     incomplete = [task for task, paths in tasks.items() if set(paths) != set(VARIANTS)]
     if not tasks or incomplete:
-        sys.exit(
-            f"edge_table: error: every task needs both .original= and .compressed= (incomplete: {incomplete})"
+        missing = f"task(s) without both: {incomplete}" if tasks else "no task given"
+        refuse(
+            "expected <task>.original=<checkpoint> and <task>.compressed=<checkpoint or run folder> for every "
+            f"task; {missing}"
         )
     if settings["litert"] not in ("true", "false"):
-        sys.exit(f"edge_table: error: litert={settings['litert']!r} is invalid: expected true or false")
+        refuse(f"litert={settings['litert']!r} is invalid: expected true or false")
     for key in ("repeats", "windows"):
         if not settings[key].isdigit() or int(settings[key]) < 1:
-            sys.exit(f"edge_table: error: {key}={settings[key]!r} is invalid: expected an integer >= 1")
+            refuse(f"{key}={settings[key]!r} is invalid: expected an integer >= 1")
     return tasks, settings
 
 
@@ -98,9 +106,7 @@ def load_compressed(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         with torch.no_grad():
             difference = (model(inputs) - torch.jit.load(str(exported))(inputs)).abs().max().item()
         if difference > 1e-4:
-            raise SystemExit(
-                f"edge_table: error: {path} weights do not reproduce {exported} (max diff {difference})"
-            )
+            refuse(f"{path} weights do not reproduce {exported} (max diff {difference})")
     return model, plan.model_config
 
 
@@ -136,7 +142,7 @@ def side_by_side(
         for precision, name in (("fp32", FILE_NAMES["onnx"]), ("int8", INT8_NAME)):
             calls[f"onnxruntime/{precision}/{variant}"] = onnx_call(folder / name, example, threads=1)
     if runtime_threads() != 1:
-        raise SystemExit("edge_table: error: ExecuTorch's threadpool could not be set to one thread")
+        refuse("ExecuTorch's threadpool could not be set to one thread")
     stats = time_interleaved(calls, warmup=50, repeats=repeats, rounds=10)
     return {key: value.median_ms for key, value in stats.items()}
 
