@@ -38,9 +38,9 @@ from deepiot.structure import SlicingPlan, Structure, build_sliced_model
 from deepiot.structure.plan import rebuild_original
 from deepiot.utils import describe_differences
 
-FORMATS = ("torchscript", "onnx", "executorch")
-DEFAULT_FORMATS = ("torchscript", "onnx")  # executorch needs the optional [edge] extra
-FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "executorch": "model.pte"}
+FORMATS = ("torchscript", "onnx", "executorch", "litert")
+DEFAULT_FORMATS = ("torchscript", "onnx")  # executorch needs the optional [edge] extra, litert the [litert] one
+FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "executorch": "model.pte", "litert": "model.tflite"}
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "slicing_plan.json"
 INT8_NAME = "model.int8.onnx"  # written by deepiot.quantize.export_int8 after an export
@@ -50,8 +50,8 @@ KNOWN_ARTIFACTS = (*FILE_NAMES.values(), PLAN_NAME, INT8_NAME, EXECUTORCH_INT8_N
 # An export passes its check when every output element is within TOLERANCE + RELATIVE_TOLERANCE * |PyTorch's|
 # (numpy.allclose): float32 rounding grows with the size of the outputs (logits of random inputs reach tens),
 # and a frozen TorchScript module folds batch norm into the convolutions (1.3e-5 seen on DeepSense).
-TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4, "executorch": 1e-4}
-RELATIVE_TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4, "executorch": 1e-4}
+TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4, "executorch": 1e-4, "litert": 1e-4}
+RELATIVE_TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-4, "executorch": 1e-4, "litert": 1e-4}
 CHECK_BATCH_SIZES = (1, 3)
 TRACE_BATCH_SIZE = 2  # >1 so the dynamo exporter keeps the batch axis symbolic (size 1 would be specialised)
 OnnxExporter = Literal["auto", "dynamo", "torchscript"]
@@ -89,7 +89,8 @@ def export_model(
         example_inputs: a tensor or tuple of tensors whose axis 0 is the batch; fixes the per-sample shapes.
         out_dir: destination folder (created if missing); earlier deepiot artifacts in it are replaced.
         manifest_extra: extra top-level manifest entries (normalisation, class names, metrics, ...).
-        formats: any of "torchscript", "onnx", "executorch" (the last needs the `[edge]` extra).
+        formats: any of "torchscript", "onnx", "executorch" (needs the `[edge]` extra) and "litert"
+            (`model.tflite`, batch 1, checked in LiteRT's interpreter; needs the `[litert]` extra, see deepiot.litert).
         check: reload each file and compare it with PyTorch on random inputs of batch sizes 1 and 3
             (numpy.allclose: within 1e-4 + 1e-4·|output| for all; the batch-1 ExecuTorch program runs the
             batch of 3 window by window in ExecuTorch's runtime); a larger difference raises ExportError.
@@ -105,6 +106,10 @@ def export_model(
         from deepiot.edge import executorch_modules
 
         executorch_modules()  # missing ExecuTorch fails here, with the install command, before any work
+    if "litert" in formats:
+        from deepiot.litert import litert_modules
+
+        litert_modules()  # likewise for LiteRT
     sample_inputs = _as_tensor_inputs(example_inputs)
     out_dir = Path(out_dir)
     _check_model_and_destination(model, sample_inputs, out_dir)
@@ -382,6 +387,7 @@ _COMPUTED_MANIFEST_KEYS = (
     "onnx",
     "executorch",
     "executorch_int8",
+    "litert",
     "cost",
     "check",
     "files",
@@ -471,6 +477,10 @@ def _write_formats(
         from deepiot.edge import save_executorch
 
         manifest["executorch"] = save_executorch(model, sample_inputs, staging / FILE_NAMES["executorch"])
+    if "litert" in formats:
+        from deepiot.litert import save_litert
+
+        manifest["litert"] = save_litert(model, sample_inputs, staging / FILE_NAMES["litert"])
     return manifest
 
 
@@ -621,7 +631,18 @@ def _executorch_runner(path: Path):
     return executorch_runner(path)
 
 
-_RUNNER_LOADERS = {"torchscript": _torchscript_runner, "onnx": _onnx_runner, "executorch": _executorch_runner}
+def _litert_runner(path: Path):
+    from deepiot.litert import litert_runner
+
+    return litert_runner(path)
+
+
+_RUNNER_LOADERS = {
+    "torchscript": _torchscript_runner,
+    "onnx": _onnx_runner,
+    "executorch": _executorch_runner,
+    "litert": _litert_runner,
+}
 
 
 def _max_abs_diff(expected: list[Tensor], actual: list[np.ndarray]) -> float:

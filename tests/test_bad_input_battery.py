@@ -305,6 +305,11 @@ RANGE_CASES = {
     "compress:cost=joules": compress_case(
         ["cost.name=joules"], "unknown cost 'joules'; registered cost functions"
     ),
+    "compress:cost.runtime=tflite": compress_case(
+        ["cost.runtime=tflite", "compress.target_latency_ms=0.1"],
+        r"cost.runtime must be one of \('onnxruntime', 'torch', 'executorch'\), got 'tflite': the runtime the device "
+        "profile",
+    ),
     "compress:unknown key": compress_case(
         ["+compress.speed=3"], "config key compress.speed is unknown: expected one of"
     ),

@@ -1,6 +1,7 @@
-"""Bad input on deepiot-baseline, scripts/reproduce.py, deepiot-export int8 and the launchers: one
-`<program>: error: ...` paragraph naming the bad key and what was expected, exit status 2, no traceback,
-before any long work and before any file is written (the rest of the battery is test_bad_input_battery.py)."""
+"""Bad input on deepiot-baseline, scripts/reproduce.py, deepiot-export int8, deepiot-profile,
+scripts/edge_table.py and the launchers: one `<program>: error: ...` paragraph naming the bad key and what was
+expected, exit status 2, no traceback, before any long work and before any file is written (the rest of the
+battery is test_bad_input_battery.py)."""
 
 from __future__ import annotations
 
@@ -285,6 +286,76 @@ def test_int8_export_refuses_before_exporting_anything(
     assert err.startswith("deepiot-export: error: ") and err.count("deepiot-export: error:") == 1, err
     assert re.search(pattern, err, flags=re.S), (pattern, err)
     assert files_under(tmp_path) == before  # no model.onnx, model.ts or manifest
+
+
+# ---------------------------------------------------------------------------------------------- deepiot-profile
+
+PROFILE_CASES = {
+    "runtime=tflite": (
+        ["runtime=tflite"],
+        r"runtime must be one of \('onnxruntime', 'torch', 'executorch'\), got 'tflite': the runtime whose",
+    ),
+    "executorch threads=2": (
+        ["runtime=executorch", "threads=2"],
+        "runtime=executorch profiles with threads=1 only, got threads=2",
+    ),
+    "architectures=[vgg]": (
+        ["architectures=[vgg]"],
+        r"config value architectures=\['vgg'\] is invalid: expected a non-empty list of reference models among "
+        r"\['lenet5', 'deepsense', 'lstm'\]",
+    ),
+    "architectures=[]": (["architectures=[]"], r"config value architectures=\[\] is invalid"),
+    "architectures=lenet5": (["architectures=lenet5"], "config value architectures='lenet5' is invalid"),
+}
+
+
+@pytest.mark.parametrize("case_id", list(PROFILE_CASES))
+def test_deepiot_profile_refuses_bad_settings_before_any_timing(case_id, tmp_path):
+    import subprocess
+    import sys
+
+    arguments, pattern = PROFILE_CASES[case_id]
+    command = [sys.executable, "-m", "deepiot.cli.profile", *arguments, f"out_dir={tmp_path / 'profile'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("deepiot-profile: error: ") and done.stderr.count("error:") == 1, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one paragraph
+    assert re.search(pattern, done.stderr), (pattern, done.stderr)
+    assert files_under(tmp_path) == []  # no suite, no profile
+
+
+# ---------------------------------------------------------------------------------------------- scripts/edge_table.py
+
+EDGE_TABLE_CASES = {
+    "no compressed": (["t.original={model}"], r"for every task; task\(s\) without both: \['t'\]"),
+    "nothing": ([], "for every task; no task given"),
+    "missing file": (
+        ["t.original={tmp}/gone.pt", "t.compressed={model}"],
+        r"'t.original=.*gone.pt' is invalid: expected <task>.original=<existing checkpoint>",
+    ),
+    "unknown key": (["t.original={model}", "t.compressed={model}", "speed=3"], "'speed=3' is invalid"),
+    "repeats=0": (["t.original={model}", "t.compressed={model}", "repeats=0"], "repeats='0' is invalid"),
+    "litert=yes": (["t.original={model}", "t.compressed={model}", "litert=yes"], "litert='yes' is invalid"),
+}
+
+
+@pytest.mark.parametrize("case_id", list(EDGE_TABLE_CASES))
+def test_edge_table_refuses_bad_arguments_before_any_export(case_id, tmp_path):
+    import subprocess
+    import sys
+
+    arguments, pattern = EDGE_TABLE_CASES[case_id]
+    (tmp_path / "model.pt").write_text("not read before the arguments are checked\n")
+    arguments = [argument.format(model=tmp_path / "model.pt", tmp=tmp_path) for argument in arguments]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "edge_table.py"
+    command = [sys.executable, str(script), *arguments]
+    command += [f"out_dir={tmp_path / 'out'}", f"work_dir={tmp_path / 'work'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("edge_table: error: "), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one paragraph
+    assert re.search(pattern, done.stderr), (pattern, done.stderr)
+    assert files_under(tmp_path) == ["model.pt"]  # no export, no table
 
 
 # ---------------------------------------------------------------------------------------------- launchers

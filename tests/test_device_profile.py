@@ -330,3 +330,58 @@ def test_suite_then_device_timing_then_fit_is_the_same_pipeline(tmp_path):
     profile = load_profile(tmp_path)
     suite = json.loads((tmp_path / "suite" / "suite.json").read_text())
     assert {row["id"] for row in profile["measurements"]} == {entry["id"] for entry in suite["entries"]}
+
+
+def test_architectures_limit_the_suite_to_their_models_and_layer_kinds():
+    entries = build_suite(seed=0, per_kind=8, per_model=5, per_reference_layer=1, architectures=["lenet5"])
+    assert {entry.kind for entry in entries} == {"linear", "conv2d", "model"}
+    assert {entry.info["architecture"] for entry in entries if entry.kind == "model"} == {"lenet5"}
+    assert sum(entry.kind == "model" for entry in entries) == 5
+    assert sum(entry.id.startswith("ref_") for entry in entries) == 4  # LeNet-5's four layers, once each
+
+
+def test_executorch_runtime_profile_prices_latency_for_cost_runtime_executorch(tmp_path):
+    """A tiny profile timed in ExecuTorch's runtime: a valid profile that the budget code loads for
+    cost.runtime=executorch only, and that refuses a model with layer kinds it has not profiled."""
+    pytest.importorskip("executorch")
+    from importlib.metadata import version
+
+    from deepiot.compression.budget import BudgetError, LatencyProfile, attach_profile
+    from deepiot.device import predict_latency, profile_device
+
+    config = ProfileConfig(
+        runtime="executorch",
+        architectures=["lenet5"],
+        per_kind=8,
+        per_model=5,
+        per_reference_layer=1,
+        warmup=1,
+        repeats=3,
+        rounds=1,
+    )
+    profile = profile_device(config, tmp_path)
+    environment = profile["environment"]
+    assert environment["runtime"] == "executorch" and environment["backend"] == "XNNPACK"
+    assert environment["threads"] == 1 and environment["runtime_version"] == version("executorch")
+    assert len(profile["measurements"]) == 8 + 8 + 4 + 5
+    assert all(row["repeats"] == 3 and row["median_ms"] > 0 for row in profile["measurements"])
+    assert not (tmp_path / "suite").exists()  # the .pte files lived in a temporary folder
+    document = load_profile(tmp_path)
+    assert set(document["latency_model"]["kinds"]) == {"linear", "conv2d"}
+    assert document["settings"]["architectures"] == ["lenet5"]
+
+    settings = LatencyProfile(profile=str(tmp_path), runtime="executorch")
+    assert settings.load("compress.target_latency_ms=0.05") == document
+    with pytest.raises(BudgetError, match="made for runtime=executorch with threads=1, but latency is asked for runtime=onnxruntime"):  # fmt: skip
+        LatencyProfile(profile=str(tmp_path), runtime="onnxruntime").load("compress.target_latency_ms=0.05")
+    lenet = LeNet5().eval()
+    structure = Structure.from_model(lenet, torch.randn(2, 1, 28, 28))
+    attach_profile(structure, lenet, settings, "compress.target_latency_ms=0.05")
+    assert np.isfinite(predict_latency(structure))
+    deepsense = DeepSense().eval()
+    with pytest.raises(
+        BudgetError, match=r"cannot price this model: .*acc_convs.0 \(conv1d\).*gru.l0 \(gru\)"
+    ):
+        attach_profile(
+            Structure.from_model(deepsense, torch.randn(2, 128, 6)), deepsense, settings, "cost=latency"
+        )

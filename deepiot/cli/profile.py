@@ -2,6 +2,7 @@
 
 Examples:
     deepiot-profile runtime=onnxruntime threads=1 out_dir=experiments/device/host_ort_1thread
+    deepiot-profile runtime=executorch architectures=[lenet5] out_dir=experiments/device/host_executorch_1thread
     deepiot-profile stage=suite out_dir=pi && python deepiot/device/ort_profile.py pi/suite  # on the device
     deepiot-profile stage=fit out_dir=pi
 """
@@ -42,7 +43,9 @@ def run_profile(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage == "suite":
         from deepiot.device.suite import build_suite, write_onnx_suite
 
-        entries = build_suite(config.seed, config.per_kind, config.per_model, config.per_reference_layer)
+        entries = build_suite(
+            config.seed, config.per_kind, config.per_model, config.per_reference_layer, config.architectures
+        )
         return {"suite": str(write_onnx_suite(entries, suite_dir, asdict(config)))}
     for name in (SUITE_NAME, TIMINGS_NAME):
         if not (suite_dir / name).is_file():

@@ -31,12 +31,12 @@ from deepiot.compression.reward import Reward
 from deepiot.cost.registry import get_cost_function
 from deepiot.cost.types import Cost
 from deepiot.device.cost import attach_latency_model, is_attached  # also registers the `latency` cost
-from deepiot.device.profile import ProfileError, load_profile
+from deepiot.device.profile import RUNTIMES, ProfileError, load_profile
 from deepiot.structure import Structure
 from deepiot.utils import ConfigError
 
 BUDGET_PRESSURES = ("elasticity", "marginal")
-LATENCY_RUNTIMES = ("onnxruntime", "torch")
+LATENCY_RUNTIMES = RUNTIMES  # the runtimes deepiot-profile profiles: onnxruntime, torch, executorch
 # keys of the cost group that choose the device profile (LatencyProfile); the group's `name` is critic.cost
 PROFILE_KEYS = ("profile", "runtime", "threads")
 
@@ -80,7 +80,11 @@ class LatencyProfile:
 
     def __post_init__(self) -> None:
         if self.runtime not in LATENCY_RUNTIMES:
-            raise ValueError(f"cost.runtime must be one of {LATENCY_RUNTIMES}, got {self.runtime!r}.")
+            raise ValueError(
+                f"cost.runtime must be one of {LATENCY_RUNTIMES}, got {self.runtime!r}: the runtime the device "
+                "profile (cost.profile) was made for with `deepiot-profile runtime=...`, whose milliseconds "
+                "compress.target_latency_ms counts."
+            )
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
             raise ValueError(f"cost.threads must be an integer >= 1, got {self.threads!r}.")
 
@@ -122,7 +126,11 @@ def attach_profile(
     """Attach `settings`' latency model to `structure` (layers read from `model`) when something needs it."""
     if needed_by is None:
         return
-    attach_latency_model(structure, model, settings.load(needed_by))
+    document = settings.load(needed_by)
+    try:
+        attach_latency_model(structure, model, document)
+    except ValueError as err:  # the profile lacks a layer kind of this model
+        raise BudgetError(f"{needed_by}: cost.profile={settings.profile!r} cannot price this model: {err}") from err
 
 
 def cost_of(structure: Structure, cost: str, counts: Mapping[str, int]) -> float:

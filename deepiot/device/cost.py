@@ -33,6 +33,13 @@ class LatencyPredictor:
     """Predicted batch-1 latency (ms) of a structure for any kept counts: Σ layer models + overhead."""
 
     def __init__(self, inventory: tuple[LayerSpec, ...], latency_model: LatencyModel) -> None:
+        uncovered = [f"{spec.name} ({spec.kind})" for spec in inventory if spec.kind not in latency_model.kinds]
+        if uncovered:
+            raise ValueError(
+                f"the device profile has no latency model for layer(s) {', '.join(uncovered)}: it covers "
+                f"{sorted(latency_model.kinds)} layers only. Profile again with a reference model of those "
+                "layer kinds (deepiot-profile architectures=[...], e.g. deepsense for conv1d and gru)."
+            )
         self.inventory = inventory
         self.latency_model = latency_model
 

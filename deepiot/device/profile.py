@@ -2,7 +2,8 @@
 
 Stages (each usable alone, so the timing can run on another device):
 1. `build_suite` + `write_onnx_suite`: ONNX files and `suite.json` (needs torch);
-2. timing: `ort_profile.py` (numpy + onnxruntime only) or `time_torch_suite` (PyTorch eager);
+2. timing: `ort_profile.py` (numpy + onnxruntime only), `time_torch_suite` (PyTorch eager) or
+   `time_executorch_suite` (each configuration lowered to an XNNPACK .pte, timed in ExecuTorch's runtime);
 3. `fit_profile`: per-kind layer models on 75% of the layer configurations, validated on the other 25%;
    the whole-model overhead calibrated on 3 slicings per reference model, validated on the rest;
    the result is `device_profile.json` (measurements, coefficients, fit quality) and `fit.png`.
@@ -25,7 +26,8 @@ from deepiot.errors import DeepIoTError
 PROFILE_NAME = "device_profile.json"
 PLOT_NAME = "fit.png"
 PROFILE_FORMAT = "deepiot-device-profile/1"
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("onnxruntime", "torch", "executorch")
+REFERENCE_ARCHITECTURES = ("lenet5", "deepsense", "lstm")  # sliced in the suite; their layer kinds are profiled
 STATISTICS = ("median", "p10")
 # what a profile must hold to price latency: top-level objects and their keys
 PROFILE_KEYS = {"environment": ("runtime", "threads"), "latency_model": ("kinds", "overhead")}
@@ -47,6 +49,8 @@ class ProfileConfig:
     per_kind: int = 60  # random configurations per layer kind
     per_model: int = 12  # slicings per reference model (the first keeps everything)
     per_reference_layer: int = 4  # each reference-model layer timed alone at this many random widths
+    # reference models to slice; only their layer kinds are profiled (lenet5: linear, conv2d)
+    architectures: tuple[str, ...] = REFERENCE_ARCHITECTURES
     warmup: int = 20
     repeats: int = 300
     rounds: int = 10
@@ -72,7 +76,24 @@ class ProfileConfig:
                 f"config value heldout_fraction={self.heldout_fraction!r} has the wrong type: expected a number."
             )
         if self.runtime not in RUNTIMES:
-            raise ProfileError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}.")
+            raise ProfileError(
+                f"runtime must be one of {RUNTIMES}, got {self.runtime!r}: the runtime whose batch-1 latency "
+                "the profile predicts (onnxruntime: ONNX Runtime's CPU provider; torch: PyTorch eager; "
+                "executorch: ExecuTorch's runtime with XNNPACK, needs the [edge] extra)."
+            )
+        names = None if isinstance(self.architectures, str) else list(self.architectures)
+        if not names or any(name not in REFERENCE_ARCHITECTURES for name in names):
+            raise ProfileError(
+                f"config value architectures={self.architectures!r} is invalid: expected a non-empty list of "
+                f"reference models among {list(REFERENCE_ARCHITECTURES)}, e.g. architectures=[lenet5]; the "
+                "profile covers their layer kinds only."
+            )
+        object.__setattr__(self, "architectures", tuple(dict.fromkeys(names)))
+        if self.runtime == "executorch" and self.threads != 1:
+            raise ProfileError(
+                f"runtime=executorch profiles with threads=1 only, got threads={self.threads}: deepiot runs "
+                "ExecuTorch's XNNPACK threadpool with one thread (as every deployed model it checks and times)."
+            )
         if self.threads < 1 or self.warmup < 0 or not 1 <= self.rounds <= self.repeats:
             raise ProfileError(
                 f"need threads >= 1, warmup >= 0 and 1 <= rounds <= repeats, got threads={self.threads}, "
@@ -94,7 +115,9 @@ def profile_device(config: ProfileConfig, out_dir: str | Path) -> dict[str, Any]
     from deepiot.device.suite import build_suite, write_onnx_suite
 
     out_dir = Path(out_dir)
-    entries = build_suite(config.seed, config.per_kind, config.per_model, config.per_reference_layer)
+    entries = build_suite(
+        config.seed, config.per_kind, config.per_model, config.per_reference_layer, config.architectures
+    )
     descriptions = [entry.describe() for entry in entries]
     if config.runtime == "onnxruntime":
         suite_dir = out_dir / "suite"
@@ -103,6 +126,8 @@ def profile_device(config: ProfileConfig, out_dir: str | Path) -> dict[str, Any]
             suite_dir, config.threads, config.warmup, config.repeats, config.rounds
         )
         (suite_dir / ort_profile.TIMINGS_NAME).write_text(json.dumps(timings, indent=1))
+    elif config.runtime == "executorch":
+        timings = time_executorch_suite(entries, config)
     else:
         timings = time_torch_suite(entries, config)
     return write_profile(fit_profile(descriptions, timings, config), out_dir)
@@ -110,8 +135,6 @@ def profile_device(config: ProfileConfig, out_dir: str | Path) -> dict[str, Any]
 
 def time_torch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str, Any]:
     """Time every suite module in PyTorch eager mode (batch 1, inference mode), interleaved like ORT."""
-    import platform
-
     import torch
 
     from deepiot.cost.latency import time_interleaved, torch_threads
@@ -122,6 +145,41 @@ def time_torch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str,
         calls[entry.id] = lambda module=module, inputs=inputs: module(*inputs)
     with torch_threads(config.threads), torch.inference_mode():
         stats = time_interleaved(calls, config.warmup, config.repeats, config.rounds)
+    return _timings_document(stats, config, "torch", torch.__version__)
+
+
+def time_executorch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str, Any]:
+    """Lower every suite module to a batch-1 XNNPACK program (as `formats=[executorch]` exports models) and
+    time it in ExecuTorch's runtime with one thread, interleaved like ORT. The .pte files live in a temporary
+    folder (ExecuTorch loads programs from files) and are gone afterwards."""
+    import tempfile
+    from importlib.metadata import version
+
+    from deepiot.cost.latency import time_interleaved
+    from deepiot.edge import executorch_call, executorch_modules, runtime_threads, save_executorch
+
+    executorch_modules()  # EdgeError with the install command before any lowering
+    with tempfile.TemporaryDirectory(prefix="deepiot_executorch_suite_") as folder:
+        calls = {}
+        for entry in entries:
+            path = Path(folder) / f"{entry.id}.pte"
+            save_executorch(entry.module.eval(), entry.inputs, path)
+            calls[entry.id] = executorch_call(path, entry.inputs)
+        if runtime_threads() != config.threads:
+            raise ProfileError(
+                f"ExecuTorch's threadpool could not be set to {config.threads} thread(s) (it runs "
+                f"{runtime_threads() or 'one per core'}): this ExecuTorch lacks the threadpool reset deepiot uses."
+            )
+        stats = time_interleaved(calls, config.warmup, config.repeats, config.rounds)
+    return _timings_document(stats, config, "executorch", version("executorch"), backend="XNNPACK")
+
+
+def _timings_document(
+    stats: Mapping[str, Any], config: ProfileConfig, runtime: str, runtime_version: str, **environment: str
+) -> dict[str, Any]:
+    """The timings document of an in-process runtime, in ort_profile.py's layout."""
+    import platform
+
     timings = {
         key: {
             "median_ms": s.median_ms,
@@ -132,15 +190,16 @@ def time_torch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str,
         }
         for key, s in stats.items()
     }
-    environment = {
-        "runtime": "torch",
-        "runtime_version": torch.__version__,
+    made_on = {
+        "runtime": runtime,
+        "runtime_version": runtime_version,
+        **environment,
         "threads": config.threads,
         "machine": platform.machine(),
         "system": platform.platform(),
     }
     settings = {"warmup": config.warmup, "repeats": config.repeats, "rounds": config.rounds}
-    return {"environment": environment, "settings": settings, "timings": timings}
+    return {"environment": made_on, "settings": settings, "timings": timings}
 
 
 def fit_profile(

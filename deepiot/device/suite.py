@@ -12,7 +12,7 @@ import contextlib
 import io
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,11 @@ from torch import Tensor, nn
 
 from deepiot.device.layers import LayerSpec, features_at, layer_features, layer_inventory
 from deepiot.device.ort_profile import SUITE_NAME
+from deepiot.device.profile import REFERENCE_ARCHITECTURES
 from deepiot.structure import Structure, slice_model
 from deepiot.structure.cost import LinearForm
+
+LAYER_KINDS = ("linear", "conv1d", "conv2d", "lstm", "gru")
 
 
 @dataclass
@@ -76,13 +79,15 @@ def _layer_entry(index: int, spec: LayerSpec, module: nn.Module, inputs: tuple[T
     return SuiteEntry(f"{spec.kind}_{index:03d}", spec.kind, module, inputs, [row], {"geometry": geometry})
 
 
-def layer_entries(rng: np.random.Generator, per_kind: int) -> Iterator[SuiteEntry]:
-    """`per_kind` random configurations of each layer kind, spanning the reference models' shapes."""
-    for index in range(per_kind):
+def layer_entries(
+    rng: np.random.Generator, per_kind: int, kinds: Collection[str] = LAYER_KINDS
+) -> Iterator[SuiteEntry]:
+    """`per_kind` random configurations of each layer kind in `kinds`, spanning the reference models' shapes."""
+    for index in range(per_kind if "linear" in kinds else 0):
         width_in, width_out = _log_int(rng, 4, 3000), _log_int(rng, 2, 800)
         spec = LayerSpec("linear", "linear", _fixed(width_in), _fixed(width_out), 1, 1)
         yield _layer_entry(index, spec, nn.Linear(width_in, width_out), (torch.randn(1, width_in),))
-    for index in range(per_kind):
+    for index in range(per_kind if "conv1d" in kinds else 0):
         width_in, width_out, length = _log_int(rng, 1, 140), _log_int(rng, 1, 80), _log_int(rng, 16, 130)
         kernel, stride = int(rng.choice([3, 5])), int(rng.choice([1, 2]))
         conv = nn.Conv1d(width_in, width_out, kernel, stride=stride, padding=kernel // 2)
@@ -92,7 +97,7 @@ def layer_entries(rng: np.random.Generator, per_kind: int) -> Iterator[SuiteEntr
             "conv", "conv1d", _fixed(width_in), _fixed(width_out), out_length, length, kernel, batchnorm=True
         )
         yield _layer_entry(index, spec, module, (torch.randn(1, width_in, length),))
-    for index in range(per_kind):
+    for index in range(per_kind if "conv2d" in kinds else 0):
         width_in, width_out, side = _log_int(rng, 1, 32), _log_int(rng, 1, 64), _log_int(rng, 8, 30)
         kernel = int(rng.choice([3, 5]))
         module = nn.Sequential(nn.Conv2d(width_in, width_out, kernel), nn.ReLU())
@@ -102,7 +107,7 @@ def layer_entries(rng: np.random.Generator, per_kind: int) -> Iterator[SuiteEntr
         )
         yield _layer_entry(index, spec, module, (torch.randn(1, width_in, side, side),))
     for kind in ("lstm", "gru"):
-        for index in range(per_kind):
+        for index in range(per_kind if kind in kinds else 0):
             width_in, hidden, steps = _log_int(rng, 1, 140), _log_int(rng, 1, 160), _log_int(rng, 8, 130)
             spec = LayerSpec("rnn", kind, _fixed(width_in), _fixed(hidden), steps, steps)
             module = RecurrentLayer(kind, width_in, hidden)
@@ -126,14 +131,16 @@ def isolated_layer(
     return module, torch.randn(1, in_width, *spec.in_spatial)
 
 
-def reference_layer_entries(rng: np.random.Generator, per_model: int) -> Iterator[SuiteEntry]:
-    """Every layer of `per_model` random slicings of each reference model, timed on its own.
+def reference_layer_entries(
+    rng: np.random.Generator, per_model: int, architectures: Collection[str]
+) -> Iterator[SuiteEntry]:
+    """Every layer of `per_model` random slicings of each reference model in `architectures`, timed on its own.
 
     These put profiling points where compression actually goes (e.g. LeNet-5's conv2 at 12×12 input with
     many channels), which random shapes cover only thinly.
     """
     index = 0
-    for build, example in reference_models().values():
+    for build, example in reference_models(architectures).values():
         model = build().eval()
         structure = Structure.from_model(model, example)
         for spec in layer_inventory(model, structure):
@@ -160,15 +167,27 @@ def reference_layer_entries(rng: np.random.Generator, per_model: int) -> Iterato
                 yield entry
 
 
-def reference_models() -> dict[str, tuple[Callable[[], nn.Module], Tensor]]:
+def reference_models(
+    architectures: Collection[str] = REFERENCE_ARCHITECTURES,
+) -> dict[str, tuple[Callable[[], nn.Module], Tensor]]:
     """The reference architectures deepiot compresses (default widths) and a batch-2 example input."""
     from deepiot.models import DeepSense, LeNet5, LSTMClassifier
 
-    return {
+    models = {
         "lenet5": (LeNet5, torch.randn(2, 1, 28, 28)),
         "deepsense": (DeepSense, torch.randn(2, 128, 6)),
         "lstm": (LSTMClassifier, torch.randn(2, 128, 6)),
     }
+    return {name: models[name] for name in REFERENCE_ARCHITECTURES if name in architectures}
+
+
+def architecture_kinds(architectures: Collection[str]) -> set[str]:
+    """The layer kinds the reference models in `architectures` are made of (lenet5: conv2d and linear)."""
+    kinds = set()
+    for build, example in reference_models(architectures).values():
+        model = build().eval()
+        kinds |= {spec.kind for spec in layer_inventory(model, Structure.from_model(model, example))}
+    return kinds
 
 
 def random_kept(rng: np.random.Generator, structure: Structure, full: bool) -> dict[str, list[int]]:
@@ -182,9 +201,11 @@ def random_kept(rng: np.random.Generator, structure: Structure, full: bool) -> d
     return kept
 
 
-def model_entries(rng: np.random.Generator, per_model: int) -> Iterator[SuiteEntry]:
-    """`per_model` slicings of every reference model (the first keeps everything)."""
-    for architecture, (build, example) in reference_models().items():
+def model_entries(
+    rng: np.random.Generator, per_model: int, architectures: Collection[str]
+) -> Iterator[SuiteEntry]:
+    """`per_model` slicings of every reference model in `architectures` (the first keeps everything)."""
+    for architecture, (build, example) in reference_models(architectures).items():
         model = build().eval()
         structure = Structure.from_model(model, example)
         inventory = layer_inventory(model, structure)
@@ -201,14 +222,22 @@ def model_entries(rng: np.random.Generator, per_model: int) -> Iterator[SuiteEnt
 
 
 def build_suite(
-    seed: int = 0, per_kind: int = 60, per_model: int = 12, per_reference_layer: int = 4
+    seed: int = 0,
+    per_kind: int = 60,
+    per_model: int = 12,
+    per_reference_layer: int = 4,
+    architectures: Collection[str] = REFERENCE_ARCHITECTURES,
 ) -> list[SuiteEntry]:
-    """Layer configurations (random shapes, and reference-model layers at random widths) and sliced
-    reference models, drawn reproducibly from `seed` (the sliced models from their own stream)."""
+    """Layer configurations (random shapes of the layer kinds `architectures` use, and their layers at random
+    widths) and sliced reference models of `architectures`, drawn reproducibly from `seed` (the sliced models
+    from their own stream)."""
     torch.manual_seed(seed)
     layer_rng, model_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
-    layers = [*layer_entries(layer_rng, per_kind), *reference_layer_entries(layer_rng, per_reference_layer)]
-    return [*layers, *model_entries(model_rng, per_model)]
+    layers = [
+        *layer_entries(layer_rng, per_kind, architecture_kinds(architectures)),
+        *reference_layer_entries(layer_rng, per_reference_layer, architectures),
+    ]
+    return [*layers, *model_entries(model_rng, per_model, architectures)]
 
 
 def export_onnx(module: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> None:
