@@ -15,9 +15,11 @@ import hashlib
 import json
 import logging
 import re
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -27,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from deepiot.cost.latency import time_interleaved
+from deepiot.device.profile import ProfileConfig, ProfileError, timings_document
 from deepiot.export import ExportError
 
 EXECUTORCH_BATCH_SIZE = 1  # the .pte takes one window per call; larger batches run window by window
@@ -399,3 +403,23 @@ def _record_in_manifest(manifest_path: Path, int8_path: Path, report: dict[str, 
     digest = hashlib.sha256(int8_path.read_bytes()).hexdigest()
     manifest.setdefault("files", {})[int8_path.name] = {"sha256": digest, "bytes": int8_path.stat().st_size}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def time_executorch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str, Any]:
+    """Lower every suite module to a batch-1 XNNPACK program (as `formats=[executorch]` exports models) and
+    time it in ExecuTorch's runtime with one thread, interleaved like ORT. The .pte files live in a temporary
+    folder (ExecuTorch loads programs from files) and are gone afterwards."""
+    executorch_modules()  # EdgeError with the install command before any lowering
+    with tempfile.TemporaryDirectory(prefix="deepiot_executorch_suite_") as folder:
+        calls = {}
+        for entry in entries:
+            path = Path(folder) / f"{entry.id}.pte"
+            save_executorch(entry.module.eval(), entry.inputs, path)
+            calls[entry.id] = executorch_call(path, entry.inputs)
+        if runtime_threads() != config.threads:
+            raise ProfileError(
+                f"ExecuTorch's threadpool could not be set to {config.threads} thread(s) (it runs "
+                f"{runtime_threads() or 'one per core'}): this ExecuTorch lacks the threadpool reset deepiot uses."
+            )
+        stats = time_interleaved(calls, config.warmup, config.repeats, config.rounds)
+    return timings_document(stats, config, "executorch", version("executorch"), backend="XNNPACK")

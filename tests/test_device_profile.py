@@ -348,6 +348,7 @@ def test_executorch_runtime_profile_prices_latency_for_cost_runtime_executorch(t
 
     from deepiot.compression.budget import BudgetError, LatencyProfile, attach_profile
     from deepiot.device import predict_latency, profile_device
+    from deepiot.edge import time_executorch_suite
 
     config = ProfileConfig(
         runtime="executorch",
@@ -359,7 +360,9 @@ def test_executorch_runtime_profile_prices_latency_for_cost_runtime_executorch(t
         repeats=3,
         rounds=1,
     )
-    profile = profile_device(config, tmp_path)
+    with pytest.raises(ProfileError, match="needs the ExecuTorch timer"):
+        profile_device(config, tmp_path)  # the timer lives above deepiot.device (tests/test_layers.py)
+    profile = profile_device(config, tmp_path, time_suite=time_executorch_suite)
     environment = profile["environment"]
     assert environment["runtime"] == "executorch" and environment["backend"] == "XNNPACK"
     assert environment["threads"] == 1 and environment["runtime_version"] == version("executorch")

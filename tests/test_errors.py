@@ -23,6 +23,7 @@ ERRORS = {
     "deepiot.checkpoint.CheckpointError": ValueError,
     "deepiot.export.ExportError": ValueError,
     "deepiot.edge.EdgeError": ValueError,
+    "deepiot.litert.LiteRTError": ValueError,
     "deepiot.device.ProfileError": ValueError,
     "deepiot.runtime.CompressionError": RuntimeError,
     "deepiot.finetune.FinetuneError": RuntimeError,

@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"finetune", "train"},
     {"device"},
     {"compression"},
-    {"export", "report", "quantize", "edge"},
+    {"export", "report", "quantize", "edge", "litert"},
     {"api", "env"},
     {"baselines", "launchers"},  # launchers: the Ray workers' setup hook (hydra launcher configs name it)
     {"cli"},

@@ -38,6 +38,10 @@ def run_profile(cfg: DictConfig) -> dict[str, Any]:
     config = ProfileConfig(**{field.name: cfg[field.name] for field in fields(ProfileConfig)})
     out_dir = checked_out_dir(cfg.out_dir)
     if cfg.stage == "all":
+        if config.runtime == "executorch":
+            from deepiot.edge import time_executorch_suite
+
+            return profile_device(config, out_dir, time_suite=time_executorch_suite)
         return profile_device(config, out_dir)
     suite_dir = out_dir / "suite"
     if cfg.stage == "suite":

@@ -12,7 +12,7 @@ Stages (each usable alone, so the timing can run on another device):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +110,15 @@ class ProfileConfig:
             raise ProfileError(f"heldout_fraction must lie in (0, 0.5), got {self.heldout_fraction}.")
 
 
-def profile_device(config: ProfileConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Build the suite, time it on this machine with `config.runtime`, fit and write the profile."""
+def profile_device(
+    config: ProfileConfig,
+    out_dir: str | Path,
+    time_suite: Callable[[Sequence[Any], ProfileConfig], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Build the suite, time it on this machine with `config.runtime`, fit and write the profile.
+
+    runtime=executorch times with `deepiot.edge.time_executorch_suite`, which lives above this layer: pass it as
+    `time_suite` (deepiot-profile does)."""
     from deepiot.device.suite import build_suite, write_onnx_suite
 
     out_dir = Path(out_dir)
@@ -127,7 +134,12 @@ def profile_device(config: ProfileConfig, out_dir: str | Path) -> dict[str, Any]
         )
         (suite_dir / ort_profile.TIMINGS_NAME).write_text(json.dumps(timings, indent=1))
     elif config.runtime == "executorch":
-        timings = time_executorch_suite(entries, config)
+        if time_suite is None:
+            raise ProfileError(
+                "runtime=executorch needs the ExecuTorch timer: call profile_device(config, out_dir, "
+                "time_suite=deepiot.edge.time_executorch_suite), or run deepiot-profile runtime=executorch."
+            )
+        timings = time_suite(entries, config)
     else:
         timings = time_torch_suite(entries, config)
     return write_profile(fit_profile(descriptions, timings, config), out_dir)
@@ -145,36 +157,10 @@ def time_torch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str,
         calls[entry.id] = lambda module=module, inputs=inputs: module(*inputs)
     with torch_threads(config.threads), torch.inference_mode():
         stats = time_interleaved(calls, config.warmup, config.repeats, config.rounds)
-    return _timings_document(stats, config, "torch", torch.__version__)
+    return timings_document(stats, config, "torch", torch.__version__)
 
 
-def time_executorch_suite(entries: Sequence[Any], config: ProfileConfig) -> dict[str, Any]:
-    """Lower every suite module to a batch-1 XNNPACK program (as `formats=[executorch]` exports models) and
-    time it in ExecuTorch's runtime with one thread, interleaved like ORT. The .pte files live in a temporary
-    folder (ExecuTorch loads programs from files) and are gone afterwards."""
-    import tempfile
-    from importlib.metadata import version
-
-    from deepiot.cost.latency import time_interleaved
-    from deepiot.edge import executorch_call, executorch_modules, runtime_threads, save_executorch
-
-    executorch_modules()  # EdgeError with the install command before any lowering
-    with tempfile.TemporaryDirectory(prefix="deepiot_executorch_suite_") as folder:
-        calls = {}
-        for entry in entries:
-            path = Path(folder) / f"{entry.id}.pte"
-            save_executorch(entry.module.eval(), entry.inputs, path)
-            calls[entry.id] = executorch_call(path, entry.inputs)
-        if runtime_threads() != config.threads:
-            raise ProfileError(
-                f"ExecuTorch's threadpool could not be set to {config.threads} thread(s) (it runs "
-                f"{runtime_threads() or 'one per core'}): this ExecuTorch lacks the threadpool reset deepiot uses."
-            )
-        stats = time_interleaved(calls, config.warmup, config.repeats, config.rounds)
-    return _timings_document(stats, config, "executorch", version("executorch"), backend="XNNPACK")
-
-
-def _timings_document(
+def timings_document(
     stats: Mapping[str, Any], config: ProfileConfig, runtime: str, runtime_version: str, **environment: str
 ) -> dict[str, Any]:
     """The timings document of an in-process runtime, in ort_profile.py's layout."""
