@@ -135,7 +135,7 @@ REPRODUCE_CASES = {
     "no key=value": (["foo"], "expected key=value, got 'foo'"),
     "moved setting": (
         ["trainer.num_threads=1"],
-        r"trainer\.num_threads is no longer a setting: it is the root key num_threads now.* write num_threads=",
+        r"trainer\.num_threads is no longer a setting: it is the root key num_threads now.* use num_threads=<value>",
     ),
 }
 
@@ -431,9 +431,9 @@ REMOVED = {  # a removed setting on the command line → what its message must n
     "+paths.artifacts_dir=out": r"paths\.artifacts_dir is no longer a setting: .*paths\.output_dir",
     "~paths.artifacts_dir": r"paths\.artifacts_dir is no longer a setting: .*paths\.output_dir",
     "trainer.num_threads=1": r"trainer\.num_threads is no longer a setting: it is the root key num_threads now, "
-    r".*write num_threads=\.\.\. instead of trainer\.num_threads=\.\.\.\.$",
+    r".*use num_threads=<value> instead of trainer\.num_threads=<value>\.$",
     "trainer.progress_bar=false": r"trainer\.progress_bar is no longer a setting: it is the root key progress_bar "
-    r"now, .*write progress_bar=\.\.\. instead of trainer\.progress_bar=\.\.\.\.$",
+    r"now, .*use progress_bar=<value> instead of trainer\.progress_bar=<value>\.$",
 }
 
 

@@ -166,7 +166,7 @@ REMOVED_KEYS = {
     **{
         old: f"it is the root key {new} now, a process setting shared by deepiot-train, deepiot-compress, "
         f"deepiot-baseline and deepiot-reproduce (the trainer group configures training of the original only): "
-        f"write {new}=... instead of {old}=..."
+        f"use {new}=<value> instead of {old}=<value>"
         for old, new in MOVED_KEYS.items()
     },
 }
