@@ -474,7 +474,7 @@ EXPORT_CASES = {
     ),
     "export:formats": export_case(
         ["checkpoint={model}", "formats=[pdf]"],
-        r"export formats must be a non-empty subset of \['torchscript', 'onnx', 'executorch'\], got \['pdf'\]",
+        r"export formats must be a non-empty subset of \['torchscript', 'onnx', 'executorch', 'litert'\], got \['pdf'\]",
     ),
     "export:onnx_exporter": export_case(
         ["checkpoint={model}", "onnx_exporter=magic"], "onnx_exporter must be one of .*, got 'magic'"
