@@ -411,9 +411,9 @@ def test_state_dict_of_another_model_is_refused_naming_the_first_difference(tmp_
 # ---------------------------------------------------------------------------------------------- export_model
 
 EXPORT_CASES = [
-    Case("unknown-format", lambda: {"formats": ["tflite"]}, ExportError, r"non-empty subset of \['torchscript', 'onnx', 'executorch'\], got \['tflite'\]"),
+    Case("unknown-format", lambda: {"formats": ["tflite"]}, ExportError, r"non-empty subset of \['torchscript', 'onnx', 'executorch', 'litert'\], got \['tflite'\]"),
     Case("format-as-string", lambda: {"formats": "onnx"}, ExportError, r"formats must be a list such as \['onnx'\], got the string 'onnx'"),
-    Case("no-format", lambda: {"formats": []}, ExportError, r"non-empty subset of \['torchscript', 'onnx', 'executorch'\], got \[\]"),
+    Case("no-format", lambda: {"formats": []}, ExportError, r"non-empty subset of \['torchscript', 'onnx', 'executorch', 'litert'\], got \[\]"),
     Case("unknown-exporter", lambda: {"onnx_exporter": "tvm"}, ExportError, r"onnx_exporter must be one of \['auto', 'dynamo', 'torchscript'\], got 'tvm'"),
     Case("example-as-list", lambda: {"example_inputs": [torch.randn(1, STEPS, CHANNELS)]}, ExportError, r"example inputs that are tensors with a leading batch axis.*got \['list'\]"),
     Case("example-missing", lambda: {"example_inputs": None}, ExportError, r"tensors with a leading batch axis.*got \['NoneType'\]"),
