@@ -422,7 +422,7 @@ EXPORT_CASES = [
     Case("manifest-not-json", lambda: {"manifest_extra": {"when": object()}}, ExportError, r"manifest_extra must be JSON-serialisable.*object"),
     Case("manifest-none", lambda: {"manifest_extra": None}, ExportError, r"manifest_extra must be a dict.*got NoneType"),
     Case("extra-file-outside-folder", lambda: {"extra_files": {"../escape.txt": b""}}, ExportError, r"plain names other than .*\{'\.\./escape\.txt'\}"),
-    Case("extra-file-overwrites-model", lambda: {"extra_files": {"model.onnx": b""}}, ExportError, r"plain names other than \['manifest\.json', 'model\.onnx', 'model\.pte', 'model\.ts'\]"),
+    Case("extra-file-overwrites-model", lambda: {"extra_files": {"model.onnx": b""}}, ExportError, r"plain names other than \['manifest\.json', 'model\.onnx', 'model\.pte', 'model\.tflite', 'model\.ts'\]"),
     Case("extra-file-not-bytes", lambda: {"extra_files": {"notes.txt": "text"}}, ExportError, r"map names to bytes; \['notes\.txt'\] are not bytes"),
     Case("model-not-a-module", lambda: {"model": "model.pt"}, ExportError, r"needs an nn\.Module to export, got str"),
     Case("destination-is-a-file", lambda: {"out_dir": "existing/manifest.json"}, ExportError, r"destination .*manifest\.json exists and is not a folder"),
