@@ -69,6 +69,8 @@ def build_report(
     }
     if "magnitude_at_same_counts" in loop_report:
         report["magnitude_at_same_counts"] = dict(loop_report["magnitude_at_same_counts"])
+    if "element_choice" in loop_report:
+        report["element_choice"] = dict(loop_report["element_choice"])
     if "budgets" in loop_report:
         report["budgets"] = dict(loop_report["budgets"])
     if latency_threads is not None:

@@ -8,6 +8,7 @@ any (input, label) dataset into two tensors; `CompressionError` is the error of 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any, NamedTuple
@@ -194,3 +195,31 @@ def hyperparameter_table(settings: Mapping[str, Any]) -> str:
     """Markdown table of every setting ({"critic.lr": 1e-4, ...}), logged once to TensorBoard (CleanRL style)."""
     rows = [f"|{key}|{value}|" for key, value in settings.items()]
     return "|setting|value|\n|-|-|\n" + "\n".join(rows)
+
+
+def reinitialised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
+    """(a copy of `model` with `reset_parameters()` re-run on every module that has it, under
+    `torch.manual_seed(seed)` — the global generator is restored afterwards —, the names of those modules).
+
+    ValueError when a parameter belongs to a module without `reset_parameters` (it would keep trained values).
+    """
+    fresh = copy.deepcopy(model)
+    modules = dict(fresh.named_modules())
+    stale = [
+        name
+        for name, _ in fresh.named_parameters()
+        if not callable(getattr(modules[name.rpartition(".")[0]], "reset_parameters", None))
+    ]
+    if stale:
+        raise ValueError(
+            f"training from scratch re-initialises modules through reset_parameters(), but the parameters {stale} "
+            "belong to modules without one; give those modules a reset_parameters() method."
+        )
+    names = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, module in modules.items():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+                names.append(name)
+    return fresh, names

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from deepiot import runtime
 from deepiot.api import OutputOptions
 from deepiot.baselines import pipeline, prune, reference, selection, unstructured
 from deepiot.compression import slice_checked
@@ -433,7 +434,7 @@ def test_reinitialised_leaves_the_global_generator_alone_and_refuses_bare_parame
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    fresh, names = pipeline.reinitialised(model, seed=0)
+    fresh, names = runtime.reinitialised(model, seed=0)
     assert torch.equal(torch.rand(3), expected)
     assert names == ["conv1", "bn1", "conv2", "fc1", "fc2"]
 
@@ -444,7 +445,7 @@ def test_reinitialised_leaves_the_global_generator_alone_and_refuses_bare_parame
             self.scale = nn.Parameter(torch.ones(2))
 
     with pytest.raises(ValueError, match=r"parameters \['scale'\] belong to modules without one"):
-        pipeline.reinitialised(Scaled(), seed=0)
+        runtime.reinitialised(Scaled(), seed=0)
 
 
 def test_scratch_takes_counts_and_refuses_a_missing_or_mismatched_plan(tmp_path, cnn):

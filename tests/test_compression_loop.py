@@ -246,7 +246,9 @@ def test_inverted_mask_scale_divides_each_sampled_mask_by_its_keep_probability()
     inverted = scale_critic_masks(masks, probs, "inverted")["fc1"]
     assert torch.equal(inverted, torch.tensor([[2.0, 0.0, 10.0], [0.0, 1.25, 10.0]]))
     assert scale_critic_masks(masks, probs, "none")["fc1"] is masks["fc1"]
-    assert scale_critic_masks(masks, probs, "inverted", recurrent=["fc1"])["fc1"] is masks["fc1"]  # inside a recurrence
+    assert (
+        scale_critic_masks(masks, probs, "inverted", recurrent=["fc1"])["fc1"] is masks["fc1"]
+    )  # inside a recurrence
     with pytest.raises(ValueError, match="critic.mask_scale must be one of"):
         CriticConfig(mask_scale="half")
 
@@ -319,3 +321,56 @@ def test_auto_element_choice_picks_the_best_validation_candidate_and_is_kept_on_
     trials.clear()
     again = compress_model(trained_model, *data, config, run_dir=tmp_path)  # resumed: no new trials
     assert trials == [] and again.report["element_choice"]["chosen"] == "original"
+
+
+@pytest.mark.parametrize("scratch_better", [True, False])
+def test_try_scratch_trains_the_reinitialised_architecture_and_keeps_the_better_on_validation(
+    tmp_path, data, trained_model, monkeypatch, scratch_better
+):
+    from deepiot.runtime import accuracy, reinitialised
+    from deepiot.structure import slice_model
+
+    started = []  # (is it the scratch candidate?, the weights fine-tuning started from)
+    real_finetune = loop.finetune
+
+    def finetune(model, train, validation, config, **kwargs):
+        result = real_finetune(model, train, validation, config, **kwargs)
+        scratch = str(kwargs.get("state_path", "")).endswith(loop.SCRATCH_STATE_FILE)
+        started.append((scratch, {key: value.clone() for key, value in model.state_dict().items()}))
+        return result._replace(best_val_accuracy=0.9 if scratch == scratch_better else 0.8)
+
+    monkeypatch.setattr(loop, "finetune", finetune)
+    config = small_config(
+        finetune_steps=0,
+        target_params=0.3,
+        element_choice="original",
+        try_scratch=True,
+        compare_magnitude=False,
+    )
+    result = compress_model(trained_model, *data, config, run_dir=tmp_path)
+    assert [scratch for scratch, _ in started] == [False, True]
+    structure = Structure.from_model(trained_model, data[0].tensors[0][:1])
+    handed_on = slice_model(trained_model, structure, result.plan.kept)  # element_choice=original's start
+    fresh, _ = reinitialised(handed_on, config.loop.seed)  # the definition: same architecture, reset, seeded
+    for (_, weights), expected in zip(started, (handed_on, fresh), strict=True):
+        assert weights.keys() == expected.state_dict().keys()
+        assert all(torch.equal(weights[key], value) for key, value in expected.state_dict().items())
+    record = result.report["element_choice"]["scratch"]
+    assert record == {
+        "chosen": "scratch" if scratch_better else "handed_on",
+        "val_accuracy": {"handed_on": 0.9 - 0.1 * scratch_better, "scratch": 0.8 + 0.1 * scratch_better},
+    }
+    winner = fresh if scratch_better else handed_on  # 0 steps: the winner's weights come back unchanged
+    assert all(
+        torch.equal(value, winner.state_dict()[key])
+        for key, value in result.sliced_model.state_dict().items()
+    )
+    val_inputs, val_labels = data[1].tensors
+    assert accuracy(result.sliced_model, val_inputs, val_labels, 64) == accuracy(
+        winner, val_inputs, val_labels, 64
+    )
+
+
+def test_try_scratch_must_be_a_boolean():
+    with pytest.raises(ValueError, match="compress.try_scratch must be true or false, got 'yes'"):
+        LoopConfig(try_scratch="yes")

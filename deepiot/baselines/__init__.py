@@ -8,7 +8,7 @@ Torch-Pruning's global pruner, `pipeline.scratch_choice` re-initialises another 
 
 from __future__ import annotations
 
-from deepiot.baselines.pipeline import METHODS, NEEDS_PLAN, prune, reinitialised
+from deepiot.baselines.pipeline import METHODS, NEEDS_PLAN, prune
 from deepiot.baselines.selection import (
     default_floors,
     magnitude_at_budget,
@@ -19,6 +19,7 @@ from deepiot.baselines.selection import (
     uniform_at_budget,
     uniform_fraction_at_budget,
 )
+from deepiot.runtime import reinitialised
 
 __all__ = [
     "METHODS",

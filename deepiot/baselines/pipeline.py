@@ -28,7 +28,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -38,7 +37,7 @@ from deepiot.compression import CompressionResult, slice_checked
 from deepiot.compression.budget import DEVICE_BUDGETS, LatencyProfile, attach_profile, budget_fractions
 from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.report import build_report, write_report
-from deepiot.runtime import accuracy, dataset_tensors
+from deepiot.runtime import accuracy, dataset_tensors, reinitialised
 from deepiot.structure import SlicingPlan, Structure
 
 METHODS = (
@@ -346,34 +345,6 @@ SCRATCH_NOTE = (
     "trained with the shared fine-tuning recipe (same steps, lr and distillation from the original) — the "
     "recipe's steps, not a full training schedule (their Scratch-E/-B train as long as the original)."
 )
-
-
-def reinitialised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
-    """(a copy of `model` with `reset_parameters()` re-run on every module that has it, under
-    `torch.manual_seed(seed)` — the global generator is restored afterwards —, the names of those modules).
-
-    ValueError when a parameter belongs to a module without `reset_parameters` (it would keep trained values).
-    """
-    fresh = copy.deepcopy(model)
-    modules = dict(fresh.named_modules())
-    stale = [
-        name
-        for name, _ in fresh.named_parameters()
-        if not callable(getattr(modules[name.rpartition(".")[0]], "reset_parameters", None))
-    ]
-    if stale:
-        raise ValueError(
-            f"method scratch re-initialises modules through reset_parameters(), but the parameters {stale} belong "
-            "to modules without one; give those modules a reset_parameters() method."
-        )
-    names = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for name, module in modules.items():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
-                names.append(name)
-    return fresh, names
 
 
 def device_budget(

@@ -408,6 +408,7 @@ def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:
         "sparse": sparse,
         "kept_counts": {group["name"]: group["kept"] for group in report["groups"]},
         "torch_pruning_params": report.get("torch_pruning", {}).get("params"),
+        "element_choice": report.get("element_choice"),  # DeepIoT: the weights fine-tuning started from
         "wall_time_s": report["wall_time_s"],
     }
     atomic_write(run.folder / RESULT_FILE, lambda file: file.write(json.dumps(record, indent=2) + "\n"))

@@ -71,12 +71,18 @@ class LoopConfig:
     # elements), or "auto" (each fine-tuned for choice_steps steps; the best validation accuracy wins)
     element_choice: str = "critic"
     choice_steps: int = 500
+    # also train the searched architecture from scratch (every module re-initialised, seeded by `seed`) with
+    # the same recipe and teacher, and keep whichever of the two validates better (loop.scratch_alternative):
+    # the search used as an architecture search (Liu et al., ICLR 2019) when its weights do not help
+    try_scratch: bool = False
 
     def __post_init__(self) -> None:
         if self.element_choice not in ELEMENT_CHOICES:
             raise ValueError(
                 f"compress.element_choice must be one of {ELEMENT_CHOICES}, got {self.element_choice!r}."
             )
+        if not isinstance(self.try_scratch, bool):
+            raise ValueError(f"compress.try_scratch must be true or false, got {self.try_scratch!r}.")
         for name in ("warmup_iterations", "seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"compress.{name} must be an integer, got {getattr(self, name)!r}.")

@@ -37,6 +37,7 @@ from deepiot.compression.config import CompressionConfig, LoopConfig
 from deepiot.compression.state import (
     FINETUNE_STATE_FILE,
     MAGNITUDE_STATE_FILE,
+    SCRATCH_STATE_FILE,
     STATE_FILE,
     read_saved_state,
     restore,
@@ -59,6 +60,7 @@ from deepiot.runtime import (
     dataset_tensors,
     hyperparameter_table,
     model_device,
+    reinitialised,
     resolve_device,
 )
 from deepiot.structure import MaskedNetwork, SlicingPlan, Structure, slice_model
@@ -166,11 +168,16 @@ def compress_model(
         state_path=Path(run_dir) / FINETUNE_STATE_FILE if run_dir is not None else None,
         progress=progress,
     )
+    record = dict(choice.record)
+    if config.loop.try_scratch:
+        tuned, record["scratch"] = scratch_alternative(
+            sliced, tuned, original, ((train_inputs, train_labels), validation), config, run_dir, progress
+        )
     state.wall_time_s["finetune"] = state.wall_time_s.get("finetune", 0.0) + time.perf_counter() - started
     result = compression_result(
         parts, state, tuned, difference, (test_inputs, test_labels), model_config or {}
     )
-    result.report["element_choice"] = choice.record
+    result.report["element_choice"] = record
     if config.loop.compare_magnitude:
         splits = ((train_inputs, train_labels), validation, (test_inputs, test_labels))
         result.report["magnitude_at_same_counts"] = magnitude_reference(
@@ -397,6 +404,40 @@ def choose_elements(
         atomic_write(saved_path, lambda file: file.write(json.dumps(record, indent=2) + "\n"))
     source, kept = candidates[record["chosen"]]
     return ElementChoice(source, kept, record)
+
+
+def scratch_alternative(
+    sliced: nn.Module,
+    tuned: FinetuneResult,
+    original: nn.Module,
+    splits: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
+    config: CompressionConfig,
+    run_dir: str | Path | None,
+    progress: bool,
+) -> tuple[FinetuneResult, dict[str, Any]]:
+    """`compress.try_scratch`: the sliced architecture with every module re-initialised (`reinitialised`,
+    seeded by `compress.seed`) trained with the same recipe and teacher as `tuned` (the fine-tuned handed-on
+    weights); the higher best-validation accuracy wins, a tie keeps the handed-on weights. Returns (the winner,
+    {"chosen": "scratch" | "handed_on", "val_accuracy": {both}}). Resumable from `<run_dir>/` SCRATCH_STATE_FILE."""
+    train, validation = splits
+    fresh, _ = reinitialised(sliced, config.loop.seed)
+    scratch = finetune(
+        fresh,
+        train,
+        validation,
+        config.finetune,
+        teacher=original if config.finetune.distill_weight > 0 else None,
+        state_path=Path(run_dir) / SCRATCH_STATE_FILE if run_dir is not None else None,
+        progress=progress,
+    )
+    won = scratch.best_val_accuracy > tuned.best_val_accuracy
+    record = {
+        "chosen": "scratch" if won else "handed_on",
+        "val_accuracy": {"handed_on": tuned.best_val_accuracy, "scratch": scratch.best_val_accuracy},
+    }
+    log.info("try_scratch: %s wins on validation (handed-on weights %.4f, from scratch %.4f)",
+             record["chosen"], tuned.best_val_accuracy, scratch.best_val_accuracy)  # fmt: skip
+    return (scratch if won else tuned), record
 
 
 def slice_checked(

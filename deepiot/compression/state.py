@@ -16,6 +16,7 @@ from deepiot.utils import ConfigError, describe_differences
 STATE_FILE = "compress_state.pt"
 FINETUNE_STATE_FILE = "finetune_state.pt"
 MAGNITUDE_STATE_FILE = "magnitude_finetune_state.pt"  # compare_magnitude's fine-tuning
+SCRATCH_STATE_FILE = "scratch_finetune_state.pt"  # try_scratch's training of the re-initialised model
 
 
 def state_payload(parts: LoopParts, state: LoopState) -> dict[str, Any]:
