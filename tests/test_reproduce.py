@@ -208,6 +208,9 @@ def cv_record(method: str, fold: int, seed: int, accuracy: float) -> dict:
 def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     deepiot = {0: 0.90, 1: 0.80, 2: 0.95}
     records = [cv_record("deepiot", fold, 0, accuracy) for fold, accuracy in deepiot.items()]
+    records[0]["element_choice"] = {"mode": "auto", "chosen": "l1", "scratch": {"chosen": "handed_on"}}
+    records[1]["element_choice"] = {"mode": "auto", "chosen": "l1", "scratch": {"chosen": "scratch"}}
+    records[2]["element_choice"] = {"mode": "critic", "chosen": "critic"}
     # magnitude: two seeds per fold averaging exactly 2 points below DeepIoT on every fold
     records += [cv_record("magnitude", fold, seed, accuracy - 0.02 + (0.01 if seed else -0.01))
                 for fold, accuracy in deepiot.items() for seed in (0, 1)]  # fmt: skip
@@ -229,3 +232,5 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     assert "| equal | magnitude | 3% params | 3 | 6 | 9,000 | 3.00% | 4.00% |" in table
     assert "| -2.00 [-2.00, -2.00] * | -3.00 [-3.00, -3.00] * |" in table
     assert "fold 0: 95.00%" in table
+    assert summary["deepiot"]["starts"] == {"critic": 1, "l1": 1, "scratch": 1} and summary["magnitude"]["starts"] == {}
+    assert "- equal deepiot 3% params: critic 1, l1 1, scratch 1" in table

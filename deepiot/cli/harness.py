@@ -561,11 +561,26 @@ def summarise_folds(
                 per_fold(members, "test_accuracy"), per_fold(reference, "test_accuracy")
             )
         row["diff_vs_reference"] = interval_record(difference)
+        row["starts"] = fine_tuning_starts(members)
         row["diff_vs_original"] = interval_record(
             statistics.paired_difference(per_fold(members, "test_accuracy"), originals or {})
         )
         rows.append(row)
     return rows
+
+
+def fine_tuning_starts(members: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many of a DeepIoT row's runs fine-tuned from each start ({"l1": 3, "scratch": 2}; {} for runs
+    without an element choice): `compress.element_choice`'s candidate, or "scratch" where `compress.try_scratch`
+    found the re-initialised architecture better on validation."""
+    starts: dict[str, int] = {}
+    for member in members:
+        choice = member.get("element_choice")
+        if not choice:
+            continue
+        start = "scratch" if choice.get("scratch", {}).get("chosen") == "scratch" else choice["chosen"]
+        starts[start] = starts.get(start, 0) + 1
+    return dict(sorted(starts.items()))
 
 
 def interval_record(interval: statistics.Interval | None) -> dict[str, Any] | None:
@@ -687,6 +702,15 @@ def cv_table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[
     if any(row["sparse"] for row in summary):
         lines += ["", "Unstructured rows count nonzero parameters of a model of the original shape (sparse storage, "
                   "the original's dense MACs and latency)."]  # fmt: skip
+    starts = [row for row in summary if row.get("starts")]
+    if starts:
+        lines += ["", "Where fine-tuning started (runs per start: the element choice's candidate, or scratch where the "
+                  "searched architecture re-initialised was better on validation):", ""]  # fmt: skip
+        lines += [
+            f"- {row['recipe']} {row['method']} {budget_text(row['budget'], row['cost'])}: "
+            + ", ".join(f"{start} {count}" for start, count in row["starts"].items())
+            for row in starts
+        ]
     return "\n".join(lines) + "\n"
 
 
