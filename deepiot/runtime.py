@@ -197,17 +197,13 @@ def hyperparameter_table(settings: Mapping[str, Any]) -> str:
     return "|setting|value|\n|-|-|\n" + "\n".join(rows)
 
 
-def reinitialised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
-    """(a copy of `model` with `reset_parameters()` re-run on every module that has it, under
-    `torch.manual_seed(seed)` — the global generator is restored afterwards —, the names of those modules).
-
-    ValueError when a parameter belongs to a module without `reset_parameters` (it would keep trained values).
-    """
-    fresh = copy.deepcopy(model)
-    modules = dict(fresh.named_modules())
+def check_reinitialisable(model: nn.Module) -> None:
+    """ValueError when a parameter of `model` belongs to a module without `reset_parameters` (training from
+    scratch would keep its trained values); called before long work that ends in `reinitialised`."""
+    modules = dict(model.named_modules())
     stale = [
         name
-        for name, _ in fresh.named_parameters()
+        for name, _ in model.named_parameters()
         if not callable(getattr(modules[name.rpartition(".")[0]], "reset_parameters", None))
     ]
     if stale:
@@ -215,6 +211,17 @@ def reinitialised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
             f"training from scratch re-initialises modules through reset_parameters(), but the parameters {stale} "
             "belong to modules without one; give those modules a reset_parameters() method."
         )
+
+
+def reinitialised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
+    """(a copy of `model` with `reset_parameters()` re-run on every module that has it, under
+    `torch.manual_seed(seed)` — the global generator is restored afterwards —, the names of those modules).
+
+    ValueError when a parameter belongs to a module without `reset_parameters` (it would keep trained values).
+    """
+    check_reinitialisable(model)
+    fresh = copy.deepcopy(model)
+    modules = dict(fresh.named_modules())
     names = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

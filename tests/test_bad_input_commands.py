@@ -68,6 +68,7 @@ BASELINE_CASES = {
         "compress.choice_steps must be a positive",
     ),
     "choice_steps=abc": (["method=deepiot", "compress.choice_steps=abc"], "compress.choice_steps"),
+    "try_scratch=maybe": (["method=deepiot", "compress.try_scratch=maybe"], r"compress.try_scratch='maybe' has the wrong type: expected true or false"),
     "mask_scale": (["method=deepiot", "critic.mask_scale=half"], "critic.mask_scale must be one of"),
 }
 

@@ -374,3 +374,19 @@ def test_try_scratch_trains_the_reinitialised_architecture_and_keeps_the_better_
 def test_try_scratch_must_be_a_boolean():
     with pytest.raises(ValueError, match="compress.try_scratch must be true or false, got 'yes'"):
         LoopConfig(try_scratch="yes")
+
+
+def test_try_scratch_refuses_a_model_it_cannot_reinitialise_before_the_search(tmp_path, data):
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = LeNet300()
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return self.net(x) * self.scale
+
+    config = small_config(target_params=0.3, try_scratch=True)
+    with pytest.raises(ValueError, match=r"parameters \['scale'\] belong to modules without one"):
+        compress_model(Scaled(), *data, config, run_dir=tmp_path)
+    assert not (tmp_path / STATE_FILE).exists()

@@ -57,6 +57,7 @@ from deepiot.finetune import FinetuneResult, finetune
 from deepiot.runtime import (
     CompressionError,
     accuracy,
+    check_reinitialisable,
     dataset_tensors,
     hyperparameter_table,
     model_device,
@@ -132,6 +133,8 @@ def compress_model(
             f"{type(model).__name__} has no compressible group (Linear/Conv/LSTM/GRU hidden elements other than "
             "the output layer); there is nothing to compress."
         )
+    if config.loop.try_scratch:
+        check_reinitialisable(critic)  # before the search, not after it
     state_path = Path(run_dir) / STATE_FILE if run_dir is not None else None
     saved = read_saved_state(state_path, config) if state_path is not None else None
     parts = build_parts(critic, structure, (train_inputs, train_labels), config, device)
