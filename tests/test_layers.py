@@ -2,8 +2,8 @@
 
 Lowest first (docs/design.md, "Layers"):
 
-    foundation → data → models → cost → structure → finetune/train → device → compression
-    → export/report/quantize → api/env → baselines → cli
+    foundation → data → models → checkpoint → cost → structure → finetune/train → device → compression
+    → export/report/quantize/edge/litert → api/env → baselines/launchers → cli
 
 Read from the code, not wished for: `cost` (shapes → params, MACs, bytes, latency, and the cost registry) is
 below `structure`, whose accounting builds on `deepiot.cost.types`; `finetune` is below `compression`, whose
@@ -17,6 +17,7 @@ one that disappears must be removed from the list (the test says so).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import deepiot
@@ -161,3 +162,19 @@ def test_only_the_cli_composes_hydra_configs():
                 found.add(name)
     assert {"deepiot.cli", "deepiot.cli.baseline", "deepiot.cli.compress"} <= found
     assert {name for name in found if unit_of(name) != "cli"} == set()
+
+
+def test_the_readme_layout_names_every_unit_in_layer_order():
+    """README's "Layout" list names each unit (`deepiot/<unit>/` or `deepiot/<unit>.py`) of the package in the
+    order of LAYERS, lowest first, so a reader learns the architecture from it and it cannot drift."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    start = readme.index("Layout, the package's layers lowest first")
+    layout = readme[start : readme.index("Beside the package:", start)]
+    named = [match.group(1) for match in re.finditer(r"`deepiot/(\w+)(?:/|\.py)", layout)]
+    units = {unit for layer in LAYERS for unit in layer} - {"deepiot"}
+    assert units - set(named) == set(), "units the README's layout leaves out"
+    assert set(named) - units - {"__init__"} == set(), "units the README names that LAYERS does not know"
+    layers = [LAYER_OF[unit] for unit in named if unit in LAYER_OF]
+    assert layers == sorted(layers), f"the README lists units out of layer order: {named}"
+    on_disk = {path.stem for path in PACKAGE.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
+    assert on_disk - {"__init__"} <= units, "a unit on disk that LAYERS does not place"
