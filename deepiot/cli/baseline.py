@@ -42,6 +42,7 @@ from deepiot.cli.compress import compression_config, config_device, output_optio
 from deepiot.cli.train import ensure_trained
 from deepiot.compression import CompressionResult
 from deepiot.compression.budget import DEVICE_BUDGETS, LatencyProfile
+from deepiot.compression.config import latency_profile_of
 from deepiot.finetune import FinetuneConfig
 from deepiot.train import check_train_config, load_bundle, show_progress
 from deepiot.utils import ConfigError, config_to_dataclass
@@ -191,12 +192,7 @@ def budget_setting(cfg: DictConfig) -> tuple[float, str]:
 
 def latency_profile(cfg: DictConfig) -> LatencyProfile:
     """The device profile settings of the cost group (cost.profile, cost.runtime, cost.threads)."""
-    try:
-        return LatencyProfile(
-            cfg.cost.get("profile"), cfg.cost.get("runtime", "onnxruntime"), cfg.cost.get("threads", 1)
-        )
-    except ValueError as err:
-        raise ConfigError(f"invalid device profile settings: {err}") from err
+    return latency_profile_of(OmegaConf.to_container(cfg.cost, resolve=True))
 
 
 def with_search_settings(cfg: DictConfig) -> DictConfig:

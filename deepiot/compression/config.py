@@ -158,11 +158,17 @@ class CompressionConfig:
         """The settings from plain config groups ({"compress": {...}, "critic": {...}, ...}, see CONFIG_GROUPS),
         each filled into its dataclass by `config_to_dataclass`; ConfigError names an unknown key or bad value."""
         hints = typing.get_type_hints(cls)
-        profile = {key: groups["cost"][key] for key in PROFILE_KEYS if key in groups.get("cost", {})}
         return cls(
             **{
                 name: config_to_dataclass(hints[name], groups[group], group)
                 for name, group in CONFIG_GROUPS.items()
             },
-            latency_profile=config_to_dataclass(LatencyProfile, profile, "cost"),
+            latency_profile=latency_profile_of(groups.get("cost", {})),
         )
+
+
+def latency_profile_of(cost: Mapping[str, Any]) -> LatencyProfile:
+    """The device-profile settings of a `cost` group (cost.profile, cost.runtime, cost.threads; the group's other
+    keys belong to the cost model) as a LatencyProfile, its defaults where a key is absent; ConfigError names a
+    bad value. The one place a profile is built from settings: the search and the baselines both call it."""
+    return config_to_dataclass(LatencyProfile, {key: cost[key] for key in PROFILE_KEYS if key in cost}, "cost")
