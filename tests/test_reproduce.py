@@ -234,3 +234,17 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     assert "fold 0: 95.00%" in table
     assert summary["deepiot"]["starts"] == {"critic": 1, "l1": 1, "scratch": 1} and summary["magnitude"]["starts"] == {}
     assert "- equal deepiot 3% params: critic 1, l1 1, scratch 1" in table
+
+
+def test_cv_glance_pivots_budgets_by_method_and_counts_where_deepiot_stands():
+    deepiot = {0: 0.90, 1: 0.80, 2: 0.95}
+    records = [cv_record("deepiot", fold, 0, accuracy) for fold, accuracy in deepiot.items()]
+    # uniform 2 points behind on every fold (significant); scratch +1, -1, 0 (not separable); random 3 ahead
+    records += [cv_record("uniform", fold, 0, accuracy - 0.02) for fold, accuracy in deepiot.items()]
+    records += [cv_record("scratch", fold, 0, deepiot[fold] + shift) for fold, shift in ((0, 0.01), (1, -0.01), (2, 0))]
+    records += [cv_record("random", fold, 0, accuracy + 0.03) for fold, accuracy in deepiot.items()]
+    summary = harness.summarise_folds(records, None)
+    lines = harness.cv_glance(summary)
+    assert "| budget | deepiot | random | scratch | uniform | ahead / even / behind |" in lines
+    assert "| 3% params | 88.33 | 91.33 (+3.00*) | 88.33 (+0.00) | 86.33 (-2.00*) | 1 / 1 / 1 |" in lines
+    assert harness.cv_glance([row for row in summary if row["method"] != "deepiot"]) == []

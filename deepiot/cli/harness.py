@@ -682,6 +682,7 @@ def cv_table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[
             f"{original['latency_ms']:.3f} ms (batch 1, 1 thread).",
             "",
         ]
+    lines += cv_glance(summary)
     lines += [
         "Mean over folds (seeds averaged inside a fold) with the 95% Student-t interval; Δ: the paired difference "
         f"in test accuracy to {REFERENCE_METHOD} on the same folds, in points (* : the interval excludes 0).",
@@ -712,6 +713,47 @@ def cv_table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[
             for row in starts
         ]
     return "\n".join(lines) + "\n"
+
+
+def cv_glance(summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: per recipe, one row per budget and one column per method (mean test accuracy over folds,
+    the paired Δ to DeepIoT in brackets), then how many baselines DeepIoT is significantly ahead of, not
+    separable from and significantly behind at each budget. Empty without a DeepIoT row to compare with."""
+    lines: list[str] = []
+    for recipe in sorted({row["recipe"] for row in summary}):
+        rows = [row for row in summary if row["recipe"] == recipe]
+        if not any(row["method"] == REFERENCE_METHOD for row in rows):
+            continue
+        others = sorted({row["method"] for row in rows} - {REFERENCE_METHOD})
+        methods = [REFERENCE_METHOD, *others]
+        cells = {(row["budget"], row["cost"], row["method"]): row for row in rows}
+        budgets = sorted({(row["budget"], row["cost"]) for row in rows})
+        lines += [
+            f"At a glance ({recipe} recipe): mean test accuracy over folds (%), the paired Δ to {REFERENCE_METHOD} "
+            "in points in brackets (* : its 95% interval excludes 0); the last column counts the other methods "
+            f"{REFERENCE_METHOD} is significantly ahead of / not separable from / significantly behind.",
+            "",
+            "| budget | " + " | ".join(methods) + " | ahead / even / behind |",
+            "|-|" + "-|" * (len(methods) + 1),
+        ]
+        for budget, cost in budgets:
+            texts, tally = [], [0, 0, 0]
+            for method in methods:
+                row = cells.get((budget, cost, method))
+                if row is None:
+                    texts.append("—")
+                    continue
+                text = f"{100 * row['test_accuracy']:.2f}"
+                difference = row["diff_vs_reference"] if method != REFERENCE_METHOD else None
+                if difference is not None:
+                    star = "*" if difference["significant"] else ""
+                    text += f" ({100 * difference['mean']:+.2f}{star})"
+                    tally[0 if difference["significant"] and difference["mean"] < 0 else
+                          2 if difference["significant"] else 1] += 1  # fmt: skip
+                texts.append(text)
+            lines.append(f"| {budget_text(budget, cost)} | " + " | ".join(texts) + f" | {tally[0]} / {tally[1]} / {tally[2]} |")
+        lines.append("")
+    return lines
 
 
 def plot_pareto(
