@@ -68,6 +68,42 @@ def test_magnitude_at_counts_keeps_exactly_the_largest_l1_columns(cnn):
     assert kept["fc1"] == sorted(torch.argsort(column_l1, descending=True)[:7].tolist())
 
 
+def test_importance_is_the_batchnorm_folded_layer_and_the_raw_weights_without_one(cnn):
+    """conv1 → bn1: its importance matrix is the fused layer's [fan-in + bias, out], which computes
+    bn1(conv1(x)) exactly in eval mode; conv2 has no BatchNorm, so its importance is its weight matrix."""
+    model, structure, inputs = cnn
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.randn(8))
+        model.bn1.bias.copy_(torch.randn(8))
+        model.bn1.running_mean.copy_(torch.randn(8))
+        model.bn1.running_var.copy_(torch.rand(8) + 0.1)
+    matrix = structure.importance_matrix(model, "conv1")  # [1·3·3 + 1, 8]
+    fused = nn.functional.conv2d(inputs, matrix[:-1].t().reshape(8, 1, 3, 3), matrix[-1])
+    assert torch.allclose(fused, model.bn1(model.conv1(inputs)), atol=1e-5)
+    assert structure.batchnorm_of(model, "conv1") is model.bn1 and structure.batchnorm_of(model, "conv2") is None
+    assert torch.equal(structure.importance_matrix(model, "conv2"), structure.weight_matrix(model, "conv2"))
+
+
+def test_magnitude_ranks_batchnormed_filters_by_their_folded_scale(cnn):
+    """BatchNorm hides a filter's weight scale: shrink filter 0's weights 100× (raw L1 the smallest) and give
+    it a γ 1000× the others'; the magnitude criterion ranks it first, and drops the filter whose γ is 0."""
+    model, structure, _ = cnn
+    with torch.no_grad():
+        model.conv1.weight[0] *= 0.01
+        model.conv1.bias[0] *= 0.01
+        model.bn1.weight.fill_(1.0)
+        model.bn1.weight[0] = 1000.0
+        model.bn1.weight[5] = 0.0
+        model.bn1.bias.zero_()
+    raw = structure.weight_matrix(model, "conv1").abs().sum(dim=0)
+    assert int(raw.argmin()) == 0
+    kept = selection.magnitude_at_counts(model, structure, {"conv1": 7})["conv1"]
+    assert 0 in kept and 5 not in kept
+    assert structure.largest_l1_elements(model, "conv1", 7) == kept
+    assert selection.magnitude_at_counts(model, structure, {"conv1": 1})["conv1"] == [0]
+
+
 def test_uniform_fraction_rounds_per_group_and_keeps_at_least_one(cnn):
     model, structure, _ = cnn
     assert selection.counts_of(selection.magnitude_at_fraction(model, structure, 0.5)) == {

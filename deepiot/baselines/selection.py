@@ -1,8 +1,9 @@
 """Which hidden elements a structured baseline keeps: `{group name: sorted indices}` for a `Structure`.
 
-Magnitude scores an element by the L1 norm of its column of `structure.weight_matrix` (fan-in weights plus
-the bias row; for an LSTM/GRU unit every gate's input, recurrent and bias rows), the criterion of Li et al.
-(2017, "Pruning filters for efficient ConvNets"). Ways to pick counts:
+Magnitude scores an element by the L1 norm of its column of `structure.importance_matrix` (fan-in weights plus
+the bias row, with the BatchNorm that follows a group folded in: the fused layer's weights; for an LSTM/GRU unit
+every gate's input, recurrent and bias rows), the criterion of Li et al. (2017, "Pruning filters for efficient
+ConvNets") made scale-aware where BatchNorm would otherwise hide a filter's scale. Ways to pick counts:
 
 - given counts per group (`magnitude_at_counts`), or a given fraction per group (`magnitude_at_fraction`);
 - `magnitude_at_budget`: a global budget (params/MACs/... fraction) met by removing the globally weakest element
@@ -32,9 +33,10 @@ NORMALIZERS = ("mean", "max")
 
 
 def l1_scores(model: nn.Module, structure: Structure) -> dict[str, torch.Tensor]:
-    """L1 norm of every hidden element's weight column, per group: {name: [size]}."""
+    """L1 norm of every hidden element's weight column, BatchNorm folded in (`Structure.importance_matrix`),
+    per group: {name: [size]}."""
     return {
-        group.name: structure.weight_matrix(model, group.name).abs().sum(dim=0) for group in structure.groups
+        group.name: structure.importance_matrix(model, group.name).abs().sum(dim=0) for group in structure.groups
     }
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from deepiot.cost.types import Cost
 from deepiot.structure.discovery import Discovery, ExampleInputs, StructureData, graph_signature, trace
 from deepiot.structure.errors import StructureError
+from deepiot.structure.layout import Segment
 from deepiot.structure.recurrent import rnn_weight_matrix
 from deepiot.structure.rules import node_info
 
@@ -122,10 +123,52 @@ class Structure:
             )  # [fan_in+1, out]
         return torch.cat(blocks)
 
+    def importance_matrix(self, model: nn.Module, name: str) -> Tensor:
+        """The magnitude criterion's view of group `name`: `weight_matrix` as the model computes it once the
+        BatchNorm that normalises the group's channels is folded in (where there is one).
+
+        BatchNorm makes a filter's output independent of its weights' scale: BN(c·w∗x) = BN(w∗x), so the L1 of
+        raw conv weights followed by BatchNorm says nothing about what the filter contributes. Folding gives
+        the weights of the equivalent fused layer, w' = s·w and b' = s·(Σb − μ) + β with s = γ/√(σ² + ε) per
+        channel (one bias row for the group; several producers' biases add up before the BatchNorm), whose
+        L1 is what Network Slimming's |γ| criterion (Liu et al., ICCV 2017) and Torch-Pruning's group
+        magnitude (weights + BatchNorm of a channel group) measure too. Without a BatchNorm on the group:
+        `weight_matrix` unchanged.
+        """
+        norm = self.batchnorm_of(model, name)
+        if norm is None:
+            return self.weight_matrix(model, name)
+        size = self.group(name).size
+        variance = norm.running_var if norm.running_var is not None else torch.ones(size)
+        mean = norm.running_mean if norm.running_mean is not None else torch.zeros(size)
+        gamma = norm.weight if norm.weight is not None else torch.ones(size)
+        beta = norm.bias if norm.bias is not None else torch.zeros(size)
+        scale = (gamma / torch.sqrt(variance + norm.eps)).detach()
+        weights, bias = [], torch.zeros(size)
+        for producer_id in self.group(name).modules:
+            module = model.get_submodule(self.data.producers[producer_id].module)
+            weights.append(module.weight.detach().reshape(size, -1).t() * scale)
+            if module.bias is not None:
+                bias = bias + module.bias.detach()
+        folded_bias = scale * (bias - mean.detach()) + beta.detach()
+        return torch.cat([*weights, folded_bias[None, :]])
+
+    def batchnorm_of(self, model: nn.Module, name: str) -> nn.modules.batchnorm._BatchNorm | None:
+        """The BatchNorm module whose channels are exactly group `name`'s elements (the first in forward order
+        if several), or None: recurrent groups and groups without one."""
+        group = self.group(name)
+        if group.kind == "rnn":
+            return None
+        whole = (Segment(name, group.size),)
+        for module_name, use in self.data.module_uses.items():
+            if use.kind == "batchnorm" and use.input == whole:
+                return model.get_submodule(module_name)
+        return None
+
     def largest_l1_elements(self, model: nn.Module, name: str, count: int) -> list[int]:
-        """Sorted indices of the `count` elements of group `name` whose weight-matrix columns have the
-        largest L1 norm (the magnitude criterion; ties → lower index)."""
-        norms = self.weight_matrix(model, name).abs().sum(dim=0)  # [size]
+        """Sorted indices of the `count` elements of group `name` whose `importance_matrix` columns have the
+        largest L1 norm (the magnitude criterion, BatchNorm folded in; ties → lower index)."""
+        norms = self.importance_matrix(model, name).abs().sum(dim=0)  # [size]
         order = torch.argsort(norms, descending=True, stable=True)
         return sorted(order[:count].tolist())
 
