@@ -139,12 +139,13 @@ class Structure:
         if norm is None:
             return self.weight_matrix(model, name)
         size = self.group(name).size
-        variance = norm.running_var if norm.running_var is not None else torch.ones(size)
-        mean = norm.running_mean if norm.running_mean is not None else torch.zeros(size)
-        gamma = norm.weight if norm.weight is not None else torch.ones(size)
-        beta = norm.bias if norm.bias is not None else torch.zeros(size)
+        ones = model.get_submodule(self.data.producers[self.group(name).modules[0]].module).weight.new_ones(size)
+        variance = norm.running_var if norm.running_var is not None else ones
+        mean = norm.running_mean if norm.running_mean is not None else ones * 0
+        gamma = norm.weight if norm.weight is not None else ones
+        beta = norm.bias if norm.bias is not None else ones * 0
         scale = (gamma / torch.sqrt(variance + norm.eps)).detach()
-        weights, bias = [], torch.zeros(size)
+        weights, bias = [], ones * 0
         for producer_id in self.group(name).modules:
             module = model.get_submodule(self.data.producers[producer_id].module)
             weights.append(module.weight.detach().reshape(size, -1).t() * scale)
