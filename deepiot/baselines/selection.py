@@ -33,11 +33,8 @@ NORMALIZERS = ("mean", "max")
 
 
 def l1_scores(model: nn.Module, structure: Structure) -> dict[str, torch.Tensor]:
-    """L1 norm of every hidden element's weight column, BatchNorm folded in (`Structure.importance_matrix`),
-    per group: {name: [size]}."""
-    return {
-        group.name: structure.importance_matrix(model, group.name).abs().sum(dim=0) for group in structure.groups
-    }
+    """`Structure.l1_importance` of every group: {name: [size]}."""
+    return {group.name: structure.l1_importance(model, group.name) for group in structure.groups}
 
 
 def magnitude_at_counts(model: nn.Module, structure: Structure, counts: Mapping[str, int]) -> Kept:

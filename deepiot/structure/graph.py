@@ -138,19 +138,16 @@ class Structure:
         norm = self.batchnorm_of(model, name)
         if norm is None:
             return self.weight_matrix(model, name)
-        size = self.group(name).size
-        ones = model.get_submodule(self.data.producers[self.group(name).modules[0]].module).weight.new_ones(size)
+        producers = [model.get_submodule(self.data.producers[i].module) for i in self.group(name).modules]
+        ones = producers[0].weight.new_ones(self.group(name).size)  # BatchNorm's defaults, on the model's device
+        zeros = torch.zeros_like(ones)
         variance = norm.running_var if norm.running_var is not None else ones
-        mean = norm.running_mean if norm.running_mean is not None else ones * 0
+        mean = norm.running_mean if norm.running_mean is not None else zeros
         gamma = norm.weight if norm.weight is not None else ones
-        beta = norm.bias if norm.bias is not None else ones * 0
+        beta = norm.bias if norm.bias is not None else zeros
         scale = (gamma / torch.sqrt(variance + norm.eps)).detach()
-        weights, bias = [], ones * 0
-        for producer_id in self.group(name).modules:
-            module = model.get_submodule(self.data.producers[producer_id].module)
-            weights.append(module.weight.detach().reshape(size, -1).t() * scale)
-            if module.bias is not None:
-                bias = bias + module.bias.detach()
+        weights = [module.weight.detach().reshape(len(ones), -1).t() * scale for module in producers]
+        bias = sum((module.bias.detach() for module in producers if module.bias is not None), zeros)
         folded_bias = scale * (bias - mean.detach()) + beta.detach()
         return torch.cat([*weights, folded_bias[None, :]])
 
@@ -166,11 +163,14 @@ class Structure:
                 return model.get_submodule(module_name)
         return None
 
+    def l1_importance(self, model: nn.Module, name: str) -> Tensor:
+        """The magnitude criterion: the L1 norm of every element's `importance_matrix` column, [size]."""
+        return self.importance_matrix(model, name).abs().sum(dim=0)
+
     def largest_l1_elements(self, model: nn.Module, name: str, count: int) -> list[int]:
-        """Sorted indices of the `count` elements of group `name` whose `importance_matrix` columns have the
-        largest L1 norm (the magnitude criterion, BatchNorm folded in; ties → lower index)."""
-        norms = self.importance_matrix(model, name).abs().sum(dim=0)  # [size]
-        order = torch.argsort(norms, descending=True, stable=True)
+        """Sorted indices of the `count` elements of group `name` with the largest `l1_importance` (the
+        magnitude criterion, BatchNorm folded in; ties → lower index)."""
+        order = torch.argsort(self.l1_importance(model, name), descending=True, stable=True)
         return sorted(order[:count].tolist())
 
     def cost(self, kept: KeptCounts | None = None) -> Cost:
