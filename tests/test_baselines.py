@@ -374,12 +374,30 @@ def test_default_floors_rise_to_the_class_count_within_half_the_budget():
     model, structure = lenet300_like()
     assert selection.output_width(model, structure) == 10
     # 2% of 266,610 params: the floors may cost 2,666. fc1 at 3 units (785 params each) with fc2 at 10:
-    # 2,355 + 40 + 110 = 2,505; fc1 at 4 would cost 3,290 + ... > 2,666.
+    # 2,355 + 40 + 110 = 2,505; fc1 at 4 would cost 3,290 + ... > 2,666 (and a common fraction raises neither).
     assert selection.default_floors(structure, 10, 0.02, "params") == {"fc1": 3, "fc2": 10}
     assert selection.default_floors(structure, 10, 0.01, "params") == {"fc1": 1, "fc2": 10}
-    assert selection.default_floors(structure, 10, 1.0, "params") == {"fc1": 10, "fc2": 10}
-    capped = selection.default_floors(structure, 200, 1.0, "params", share=1.0)  # capped at the sizes
-    assert capped == {"fc1": 200, "fc2": 100}
+    # at the whole budget: uniform width at half the parameters, 158/300 and 53/100 (fc2 rounds 0.527 · 100 up)
+    floors = selection.default_floors(structure, 10, 1.0, "params")
+    assert floors == {"fc1": 158, "fc2": 53}
+    assert structure.cost(floors).params <= 0.5 * structure.cost().params
+    assert structure.cost({"fc1": 159, "fc2": 53}).params > 0.5 * structure.cost().params
+    assert selection.default_floors(structure, 200, 1.0, "params", share=1.0) == {"fc1": 300, "fc2": 100}
+
+
+@pytest.mark.parametrize("budget", [0.01, 0.03, 0.1])
+def test_default_floors_are_at_least_uniform_width_at_half_the_budget_on_a_cnn_gru(budget):
+    """DeepSense: the floors keep every conv and GRU group at least as wide as uniform width at half the budget
+    (so the global ranking cannot empty the GRU layers) and cost at most half the budget."""
+    from deepiot.models import DeepSense
+
+    torch.manual_seed(0)
+    model = DeepSense().eval()
+    structure = Structure.from_model(model, torch.randn(2, 128, 6))
+    floors = selection.default_floors(structure, selection.output_width(model, structure), budget, "params")
+    half = selection.uniform_counts(structure, selection.uniform_fraction_at_budget(structure, budget / 2))
+    assert all(floors[name] >= half[name] for name in half), (floors, half)
+    assert structure.cost(floors).params <= 0.5 * budget * structure.cost().params
 
 
 @pytest.mark.parametrize("cost", ["params", "macs"])

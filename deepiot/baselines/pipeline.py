@@ -104,8 +104,8 @@ def prune(
         fraction: kept fraction of every group (magnitude, random), instead of a budget.
         normalizer: magnitude's (and magnitude_floor's) per-group score normaliser for a budget, "mean" or "max".
         floor: magnitude_floor's least kept count per group: an int for every group (capped at its size), a
-            {group: count} mapping, or None for `selection.default_floors` (up to the number of classes, the
-            floors costing at most half the budget).
+            {group: count} mapping, or None for `selection.default_floors` (uniform width at half the budget,
+            raised towards the number of classes, the floors costing at most half the budget).
         plan: scratch's architecture: a `SlicingPlan` or the path of another run's slicing_plan.json (its kept
             counts are used, its weights are not); `budget` is then only recorded.
         profile: the device profile for cost="latency_ms" (see `deepiot.compression.budget.LatencyProfile`).

@@ -10,7 +10,8 @@ ConvNets") made scale-aware where BatchNorm would otherwise hide a filter's scal
   (scores normalised per group) one at a time. Every group keeps at least one element (a layer of width 0 would
   cut the network) — and nothing more: a group can collapse to one element (LeNet-300-100's fc2 at 2%);
 - `magnitude_floor_at_budget` (method magnitude_floor): the same global ranking, but each group's `floor`
-  strongest elements are left out of the removal order, so no group ends below its floor (`default_floors`);
+  strongest elements are left out of the removal order, so no group ends below its floor (`default_floors`:
+  uniform width at half the budget, raised towards the class count);
 - `uniform_at_budget` (method uniform): the same kept fraction in every group, the largest whose structure
   meets the budget (bisection over the fraction on the real cost), the L1-largest elements of each group.
 
@@ -117,7 +118,7 @@ def magnitude_floor_at_budget(
     """`magnitude_at_budget` with a per-group floor: group g keeps at least `floors[g]` elements (its strongest
     by L1 are left out of the removal order), then the same shortest prefix within the budget.
 
-    `floor`: None → `default_floors` (at most the number of classes per group, within half the budget); an int →
+    `floor`: None → `default_floors` (uniform width, then the class count, within half the budget); an int →
     that floor in every group (capped at the group's size); a mapping → per group (unnamed groups: 1).
     ValueError when the floors alone exceed the budget.
     """
@@ -154,25 +155,36 @@ def resolve_floors(
 def default_floors(
     structure: Structure, classes: int, budget: float, cost: str, share: float = FLOOR_SHARE
 ) -> dict[str, int]:
-    """The default floor: min(size, classes) per group, as far as the floors together cost at most
-    `share` × budget of the original `cost`.
+    """The default floor: uniform width at `share` × budget, then raised towards min(size, classes) per group, as
+    far as the floors together cost at most `share` × budget of the original `cost`.
 
-    A hidden layer narrower than the number of classes is a bottleneck every class must pass through (the logit
-    layer reads all of them from it), which is how magnitude's collapse to one element fails (LeNet-300-100's
-    fc2 at 2%: 21% accuracy). A fixed floor cannot always be paid for, though: at 1-3.5% of LeNet-300-100's
-    params, ten fc1 units (784 inputs each, 3% of the parameters) are already over the budget. So floors are
-    raised together from 1 towards min(size, classes), one step per round in forward order; a group whose next
-    step would bring the floors' cost over `share` × budget stops there (later rounds cost more). Cheap groups
-    reach the class count, expensive ones stay low (LeNet-300-100 at 2% params: fc1 3, fc2 10), and at least
-    half the budget is left to the magnitude ranking. The floors never exceed the budget by construction
-    (one element per group aside, which `shortest_prefix_within_budget` reports).
+    Uniform width first, because the groups differ in kind: on DeepSense (CNN + GRU) BatchNorm-folded conv scores
+    spread over 0.5-1.65 of their mean while the GRU units sit within 0.96-1.04, so the mean-normalised ranking
+    empties the GRU layers first, and a floor of the class count alone (6 units per group) still left 62.8% at 3%
+    (uniform width: 94.2%). With the floors at uniform width for half the budget no group ends narrower than
+    that, and the other half is the magnitude ranking's.
+
+    Then the class count: a hidden layer narrower than the number of classes is a bottleneck every class must
+    pass through (the logit layer reads all of them from it), which is how magnitude's collapse to one element
+    fails (LeNet-300-100's fc2 at 2%: 21% accuracy; uniform width at 1% keeps fc2 at 1 unit). A fixed floor
+    cannot always be paid for: at 1-3.5% of LeNet-300-100's params, ten fc1 units (784 inputs each, 3% of the
+    parameters) are already over the budget. So the floors are raised together towards min(size, classes), one
+    step per round in forward order; a group whose next step would bring the floors' cost over `share` × budget
+    stops there (later rounds cost more). Cheap groups reach the class count, expensive ones stay where uniform
+    width left them (LeNet-300-100 at 2% params: fc1 3, fc2 10). The floors never exceed the budget by
+    construction (one element per group aside, which `shortest_prefix_within_budget` reports).
     """
-    floors = {group.name: 1 for group in structure.groups}
+    try:
+        floors = uniform_counts(structure, uniform_fraction_at_budget(structure, share * budget, cost))
+    except ValueError:  # one element per group is already over share × budget
+        return {group.name: 1 for group in structure.groups}
     original = cost_of(structure, cost, structure.group_sizes)
     limit = share * budget * original
-    growing = [group for group in structure.groups if min(group.size, classes) > 1]
+    growing = [group for group in structure.groups if floors[group.name] < min(group.size, classes)]
     for step in range(2, classes + 1):
         for group in list(growing):
+            if floors[group.name] >= step:
+                continue
             trial = {**floors, group.name: step}
             if cost_of(structure, cost, trial) > limit:
                 growing.remove(group)
