@@ -370,6 +370,21 @@ def test_magnitude_floor_keeps_every_group_at_its_floor_and_meets_the_budget(bud
     assert structure.cost(floors).params <= selection.FLOOR_SHARE * budget * original
 
 
+def test_random_at_a_budget_keeps_magnitude_floors_counts_not_the_collapsed_ones():
+    """The random control draws its elements at the fair global allocation (magnitude_floor's counts): at
+    magnitude's floor-less counts it would inherit fc2's collapse to one unit."""
+    from deepiot.baselines.pipeline import Splits, structured_choice
+
+    model, structure = lenet300_like()
+    inputs = torch.randn(16, 1, 28, 28)
+    splits = Splits(*[(inputs, torch.zeros(16, dtype=torch.long))] * 3)
+    choice = structured_choice(model, structure, splits, "random", 0.02, "params", None, None, "mean", seed=3)
+    floor_counts = selection.counts_of(selection.magnitude_floor_at_budget(model, structure, 0.02))
+    assert selection.counts_of(choice.kept) == floor_counts
+    assert floor_counts["fc2"] >= 10
+    assert choice.kept != selection.magnitude_floor_at_budget(model, structure, 0.02)  # random, not the L1 pick
+
+
 def test_default_floors_rise_to_the_class_count_within_half_the_budget():
     model, structure = lenet300_like()
     assert selection.output_width(model, structure) == 10

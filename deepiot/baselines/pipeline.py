@@ -8,7 +8,7 @@ Structured methods (`METHODS`):
 - magnitude: L1 of each element's weights, global ranking normalised per group (a group can collapse to 1);
 - magnitude_floor: magnitude with a per-group floor (`selection.magnitude_floor_at_budget`, `floor=`);
 - uniform: the same kept fraction in every group, the largest that meets the budget (`selection.uniform_at_budget`);
-- random: random elements at magnitude's counts (a control);
+- random: random elements at magnitude_floor's counts at a budget (a control for the element choice);
 - torch_pruning: Torch-Pruning's global group-magnitude pruner (a third-party reference);
 - scratch: the architecture of another run (`plan=` its slicing_plan.json, or `counts=`), every module
   re-initialised (`reset_parameters()`, seeded by `seed`) and trained with the same shared recipe, distilled from
@@ -95,7 +95,7 @@ def prune(
             magnitude) or "unstructured_fair" (the same fraction of every weight tensor) — the unstructured
             two give a sparse model, not a smaller dense one.
         budget: fraction of the original `cost` left, in (0, 1] (magnitude: global ranking normalised per group;
-            random: the per-group counts magnitude picks at this budget; torch_pruning: its global ratio); for a
+            random: the per-group counts magnitude_floor picks at this budget; torch_pruning: its global ratio); for a
             cost in device units, the limit in that unit.
         cost: "params" or "macs" (fractions; unstructured: params only), or a budget in device units (magnitude
             and random): "latency_ms" (predicted by `profile`), "model_kb" (fp32 weights, KiB) or
@@ -281,7 +281,7 @@ def structured_choice(
                 selection.uniform_counts(structure, fraction)
                 if fraction is not None
                 else selection.counts_of(
-                    selection.magnitude_at_budget(model, structure, budget, cost, normalizer)
+                    selection.magnitude_floor_at_budget(model, structure, budget, cost, normalizer, floor)
                 )
             )
         kept = (
