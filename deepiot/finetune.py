@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from tqdm import tqdm
 from deepiot import runtime
 from deepiot.checkpoint import load_checkpoint, save_checkpoint
 from deepiot.utils import DIVERGED_LOSS, ConfigError, describe_differences
+
+if TYPE_CHECKING:
+    from deepiot.baselines.unstructured import GradualPruning
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,7 @@ def finetune(
     teacher: nn.Module | None = None,
     state_path: str | Path | None = None,
     weight_masks: Mapping[str, Tensor] | None = None,
+    pruning: GradualPruning | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
 ) -> FinetuneResult:
@@ -147,6 +151,8 @@ def finetune(
         teacher: the original model, required when `config.distill_weight > 0` (run in eval mode, no grad).
         state_path: checkpoint file for resuming (written atomically at every evaluation).
         weight_masks: {parameter name: 0/1 tensor}; masked-out weights are held at exactly 0.
+        pruning: gradual pruning during fine-tuning (`deepiot.baselines.unstructured.GradualPruning`): its masks
+            replace `weight_masks` on its schedule, and only steps at its final sparsity can be the best.
         progress: show a tqdm progress bar.
         device: where to fine-tune (see `runtime.resolve_device`); None: the model's device. The tensors
             are moved there; the fine-tuned model comes back on it.
@@ -177,10 +183,17 @@ def finetune(
     if saved is not None:
         best_weights = restore(saved, student, optimizer, batches, state)
         log.info("resuming fine-tuning from %s at step %d", path, state.step)
+        if pruning is not None and state.step > 0:
+            masks = pruning.masks_of(student)
     else:
         validate(student, val, config, state, best_weights)
     bar = tqdm(total=config.steps, initial=state.step, desc="fine-tune", disable=not progress)
     while state.step < config.steps:
+        if pruning is not None and (update := pruning.masks_at(student, state.step)) is not None:
+            masks = {name: mask.to(device) for name, mask in update.items()}
+            apply_weight_masks(student, masks)
+            if state.step == pruning.end_step:  # the final sparsity: only from here on can a step be the best
+                state.best_val_accuracy = -1.0
         loss = train_step(student, optimizer, batches, config, state.step, soft_targets, masks)
         state.loss_sum, state.loss_count, state.step = (
             state.loss_sum + loss,

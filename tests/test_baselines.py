@@ -534,31 +534,59 @@ def test_scratch_takes_counts_and_refuses_a_missing_or_mismatched_plan(tmp_path,
         prune(model, train, val, method="scratch", plan=path, finetune_config=NO_FINETUNING)
 
 
-def test_unstructured_fair_keeps_the_same_fraction_of_every_tensor(cnn):
+def test_lamp_scores_are_each_weights_share_of_what_is_left_of_its_layer():
+    scores = unstructured.lamp_scores(torch.tensor([[3.0, -1.0], [2.0, 0.0]]))
+    # squares 9, 1, 4, 0 ascending 0, 1, 4, 9; what is left from each on: 14, 14, 13, 9
+    expected = torch.tensor([[9 / 9, 1 / 14], [4 / 13, 0 / 14]], dtype=torch.float64)
+    assert torch.allclose(scores, expected)
+
+
+def test_lamp_masks_never_empty_a_small_weight_layer_and_ignore_a_layers_scale(cnn):
     model, _, _ = cnn
+    keep = 40
+    before = unstructured.lamp_masks(model, keep)
     with torch.no_grad():
-        model.conv2.weight *= 1e-3  # a layer of small weights: the global ranking empties it
-    total = sum(parameter.numel() for parameter in model.parameters())
-    global_masks = unstructured.global_magnitude_masks(model, 0.1)
-    assert float(global_masks["conv2.weight"].sum()) == 0
-    masks = unstructured.layerwise_magnitude_masks(model, 0.1)
-    assert unstructured.nonzero_params(model, masks) == round(0.1 * total)
-    fractions = [float(mask.mean()) for mask in masks.values()]
+        model.conv2.weight *= 1e-3  # a layer of small weights: the global |w| ranking empties it
+    assert float(unstructured.global_magnitude_masks(model, 0.1)["conv2.weight"].sum()) == 0
+    masks = unstructured.lamp_masks(model, keep)
+    assert sum(int(mask.sum()) for mask in masks.values()) == keep
     assert all(mask.sum() > 0 for mask in masks.values())
-    sizes = {name: mask.numel() for name, mask in masks.items()}
-    keep = round(0.1 * total) - (total - sum(sizes.values()))
-    for name, mask in masks.items():  # the apportioned share, within one weight
-        assert abs(float(mask.sum()) - keep * sizes[name] / sum(sizes.values())) < 1
+    assert all(torch.equal(masks[name], before[name]) for name in masks)
+    for name, mask in masks.items():  # inside a tensor, the largest |w| are the kept ones
         magnitudes = model.get_parameter(name).detach().abs()
-        assert float(magnitudes[mask == 0].max()) <= float(magnitudes[mask == 1].min())
-    assert max(fractions) - min(fractions) < 0.02
+        if bool((mask == 0).any()):
+            assert float(magnitudes[mask == 0].max()) <= float(magnitudes[mask == 1].min())
 
 
-def test_apportion_is_exact_and_gives_every_tensor_one():
-    counts = unstructured.apportion(5, {"a": 1000, "b": 3, "c": 2})
-    assert counts == {"a": 3, "b": 1, "c": 1}
-    assert sum(unstructured.apportion(37, {"a": 50, "b": 30, "c": 20}).values()) == 37
-    assert unstructured.apportion(100, {"a": 50, "b": 30, "c": 20}) == {"a": 50, "b": 30, "c": 20}
+def test_gradual_pruning_follows_the_cubic_schedule_to_the_budget(cnn):
+    model, _, _ = cnn
+    schedule = unstructured.GradualPruning.for_budget(model, 0.1, steps=300)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    dense = total - schedule.total
+    assert schedule.final_keep + dense == round(0.1 * total)
+    assert (schedule.end_step, schedule.every) == (150, 150 // unstructured.GRADUAL_UPDATES)
+    keeps = [schedule.keep_at(step) for step in range(0, 301, 10)]
+    assert keeps[0] == schedule.total and keeps[15:] == [schedule.final_keep] * 16
+    assert all(a >= b for a, b in zip(keeps, keeps[1:]))
+    middle = schedule.final_keep + round((schedule.total - schedule.final_keep) * 0.5**3)  # t = end / 2
+    assert schedule.keep_at(75) == middle
+    assert schedule.masks_at(model, schedule.every + 1) is None and schedule.masks_at(model, 151) is None
+    assert sum(int(mask.sum()) for mask in schedule.masks_at(model, 150).values()) == schedule.final_keep
+
+
+def test_unstructured_fair_prunes_gradually_and_keeps_only_a_final_sparsity_checkpoint(tmp_path, cnn):
+    model = cnn[0]
+    total = sum(parameter.numel() for parameter in model.parameters())
+    recipe = FinetuneConfig(steps=30, batch_size=16, eval_every=3, eval_batch_size=64)
+    result = prune(model, toy_data(64, 0), toy_data(32, 1), method="unstructured_fair", budget=0.2,
+                   finetune_config=recipe, out_dir=tmp_path, outputs=NO_LATENCY)  # fmt: skip
+    tuned = result.sliced_model  # the dense masked model
+    nonzero = unstructured.nonzero_params(tuned, unstructured.GradualPruning.masks_of(tuned))
+    assert nonzero == result.report["unstructured"]["nonzero_params"] == round(0.2 * total)
+    assert result.report["unstructured"]["ranking"] == "LAMP, gradual"
+    assert result.report["unstructured"]["emptied_tensors"] == []
+    final = [row["val_accuracy"] for row in result.report["finetune_history"] if row["step"] > 15]
+    assert result.report["accuracy"]["compressed_val"] == max(final)  # the denser steps before 15 cannot win
 
 
 @pytest.mark.parametrize("method", ["magnitude_floor", "uniform", "unstructured_fair"])

@@ -3,7 +3,7 @@
 `prune(model, train, val, test, method=..., budget=...)` runs one end to end (see `pipeline.prune`);
 `selection` picks structured kept sets (magnitude, magnitude_floor, uniform, random), `reference` wraps
 Torch-Pruning's global pruner, `pipeline.scratch_choice` re-initialises another run's architecture (scratch),
-`unstructured` masks individual weights (unstructured: global ranking; unstructured_fair: per weight tensor).
+`unstructured` masks individual weights (unstructured: global ranking; unstructured_fair: gradual, LAMP-ranked).
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ Structured methods (`METHODS`):
 - scratch: the architecture of another run (`plan=` its slicing_plan.json, or `counts=`), every module
   re-initialised (`reset_parameters()`, seeded by `seed`) and trained with the same shared recipe, distilled from
   the original — Liu et al. (ICLR 2019), "Rethinking the value of network pruning" (`scratch_choice`).
-The unstructured methods (unstructured: global |w| ranking; unstructured_fair: the same fraction of every weight
-tensor) mask weights instead: fine-tuned with the mask fixed, reported by nonzero parameters, never sliced or
-exported as a smaller model (see `unstructured.SPARSE_NOTE`).
+The unstructured methods (unstructured: global |w| ranking at once, the mask then fixed; unstructured_fair: LAMP's
+ranking reached gradually during fine-tuning, `unstructured.GradualPruning`) mask weights instead: reported by
+nonzero parameters, never sliced or exported as a smaller model (see `unstructured.SPARSE_NOTE`).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def prune(
             floor), "uniform" (the same kept fraction per group), "random" (a control), "torch_pruning"
             (Torch-Pruning's global group-magnitude pruner; no recurrent layers), "scratch" (another run's
             architecture, re-initialised and trained with the shared recipe), "unstructured" (global weight
-            magnitude) or "unstructured_fair" (the same fraction of every weight tensor) — the unstructured
+            magnitude) or "unstructured_fair" (gradual LAMP magnitude pruning while fine-tuning) — the unstructured
             two give a sparse model, not a smaller dense one.
         budget: fraction of the original `cost` left, in (0, 1] (magnitude: global ranking normalised per group;
             random: the per-group counts magnitude_floor picks at this budget; torch_pruning: its global ratio); for a
@@ -124,7 +124,7 @@ def prune(
     original = copy.deepcopy(model).cpu().eval()
     started = time.perf_counter()
     if method in UNSTRUCTURED_METHODS:
-        choice, structure = unstructured_choice(original, budget, cost, method), None
+        choice, structure = unstructured_choice(original, budget, cost, method, finetune_config.steps), None
     elif method == "scratch":
         structure = structure or Structure.from_model(original, splits.train[0][:2])
         choice = scratch_choice(original, structure, splits, plan, counts, fraction, seed)
@@ -178,6 +178,7 @@ class Choice(NamedTuple):
     kept: dict[str, list[int]] | None  # the kept set (None for unstructured)
     weight_masks: dict[str, Tensor] | None  # weights held at 0 while fine-tuning (unstructured)
     details: dict[str, Any]  # report entries describing the choice
+    pruning: unstructured.GradualPruning | None = None  # unstructured_fair: masks on a schedule instead
 
 
 def finish(
@@ -204,10 +205,15 @@ def finish(
     if recipe.distill_weight > 0 and teacher is None:
         teacher = original
     started = time.perf_counter()
+    gradual = choice.pruning is not None and recipe.steps > 0  # else the final masks at once
     tuned = finetune(
-        choice.start, splits.train, splits.val, recipe, teacher=teacher, weight_masks=choice.weight_masks,
+        choice.start, splits.train, splits.val, recipe, teacher=teacher,
+        weight_masks=None if gradual else choice.weight_masks, pruning=choice.pruning if gradual else None,
         state_path=Path(out_dir) / FINETUNE_STATE if out_dir is not None else None, progress=progress,
     )  # fmt: skip
+    if gradual:  # report the masks the schedule ended with
+        details = {**(details or {}), "unstructured": unstructured_details(
+            choice.start, unstructured.GradualPruning.masks_of(tuned.model), "LAMP, gradual")}  # fmt: skip
     wall_time_s = {"select": select_seconds, "finetune": time.perf_counter() - started}
     loop_report = method_report(original, tuned, structure, choice.kept, splits, recipe, wall_time_s)
     report = build_report(
@@ -370,27 +376,35 @@ def device_budget(
 
 
 def unstructured_choice(
-    model: nn.Module, budget: float | None, cost: str, method: str = "unstructured"
+    model: nn.Module, budget: float | None, cost: str, method: str = "unstructured", steps: int = 0
 ) -> Choice:
-    """Masks of magnitude pruning at a params budget (the model keeps its dense shape): one global ranking
-    (unstructured) or the same fraction of every weight tensor (unstructured_fair)."""
+    """Masks of magnitude pruning at a params budget (the model keeps its dense shape): one global |w| ranking
+    at once (unstructured), or LAMP's ranking reached gradually over the first half of the `steps` fine-tuning
+    steps (unstructured_fair; its masks here are the one-shot ones, used when there is no fine-tuning)."""
     if budget is None or cost != "params":
         raise ValueError(f"method {method} takes a params budget only (e.g. budget=0.02, cost='params').")
     if method == "unstructured_fair":
-        masks = unstructured.layerwise_magnitude_masks(model, budget)
-    else:
-        masks = unstructured.global_magnitude_masks(model, budget)
+        pruning = unstructured.GradualPruning.for_budget(model, budget, steps)
+        masks = unstructured.lamp_masks(model, pruning.final_keep)
+        return Choice(
+            model, None, masks, {"unstructured": unstructured_details(model, masks, "LAMP")}, pruning
+        )
+    masks = unstructured.global_magnitude_masks(model, budget)
+    return Choice(model, None, masks, {"unstructured": unstructured_details(model, masks, "global |w|")})
+
+
+def unstructured_details(model: nn.Module, masks: Mapping[str, Tensor], ranking: str) -> dict[str, Any]:
+    """The report's "unstructured" entry: nonzero parameters, the ranking, kept fraction per tensor."""
     total = sum(parameter.numel() for parameter in model.parameters())
-    nonzero = unstructured.nonzero_params(model, masks)
-    details = {
+    nonzero = unstructured.nonzero_params(model, dict(masks))
+    return {
         "nonzero_params": nonzero,
         "nonzero_fraction": nonzero / total,
-        "ranking": "per weight tensor" if method == "unstructured_fair" else "global",
+        "ranking": ranking,
         "kept_fraction_per_tensor": {name: float(mask.mean()) for name, mask in masks.items()},
         "emptied_tensors": [name for name, mask in masks.items() if not bool(mask.any())],
         "note": unstructured.SPARSE_NOTE,
     }
-    return Choice(model, None, masks, {"unstructured": details})
 
 
 def method_report(

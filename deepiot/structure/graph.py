@@ -130,9 +130,12 @@ class Structure:
         BatchNorm makes a filter's output independent of its weights' scale: BN(c·w∗x) = BN(w∗x), so the L1 of
         raw conv weights followed by BatchNorm says nothing about what the filter contributes. Folding gives
         the weights of the equivalent fused layer, w' = s·w and b' = s·(Σb − μ) + β with s = γ/√(σ² + ε) per
-        channel (one bias row for the group; several producers' biases add up before the BatchNorm), whose
-        L1 is what Network Slimming's |γ| criterion (Liu et al., ICCV 2017) and Torch-Pruning's group
-        magnitude (weights + BatchNorm of a channel group) measure too. Without a BatchNorm on the group:
+        channel (one bias row for the group; several producers' biases add up before the BatchNorm). Its L1
+        is |γ|·‖w‖₁/σ: not Network Slimming's |γ| (Liu et al., ICCV 2017), and with γ ≈ 1 (trained without a
+        sparsity penalty) it favours channels of small pre-BatchNorm spread σ. Neither criterion is reliable on
+        DeepSense: at magnitude_floor's 3% counts the folded L1 and the raw L1 each collapse on some of the 5
+        HAPT folds (validation mean 88.3% against 86.9%, which is why the folded one stays), where random
+        elements at the same counts do not (docs/design.md §5). Without a BatchNorm on the group:
         `weight_matrix` unchanged.
         """
         norm = self.batchnorm_of(model, name)
