@@ -567,7 +567,7 @@ def test_gradual_pruning_follows_the_cubic_schedule_to_the_budget(cnn):
     assert (schedule.end_step, schedule.every) == (150, 150 // unstructured.GRADUAL_UPDATES)
     keeps = [schedule.keep_at(step) for step in range(0, 301, 10)]
     assert keeps[0] == schedule.total and keeps[15:] == [schedule.final_keep] * 16
-    assert all(a >= b for a, b in zip(keeps, keeps[1:]))
+    assert all(a >= b for a, b in zip(keeps, keeps[1:], strict=False))
     middle = schedule.final_keep + round((schedule.total - schedule.final_keep) * 0.5**3)  # t = end / 2
     assert schedule.keep_at(75) == middle
     assert schedule.masks_at(model, schedule.every + 1) is None and schedule.masks_at(model, 151) is None
