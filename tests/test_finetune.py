@@ -111,6 +111,40 @@ def test_an_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
         assert torch.equal(value, resumed.model.state_dict()[key])
 
 
+def test_an_interrupted_gradual_pruning_resumes_bit_identically(tmp_path, monkeypatch):
+    """The checkpoint at step 20 lies four steps before the next mask update (every 8 steps): the resumed run
+    takes its masks from the weights held at 0 and must end where the uninterrupted one does."""
+    from deepiot.baselines.unstructured import GradualPruning, prunable_weights
+
+    train, val = blobs(512, 0), blobs(128, 1)
+    total = sum(weight.numel() for weight in prunable_weights(small_model()).values())
+    pruning = GradualPruning(total=total, final_keep=60, end_step=30, every=8)
+    config = FinetuneConfig(steps=50, batch_size=32, eval_every=10, distill_weight=0.0, seed=3, lr=0.01)
+    whole = finetune(small_model(), train, val, config, pruning=pruning)
+    kept = sum(int((weight != 0).sum()) for weight in prunable_weights(whole.model).values())
+    assert kept == 60 and whole.best_val_accuracy > 0.5
+    assert whole.best_val_accuracy == max(row["val_accuracy"] for row in whole.history if row["step"] > 30)
+
+    original_step = finetune_module.train_step
+    calls = {"count": 0}
+
+    def interrupted_after_27_steps(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] > 27:
+            raise KeyboardInterrupt
+        return original_step(*args, **kwargs)
+
+    state_path = tmp_path / "finetune_state.pt"
+    monkeypatch.setattr(finetune_module, "train_step", interrupted_after_27_steps)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(small_model(), train, val, config, pruning=pruning, state_path=state_path)
+    monkeypatch.setattr(finetune_module, "train_step", original_step)
+    resumed = finetune(small_model(), train, val, config, pruning=pruning, state_path=state_path)
+    assert resumed.history == whole.history
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key])
+
+
 def test_resuming_with_another_recipe_is_refused(tmp_path):
     train, val = blobs(128, 0), blobs(64, 1)
     state_path = tmp_path / "state.pt"
