@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -43,29 +45,63 @@ def criterion(name: str):
     return {"folded": folded, "raw": raw, "gamma": gamma}[name]
 
 
+def fail(message: str) -> NoReturn:
+    """One `compare_criteria: error: ...` paragraph on stderr, exit status 2 (before any work)."""
+    print(f"compare_criteria: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see --help).")
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
+def criteria_list(text: str) -> list[str]:
+    names = text.split(",")
+    if not text or any(name not in CRITERIA for name in names):
+        raise argparse.ArgumentTypeError(
+            f"expected a non-empty comma-separated subset of {list(CRITERIA)}, got {text!r}"
+        )
+    return names
+
+
+def kept_counts(path: Path) -> dict[str, int]:
+    """The `kept_counts` of a finished run's result.json (fail() with what was expected otherwise)."""
+    try:
+        counts = json.loads(path.read_text())["kept_counts"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        fail(f'--counts-from {path} is not a finished run\'s result.json with "kept_counts" ({error!r}).')
+    if not counts or not all(isinstance(n, int) and n >= 0 for n in counts.values()):
+        fail(f"--counts-from {path}: kept_counts must map groups to counts ≥ 0, got {counts!r}.")
+    return counts
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--counts-from", required=True)
-    parser.add_argument("--criteria", default=",".join(CRITERIA))
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--criteria", type=criteria_list, default=list(CRITERIA))
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the baseline config")
     args = parser.parse_args()
-    names = args.criteria.split(",")
-    if unknown := sorted(set(names) - set(CRITERIA)):
-        parser.error(f"unknown criteria {unknown}; expected a comma-separated subset of {list(CRITERIA)}.")
-    torch.set_num_threads(args.threads)
     original_path = args.run_dir / "original" / "train" / "model.pt"
-    counts = json.loads((args.run_dir / args.counts_from).read_text())["kept_counts"]
+    if not original_path.is_file():
+        fail(f"--run-dir {args.run_dir} has no original/train/model.pt; expected a harness fold folder.")
+    counts = kept_counts(args.run_dir / args.counts_from)
+    torch.set_num_threads(args.threads)
     config = compose_baseline_config(
         [*args.overrides, f"paths.original_dir={original_path.parent}", "method=magnitude"]
     )
     bundle, recipe = load_bundle(config), finetune_config(config)
     shipped = Structure.l1_importance
     try:
-        for name in names:
+        for name in args.criteria:
             Structure.l1_importance = criterion(name)
             model, _ = load_trained_model(original_path)
             result = prune(model, bundle.train, bundle.val, bundle.test, method="magnitude", counts=counts,

@@ -1,5 +1,5 @@
 """Bad input on deepiot-baseline, scripts/reproduce.py, deepiot-export int8, deepiot-profile,
-scripts/edge_table.py and the launchers: one `<program>: error: ...` paragraph naming the bad key and what was
+scripts/edge_table.py, scripts/compare_criteria.py and the launchers: one `<program>: error: ...` paragraph naming the bad key and what was
 expected, exit status 2, no traceback, before any long work and before any file is written (the rest of the
 battery is test_bad_input_battery.py)."""
 
@@ -357,6 +357,45 @@ def test_edge_table_refuses_bad_arguments_before_any_export(case_id, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one paragraph
     assert re.search(pattern, done.stderr), (pattern, done.stderr)
     assert files_under(tmp_path) == ["model.pt"]  # no export, no table
+
+
+# ---------------------------------------------------------------------------------------- scripts/compare_criteria.py
+
+CRITERIA_CASES = {
+    "no run dir": ([], "the following arguments are required: --run-dir"),
+    "run dir without an original": (["--run-dir", "{tmp}/empty", "--counts-from", "r.json"], "has no original/train"),
+    "missing counts file": (["--run-dir", "{fold}", "--counts-from", "gone.json"], "is not a finished run's"),
+    "malformed counts file": (["--run-dir", "{fold}", "--counts-from", "bad.json"], "is not a finished run's"),
+    "empty counts": (["--run-dir", "{fold}", "--counts-from", "empty.json"], "kept_counts must map groups"),
+    "threads 0": (["--run-dir", "{fold}", "--counts-from", "r.json", "--threads", "0"], "--threads: expected"),
+    "threads x": (["--run-dir", "{fold}", "--counts-from", "r.json", "--threads", "x"], "--threads: expected"),
+    "empty criteria": (["--run-dir", "{fold}", "--counts-from", "r.json", "--criteria", ""], "--criteria: expected"),
+    "unknown criterion": (["--run-dir", "{fold}", "--criteria", "l2", "--counts-from", "r.json"], "subset of"),
+}
+
+
+@pytest.mark.parametrize("case_id", list(CRITERIA_CASES))
+def test_compare_criteria_refuses_bad_arguments_before_any_work(case_id, tmp_path):
+    import subprocess
+    import sys
+
+    arguments, pattern = CRITERIA_CASES[case_id]
+    fold = tmp_path / "fold0"
+    (fold / "original" / "train").mkdir(parents=True)
+    (fold / "original" / "train" / "model.pt").write_text("not read before the arguments are checked\n")
+    (fold / "r.json").write_text('{"kept_counts": {"conv1": 3}}\n')
+    (fold / "bad.json").write_text("{not json\n")
+    (fold / "empty.json").write_text('{"kept_counts": {}}\n')
+    (tmp_path / "empty").mkdir()
+    before = files_under(tmp_path)
+    arguments = [argument.format(fold=fold, tmp=tmp_path) for argument in arguments]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_criteria.py"
+    done = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("compare_criteria: error: "), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one paragraph
+    assert re.search(pattern, done.stderr), (pattern, done.stderr)
+    assert files_under(tmp_path) == before  # nothing written
 
 
 # ---------------------------------------------------------------------------------------------- launchers
