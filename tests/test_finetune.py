@@ -25,6 +25,19 @@ def small_model() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 4))
 
 
+def interrupted_after(steps: int, step_function):
+    """`step_function` that raises KeyboardInterrupt on its call number `steps` + 1 (a killed run)."""
+    calls = {"count": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] > steps:
+            raise KeyboardInterrupt
+        return step_function(*args, **kwargs)
+
+    return interrupted
+
+
 def test_distillation_loss_matches_a_hand_computed_value():
     student = torch.tensor([[1.0, 0.0]])
     teacher = torch.tensor([[0.0, 2.0]])
@@ -90,16 +103,8 @@ def test_an_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
     whole = finetune(small_model(), train, val, config, teacher=teacher)
 
     original_step = finetune_module.train_step
-    calls = {"count": 0}
-
-    def interrupted_after_27_steps(*args, **kwargs):
-        calls["count"] += 1
-        if calls["count"] > 27:
-            raise KeyboardInterrupt
-        return original_step(*args, **kwargs)
-
     state_path = tmp_path / "finetune_state.pt"
-    monkeypatch.setattr(finetune_module, "train_step", interrupted_after_27_steps)
+    monkeypatch.setattr(finetune_module, "train_step", interrupted_after(27, original_step))
     with pytest.raises(KeyboardInterrupt):
         finetune(small_model(), train, val, config, teacher=teacher, state_path=state_path)
     monkeypatch.setattr(finetune_module, "train_step", original_step)
@@ -126,16 +131,8 @@ def test_an_interrupted_gradual_pruning_resumes_bit_identically(tmp_path, monkey
     assert whole.best_val_accuracy == max(row["val_accuracy"] for row in whole.history if row["step"] > 30)
 
     original_step = finetune_module.train_step
-    calls = {"count": 0}
-
-    def interrupted_after_27_steps(*args, **kwargs):
-        calls["count"] += 1
-        if calls["count"] > 27:
-            raise KeyboardInterrupt
-        return original_step(*args, **kwargs)
-
     state_path = tmp_path / "finetune_state.pt"
-    monkeypatch.setattr(finetune_module, "train_step", interrupted_after_27_steps)
+    monkeypatch.setattr(finetune_module, "train_step", interrupted_after(27, original_step))
     with pytest.raises(KeyboardInterrupt):
         finetune(small_model(), train, val, config, pruning=pruning, state_path=state_path)
     monkeypatch.setattr(finetune_module, "train_step", original_step)

@@ -47,12 +47,18 @@ def global_magnitude_masks(model: nn.Module, budget: float) -> dict[str, Tensor]
     Raises ValueError when the dense parameters alone exceed the budget.
     """
     weights, keep = weights_to_keep(model, budget)
-    magnitudes = torch.cat([weight.detach().abs().flatten() for weight in weights.values()])  # [all weights]
-    chosen = torch.zeros_like(magnitudes)
-    chosen[torch.topk(magnitudes, keep, sorted=False).indices] = 1.0  # exactly `keep`, ties broken by topk
+    return top_scores_masks(weights, {name: weight.detach().abs() for name, weight in weights.items()}, keep)
+
+
+def top_scores_masks(weights: dict[str, Tensor], scores: dict[str, Tensor], keep: int) -> dict[str, Tensor]:
+    """0/1 masks (the weights' shapes and dtypes) keeping exactly the `keep` highest `scores` across all the
+    tensors, one global ranking (ties broken by topk)."""
+    flat = torch.cat([scores[name].flatten() for name in weights])  # [all weights]
+    chosen = torch.zeros_like(flat)
+    chosen[torch.topk(flat, keep, sorted=False).indices] = 1.0
     masks, start = {}, 0
     for name, weight in weights.items():
-        masks[name] = chosen[start : start + weight.numel()].view_as(weight)
+        masks[name] = chosen[start : start + weight.numel()].view_as(weight).to(weight.dtype)
         start += weight.numel()
     return masks
 
@@ -75,14 +81,7 @@ def lamp_masks(model: nn.Module, keep: int) -> dict[str, Tensor]:
     """0/1 masks keeping the `keep` prunable weights of highest LAMP score (one global ranking); every tensor
     keeps its largest weight as long as `keep` ≥ the number of tensors."""
     weights = prunable_weights(model)
-    scores = torch.cat([lamp_scores(weight).flatten() for weight in weights.values()])  # [all weights]
-    chosen = torch.zeros_like(scores)
-    chosen[torch.topk(scores, keep, sorted=False).indices] = 1.0
-    masks, start = {}, 0
-    for name, weight in weights.items():
-        masks[name] = chosen[start : start + weight.numel()].view_as(weight).to(weight.dtype)
-        start += weight.numel()
-    return masks
+    return top_scores_masks(weights, {name: lamp_scores(weight) for name, weight in weights.items()}, keep)
 
 
 @dataclass(frozen=True)
