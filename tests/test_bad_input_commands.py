@@ -70,6 +70,14 @@ BASELINE_CASES = {
     "choice_steps=abc": (["method=deepiot", "compress.choice_steps=abc"], "compress.choice_steps"),
     "try_scratch=maybe": (["method=deepiot", "compress.try_scratch=maybe"], r"compress.try_scratch='maybe' has the wrong type: expected true or false"),
     "mask_scale": (["method=deepiot", "critic.mask_scale=half"], "critic.mask_scale must be one of"),
+    "baseline try_scratch=maybe": (
+        ["method=uniform", "method.try_scratch=maybe"],
+        r"method.try_scratch='maybe' is invalid: expected true or false",
+    ),
+    "try_scratch on scratch": (
+        ["method=scratch", "+method.try_scratch=true"],
+        "method.try_scratch=true applies to the methods that fine-tune the original's weights",
+    ),
 }
 
 

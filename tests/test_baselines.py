@@ -452,6 +452,47 @@ def test_a_fraction_out_of_range_is_named_as_the_fraction(cnn):
         selection.magnitude_at_fraction(model, structure, 0.0)
 
 
+@pytest.mark.parametrize("scratch_better", [True, False])
+def test_try_scratch_keeps_the_better_of_the_handed_on_and_the_reinitialised_weights(
+    tmp_path, cnn, monkeypatch, scratch_better
+):
+    from deepiot.compression import loop
+
+    model, structure, inputs = cnn
+    started = []  # (is it the from-scratch candidate?, the weights its fine-tuning started from)
+    real_finetune = pipeline.finetune
+
+    def finetune(start, train, validation, config, **kwargs):
+        result = real_finetune(start, train, validation, config, **kwargs)
+        scratch = str(kwargs.get("state_path", "")).endswith(loop.SCRATCH_STATE_FILE)
+        started.append((scratch, {key: value.clone() for key, value in start.state_dict().items()}))
+        return result._replace(best_val_accuracy=0.9 if scratch == scratch_better else 0.8)
+
+    monkeypatch.setattr(pipeline, "finetune", finetune)
+    monkeypatch.setattr(loop, "finetune", finetune)
+    result = prune(model, toy_data(64, 0), toy_data(32, 1), method="magnitude", budget=0.3, seed=5,
+                   try_scratch=True, finetune_config=NO_FINETUNING, out_dir=tmp_path, outputs=NO_LATENCY)  # fmt: skip
+    assert [scratch for scratch, _ in started] == [False, True]
+    handed_on, _ = slice_checked(model, structure, selection.magnitude_at_budget(model, structure, 0.3), inputs)
+    fresh, _ = runtime.reinitialised(handed_on, 5)  # the definition: same architecture, reset, seeded by `seed`
+    for (_, weights), expected in zip(started, (handed_on, fresh), strict=True):
+        assert all(torch.equal(weights[key], value) for key, value in expected.state_dict().items())
+    assert result.report["element_choice"] == {"scratch": {
+        "chosen": "scratch" if scratch_better else "handed_on",
+        "val_accuracy": {"handed_on": 0.9 - 0.1 * scratch_better, "scratch": 0.8 + 0.1 * scratch_better},
+    }}  # fmt: skip
+    winner = fresh if scratch_better else handed_on  # 0 steps: the winner's weights come back unchanged
+    assert all(torch.equal(value, winner.state_dict()[key]) for key, value in result.sliced_model.state_dict().items())
+    assert json.loads((tmp_path / "report.json").read_text())["element_choice"] == result.report["element_choice"]
+
+
+@pytest.mark.parametrize("method", ["scratch", "unstructured", "unstructured_fair"])
+def test_try_scratch_is_refused_where_no_original_weights_are_handed_on(cnn, method):
+    with pytest.raises(ValueError, match=f"try_scratch applies to .* not to '{method}'"):
+        prune(cnn[0], toy_data(32, 0), toy_data(32, 1), method=method, budget=0.3, try_scratch=True,
+              finetune_config=NO_FINETUNING)  # fmt: skip
+
+
 def magnitude_plan(tmp_path, model, structure, budget: float = 0.3):
     from deepiot.structure import SlicingPlan
 

@@ -197,6 +197,17 @@ def test_fold_runs_have_their_own_folders_originals_and_order(tmp_path):
     assert harness.parse_folds("0-2,4") == (0, 1, 2, 4) and harness.parse_folds("") == ()
 
 
+def test_a_scratch_suffixed_method_runs_the_method_with_try_scratch_in_its_own_folder(tmp_path):
+    grid = tiny_grid(tmp_path, methods=("uniform+scratch", "uniform"), seeds=(0,))
+    alternative, plain = sorted(grid.runs(), key=lambda run: run.method != "uniform+scratch")
+    assert alternative.folder.parent.parent.name == "uniform+scratch" and plain.folder.parent.parent.name == "uniform"
+    assert "method=uniform" in alternative.overrides and "method.try_scratch=true" in alternative.overrides
+    assert not any("try_scratch" in override for override in plain.overrides)
+    harness.check_grid(grid)  # both compose and pass deepiot-baseline's checks
+    with pytest.raises(ValueError, match="unknown method"):
+        tiny_grid(tmp_path, methods=("scratch+scratch",))
+
+
 def cv_record(method: str, fold: int, seed: int, accuracy: float) -> dict:
     return {
         "recipe": "equal", "method": method, "cost": "params", "budget": 0.03, "fold": fold, "seed": seed,

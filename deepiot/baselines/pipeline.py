@@ -13,6 +13,9 @@ Structured methods (`METHODS`):
 - scratch: the architecture of another run (`plan=` its slicing_plan.json, or `counts=`), every module
   re-initialised (`reset_parameters()`, seeded by `seed`) and trained with the same shared recipe, distilled from
   the original — Liu et al. (ICLR 2019), "Rethinking the value of network pruning" (`scratch_choice`).
+With `try_scratch=True` (config `method.try_scratch`) a method that hands on the original's weights also trains
+its kept architecture from scratch with the same recipe and keeps the better on validation (`finish`), the
+alternative DeepIoT gets from `compress.try_scratch`.
 The unstructured methods (unstructured: global |w| ranking at once, the mask then fixed; unstructured_fair: LAMP's
 ranking reached gradually during fine-tuning, `unstructured.GradualPruning`) mask weights instead: reported by
 nonzero parameters, never sliced or exported as a smaller model (see `unstructured.SPARSE_NOTE`).
@@ -33,11 +36,12 @@ from torch.utils.data import Dataset
 
 from deepiot.api import OutputOptions, save_outputs
 from deepiot.baselines import reference, selection, unstructured
-from deepiot.compression import CompressionResult, slice_checked
+from deepiot.compression import CompressionResult, scratch_alternative, slice_checked
 from deepiot.compression.budget import DEVICE_BUDGETS, LatencyProfile, attach_profile, budget_fractions
+from deepiot.compression.state import SCRATCH_STATE_FILE
 from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.report import build_report, write_report
-from deepiot.runtime import accuracy, dataset_tensors, reinitialised
+from deepiot.runtime import accuracy, check_reinitialisable, dataset_tensors, reinitialised
 from deepiot.structure import SlicingPlan, Structure
 
 METHODS = (
@@ -51,6 +55,8 @@ METHODS = (
     "scratch",
 )
 UNSTRUCTURED_METHODS = ("unstructured", "unstructured_fair")
+# the methods whose fine-tuning starts from the original's (sliced) weights: try_scratch trains them from scratch too
+SCRATCH_ALTERNATIVE_METHODS = ("magnitude", "magnitude_floor", "uniform", "random", "torch_pruning")
 BUDGET_METHODS = ("magnitude_floor", "uniform")  # a budget only (no counts or fraction)
 DEVICE_BUDGET_METHODS = ("magnitude", "magnitude_floor", "uniform", "random")
 NEEDS_PLAN = ("scratch",)  # need another run's architecture: plan=<slicing_plan.json> (method.plan) or counts
@@ -77,6 +83,7 @@ def prune(
     finetune_config: FinetuneConfig | None = None,
     teacher: nn.Module | None = None,
     seed: int = 0,
+    try_scratch: bool = False,
     out_dir: str | os.PathLike[str] | None = None,
     example_inputs: Tensor | None = None,
     structure: Structure | None = None,
@@ -111,7 +118,10 @@ def prune(
         profile: the device profile for cost="latency_ms" (see `deepiot.compression.budget.LatencyProfile`).
         finetune_config: the shared recipe (default `FinetuneConfig()`; `steps=0` skips fine-tuning).
         teacher: distillation teacher when `finetune_config.distill_weight > 0` (default: `model` itself).
-        seed: random's seed, scratch's initialisation seed.
+        seed: random's seed, scratch's initialisation seed (and try_scratch's).
+        try_scratch: the structured methods that hand on the original's weights (SCRATCH_ALTERNATIVE_METHODS) also
+            train their architecture from scratch with the same recipe and keep whichever is better on
+            validation — what `compress.try_scratch` does for DeepIoT, so both get the same alternatives.
         out_dir: with it, fine-tuning resumes on rerun and the folder receives report.json/md, plots,
             slicing_plan.json and export/ (structured methods).
         example_inputs, structure, outputs: as in `deepiot.compress`.
@@ -119,6 +129,13 @@ def prune(
     Returns:
         CompressionResult(the fine-tuned smaller model — for unstructured the dense masked one —, plan, report).
     """
+    if try_scratch and method not in SCRATCH_ALTERNATIVE_METHODS:
+        raise ValueError(
+            f"try_scratch applies to the methods that hand on the original's weights "
+            f"({', '.join(SCRATCH_ALTERNATIVE_METHODS)}), not to {method!r}."
+        )
+    if try_scratch:
+        check_reinitialisable(model)  # before any fine-tuning, not after the first one
     finetune_config = finetune_config or FinetuneConfig()
     splits = Splits.of(train_data, val_data, test_data)
     original = copy.deepcopy(model).cpu().eval()
@@ -149,6 +166,7 @@ def prune(
     details = method_details(method, budget, cost, counts, fraction, normalizer, seed, floor, plan)
     return finish(
         original, choice, structure, splits, finetune_config,
+        scratch_seed=seed if try_scratch else None,
         teacher=teacher, out_dir=out_dir, outputs=outputs, example_inputs=example_inputs,
         details={**details, **choice.details}, select_seconds=time.perf_counter() - started, progress=progress,
     )  # fmt: skip
@@ -188,6 +206,7 @@ def finish(
     splits: Splits,
     recipe: FinetuneConfig,
     *,
+    scratch_seed: int | None = None,
     teacher: nn.Module | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     outputs: OutputOptions | None = None,
@@ -198,7 +217,9 @@ def finish(
 ) -> CompressionResult:
     """The shared path after a method's choice: fine-tune (shared recipe) → test → measured report → export.
 
-    Used by every baseline and by DeepIoT in scripts/reproduce.py, so all methods are measured alike.
+    Used by every baseline and by DeepIoT in scripts/reproduce.py, so all methods are measured alike. With
+    `scratch_seed` (a structured method's try_scratch) the sliced architecture is also trained from scratch,
+    initialised with that seed, and the better of the two on validation is kept (report "element_choice").
     """
     outputs = outputs or OutputOptions()
     example_inputs = splits.train[0][:1] if example_inputs is None else example_inputs
@@ -211,6 +232,12 @@ def finish(
         weight_masks=None if gradual else choice.weight_masks, pruning=choice.pruning if gradual else None,
         state_path=Path(out_dir) / FINETUNE_STATE if out_dir is not None else None, progress=progress,
     )  # fmt: skip
+    if scratch_seed is not None:
+        tuned, record = scratch_alternative(
+            choice.start, tuned, teacher if recipe.distill_weight > 0 else None, (splits.train, splits.val), recipe,
+            scratch_seed, Path(out_dir) / SCRATCH_STATE_FILE if out_dir is not None else None, progress,
+        )  # fmt: skip
+        details = {**(details or {}), "element_choice": {"scratch": record}}
     if gradual:  # report the masks the schedule ended with
         details = {**(details or {}), "unstructured": unstructured_details(
             choice.start, unstructured.GradualPruning.masks_of(tuned.model), "LAMP, gradual")}  # fmt: skip

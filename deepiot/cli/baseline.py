@@ -35,7 +35,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from deepiot.api import OutputOptions, compress
-from deepiot.baselines.pipeline import METHODS, prune
+from deepiot.baselines.pipeline import METHODS, SCRATCH_ALTERNATIVE_METHODS, prune
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
 from deepiot.cli.compress import compression_config, config_device, output_options
@@ -93,7 +93,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
         model, bundle.train, bundle.val, bundle.test, method=method["name"],
         budget=None if own_structure else budget, cost=cost,
         counts=method.get("counts"), fraction=method.get("fraction"), normalizer=method.get("normalizer", "mean"),
-        floor=method.get("floor"), plan=method.get("plan"),
+        floor=method.get("floor"), plan=method.get("plan"), try_scratch=method.get("try_scratch", False),
         profile=latency_profile(cfg), finetune_config=recipe, seed=int(cfg.run_seed), out_dir=out_dir, outputs=outputs,
         progress=show_progress(cfg.progress_bar),
     )  # fmt: skip
@@ -122,7 +122,7 @@ def check_baseline_config(cfg: DictConfig) -> tuple[FinetuneConfig | None, tuple
 
 
 def check_method_settings(method: dict[str, Any]) -> None:
-    """The method group: a known name, and magnitude/random's fraction, counts and normalizer."""
+    """The method group: a known name, magnitude/random's fraction, counts and normalizer, and try_scratch."""
     name = method.get("name")
     if name not in (*DEEPIOT_METHODS, *METHODS):
         raise ConfigError(
@@ -149,6 +149,14 @@ def check_method_settings(method: dict[str, Any]) -> None:
     normalizer = method.get("normalizer", "mean")
     if normalizer not in ("mean", "max"):
         raise ConfigError(f"config value method.normalizer={normalizer!r} is invalid: expected mean or max.")
+    try_scratch = method.get("try_scratch", False)
+    if not isinstance(try_scratch, bool):
+        raise ConfigError(f"config value method.try_scratch={try_scratch!r} is invalid: expected true or false.")
+    if try_scratch and name not in SCRATCH_ALTERNATIVE_METHODS:
+        raise ConfigError(
+            f"method.try_scratch=true applies to the methods that fine-tune the original's weights "
+            f"({', '.join(SCRATCH_ALTERNATIVE_METHODS)}), not to method {name}."
+        )
 
 
 def is_number(value: Any) -> bool:

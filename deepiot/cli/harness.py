@@ -33,7 +33,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines import statistics
-from deepiot.baselines.pipeline import METHODS
+from deepiot.baselines.pipeline import METHODS, SCRATCH_ALTERNATIVE_METHODS
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR, MOVED_KEYS, check_removed_keys
 from deepiot.cli.baseline import (
@@ -55,7 +55,10 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 # What a task's summary gives as mean ± std over the seeds of each (recipe, method, cost, budget)
 SUMMARY_KEYS = ("test_accuracy", "params_left", "macs_left", "model_bytes_left", "latency_ms", "latency_left")
-ALL_METHODS = (*DEEPIOT_METHODS, *METHODS)
+# `<method>+scratch` (e.g. uniform+scratch): the method with method.try_scratch=true — its architecture is also
+# trained from scratch and the better on validation kept, the alternative DeepIoT gets from compress.try_scratch
+SCRATCH_SUFFIX = "+scratch"
+ALL_METHODS = (*DEEPIOT_METHODS, *METHODS, *(f"{method}{SCRATCH_SUFFIX}" for method in SCRATCH_ALTERNATIVE_METHODS))
 SCRATCH_SOURCE = (
     "deepiot"  # the harness's `scratch` runs train this method's architecture of the same run from scratch
 )
@@ -194,7 +197,8 @@ class Run:
     def overrides(self) -> list[str]:
         return [
             f"experiment={self.grid.task}",
-            f"method={self.method}",
+            f"method={self.method.removesuffix(SCRATCH_SUFFIX)}",
+            *(["method.try_scratch=true"] if self.method.endswith(SCRATCH_SUFFIX) else []),
             f"budget.cost={self.grid.cost}",
             f"budget.{'limit' if self.grid.cost in DEVICE_BUDGETS else 'fraction'}={self.budget}",
             f"recipe={self.recipe}",

@@ -5,7 +5,8 @@ seed, resumable (finished runs are skipped), aggregated.
     deepiot-reproduce task=lenet5_mnist methods=magnitude,random,torch_pruning,unstructured \
         budgets=0.01,0.02,0.035 seeds=0,1,2 recipes=equal,best finetune.steps=3000
 
-Grid keys: task, methods, budgets, seeds, folds (e.g. 0-4: cross-validation folds of the data config's fold
+Grid keys: task, methods (a structured baseline as <name>+scratch, e.g. uniform+scratch: with method.try_scratch=true,
+its architecture also trained from scratch and the better on validation kept, as DeepIoT's compress.try_scratch), budgets, seeds, folds (e.g. 0-4: cross-validation folds of the data config's fold
 protocol, each with its own original; tables in <results_dir>/<task>/cv/), recipes (equal | best), cost (params | macs: budgets are fractions;
 latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with cost.profile=... among the overrides), runs_dir
 (default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from deepiot.compression.compressor import CompressorConfig
 from deepiot.compression.config import CompressionConfig, LoopConfig
-from deepiot.compression.loop import CompressionResult, compress_model, slice_checked
+from deepiot.compression.loop import CompressionResult, compress_model, scratch_alternative, slice_checked
 from deepiot.compression.reward import CriticConfig
 from deepiot.compression.schedules import ScheduleConfig
 from deepiot.compression.state import STATE_FILE
@@ -28,5 +28,6 @@ __all__ = [
     "LoopConfig",
     "ScheduleConfig",
     "compress_model",
+    "scratch_alternative",
     "slice_checked",
 ]

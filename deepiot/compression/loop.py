@@ -53,7 +53,7 @@ from deepiot.compression.step import (
     fresh_state,
     schedule_iteration,
 )
-from deepiot.finetune import FinetuneResult, finetune
+from deepiot.finetune import FinetuneConfig, FinetuneResult, finetune
 from deepiot.runtime import (
     CompressionError,
     accuracy,
@@ -174,8 +174,10 @@ def compress_model(
     record = dict(choice.record)
     if config.loop.try_scratch:
         tuned, record["scratch"] = scratch_alternative(
-            sliced, tuned, original, ((train_inputs, train_labels), validation), config, run_dir, progress
-        )
+            sliced, tuned, original if config.finetune.distill_weight > 0 else None,
+            ((train_inputs, train_labels), validation), config.finetune, config.loop.seed,
+            Path(run_dir) / SCRATCH_STATE_FILE if run_dir is not None else None, progress,
+        )  # fmt: skip
     state.wall_time_s["finetune"] = state.wall_time_s.get("finetune", 0.0) + time.perf_counter() - started
     result = compression_result(
         parts, state, tuned, difference, (test_inputs, test_labels), model_config or {}
@@ -412,27 +414,21 @@ def choose_elements(
 def scratch_alternative(
     sliced: nn.Module,
     tuned: FinetuneResult,
-    original: nn.Module,
+    teacher: nn.Module | None,
     splits: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
-    config: CompressionConfig,
-    run_dir: str | Path | None,
+    recipe: FinetuneConfig,
+    seed: int,
+    state_path: Path | None,
     progress: bool,
 ) -> tuple[FinetuneResult, dict[str, Any]]:
-    """`compress.try_scratch`: the sliced architecture with every module re-initialised (`reinitialised`,
-    seeded by `compress.seed`) trained with the same recipe and teacher as `tuned` (the fine-tuned handed-on
-    weights); the higher best-validation accuracy wins, a tie keeps the handed-on weights. Returns (the winner,
-    {"chosen": "scratch" | "handed_on", "val_accuracy": {both}}). Resumable from `<run_dir>/` SCRATCH_STATE_FILE."""
+    """`try_scratch` (DeepIoT's `compress.try_scratch`, a structured baseline's `method.try_scratch`): the sliced
+    architecture with every module re-initialised (`reinitialised`, seeded by `seed`) trained with the same
+    recipe and teacher as `tuned` (the fine-tuned handed-on weights); the higher best-validation accuracy wins,
+    a tie keeps the handed-on weights. Returns (the winner, {"chosen": "scratch" | "handed_on", "val_accuracy":
+    {both}}). Resumable from `state_path`."""
     train, validation = splits
-    fresh, _ = reinitialised(sliced, config.loop.seed)
-    scratch = finetune(
-        fresh,
-        train,
-        validation,
-        config.finetune,
-        teacher=original if config.finetune.distill_weight > 0 else None,
-        state_path=Path(run_dir) / SCRATCH_STATE_FILE if run_dir is not None else None,
-        progress=progress,
-    )
+    fresh, _ = reinitialised(sliced, seed)
+    scratch = finetune(fresh, train, validation, recipe, teacher=teacher, state_path=state_path, progress=progress)
     won = scratch.best_val_accuracy > tuned.best_val_accuracy
     record = {
         "chosen": "scratch" if won else "handed_on",
