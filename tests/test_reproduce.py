@@ -208,6 +208,24 @@ def test_a_scratch_suffixed_method_runs_the_method_with_try_scratch_in_its_own_f
         tiny_grid(tmp_path, methods=("scratch+scratch",))
 
 
+def test_originals_only_trains_and_tables_the_original_and_runs_no_method(tmp_path, monkeypatch):
+    from deepiot.cli import reproduce
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("originals_only ran a method or trained an original twice")
+
+    grid = tiny_grid(tmp_path, methods=("magnitude",), seeds=(0,))
+    assert reproduce.parse(["task=lenet300_mnist", "originals_only=true"])[1]["originals_only"] is True
+    monkeypatch.setattr(harness, "execute", must_not_run)
+    (original,) = harness.train_originals(grid)
+    assert 0.1 < original["test_accuracy"] <= 1 and original["fold"] is None
+    assert not (tmp_path / "runs" / "lenet300_mnist" / "equal").exists()
+    table = (tmp_path / "results" / "lenet300_mnist" / "table.md").read_text()
+    assert f"Original: test accuracy {100 * original['test_accuracy']:.2f}%" in table
+    monkeypatch.setattr(harness, "ensure_trained", must_not_run)
+    assert harness.train_originals(grid) == [original]  # loaded, not trained again
+
+
 def cv_record(method: str, fold: int, seed: int, accuracy: float) -> dict:
     return {
         "recipe": "equal", "method": method, "cost": "params", "budget": 0.03, "fold": fold, "seed": seed,

@@ -316,6 +316,15 @@ def run_grid(grid: Grid) -> list[dict[str, Any]]:
     return records
 
 
+def train_originals(grid: Grid) -> list[dict[str, Any]]:
+    """`originals_only`: train (or load) and export the original of every fold of the grid (the single split's
+    without folds), one after the other in this process, and table them; no run. Returns their records."""
+    check_grid(grid)
+    originals = [original_reference(grid, fold) for fold in grid.folds or (None,)]
+    aggregate(grid)
+    return originals
+
+
 def finished(run: Run) -> bool:
     """True when the run's result.json exists; ValueError when it was written with other overrides (compared
     after `renamed_overrides`)."""
@@ -474,14 +483,12 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
         json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/*/*/*/seed*/{RESULT_FILE}"))
     ]
     single = [record for record in single if record.get("fold") is None]
-    if single or not folded:
+    originals = [json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/original/{RESULT_FILE}"))]
+    if single or not (folded or originals):
         original_path = task_runs / "original" / RESULT_FILE
         original = json.loads(original_path.read_text()) if original_path.is_file() else None
         write_results(grid.task, grid.results_dir / grid.task, single, summarise(single), original, table)
-    if folded:
-        originals = [
-            json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/original/{RESULT_FILE}"))
-        ]
+    if folded or originals:  # the folds' originals are tabled also before any run (originals_only)
         original_accuracy = {original["fold"]: original["test_accuracy"] for original in originals}
         summary = summarise_folds(folded, original_accuracy)
         write_results(grid.task, grid.results_dir / grid.task / "cv", folded, summary,

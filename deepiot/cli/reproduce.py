@@ -10,7 +10,8 @@ its architecture also trained from scratch and the better on validation kept, as
 protocol, each with its own original; tables in <results_dir>/<task>/cv/), recipes (equal | best), cost (params | macs: budgets are fractions;
 latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with cost.profile=... among the overrides), runs_dir
 (default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only,
-remeasure_latency (true: measure every finished run's latency again on this machine, e.g. after runs on a cluster).
+remeasure_latency (true: measure every finished run's latency again on this machine, e.g. after runs on a cluster),
+originals_only (true: train and export every fold's original and table their accuracy; no method runs).
 Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
 compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);
 <results_dir>/<task>/ receives results.json, table.md and pareto_<recipe>.png.
@@ -30,7 +31,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from deepiot.cli.dispatch import run_grid_on, split_launch_arguments
-from deepiot.cli.harness import Grid, aggregate, check_grid, parse_folds, parse_values, remeasure_latencies
+from deepiot.cli.harness import (
+    Grid,
+    aggregate,
+    check_grid,
+    parse_folds,
+    parse_values,
+    remeasure_latencies,
+    train_originals,
+)
 from deepiot.errors import DeepIoTError
 
 GRID_KEYS = {
@@ -46,8 +55,9 @@ GRID_KEYS = {
 }
 
 # true/false keys: aggregate_only (tables and plots from the finished runs, nothing run), remeasure_latency (the
-# ONNX latency of every finished run and original measured again here, before the grid runs or aggregates)
-FLAGS = ("aggregate_only", "remeasure_latency")
+# ONNX latency of every finished run and original measured again here, before the grid runs or aggregates),
+# originals_only (train and export every fold's original and table them, no method run)
+FLAGS = ("aggregate_only", "remeasure_latency", "originals_only")
 
 # what each grid key takes, for the error message of a value that does not parse
 EXPECTED = {
@@ -104,11 +114,18 @@ def main() -> None:
     try:
         if flags["remeasure_latency"]:
             remeasure_latencies(grid)
-        records = aggregate(grid) if flags["aggregate_only"] else run_grid_on(grid, **launch)
+        if flags["originals_only"]:
+            originals = train_originals(grid)
+        else:
+            records = aggregate(grid) if flags["aggregate_only"] else run_grid_on(grid, **launch)
     except DeepIoTError as error:  # GridError (failed runs), ConfigError, ...
         fail(str(error))
     table = grid.results_dir / grid.task / ("cv" if grid.folds else "") / "table.md"
-    print(f"[reproduce] {grid.task}: {len(records)} runs → {table}")
+    if flags["originals_only"]:
+        accuracies = ", ".join(f"{100 * original['test_accuracy']:.2f}%" for original in originals)
+        print(f"[reproduce] {grid.task}: {len(originals)} original(s), test accuracy {accuracies} → {table}")
+    else:
+        print(f"[reproduce] {grid.task}: {len(records)} runs → {table}")
 
 
 if __name__ == "__main__":
