@@ -263,6 +263,11 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     assert "fold 0: 95.00%" in table
     assert summary["deepiot"]["starts"] == {"critic": 1, "l1": 1, "scratch": 1} and summary["magnitude"]["starts"] == {}
     assert "- equal deepiot 3% params: critic 1, l1 1, scratch 1" in table
+    baseline = [cv_record("uniform+scratch", fold, 0, 0.9) for fold in range(3)]  # method.try_scratch's record
+    for record, chosen in zip(baseline, ("scratch", "handed_on", "scratch"), strict=True):
+        record["element_choice"] = {"scratch": {"chosen": chosen, "val_accuracy": {"handed_on": 0.8, "scratch": 0.8}}}
+    (row,) = harness.summarise_folds(baseline, {0: 0.91, 1: 0.81, 2: 0.96})
+    assert row["starts"] == {"handed_on": 1, "scratch": 2}
 
 
 def test_cv_glance_pivots_budgets_by_method_and_counts_where_deepiot_stands():

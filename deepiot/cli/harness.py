@@ -581,15 +581,15 @@ def summarise_folds(
 
 
 def fine_tuning_starts(members: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """How many of a DeepIoT row's runs fine-tuned from each start ({"l1": 3, "scratch": 2}; {} for runs
-    without an element choice): `compress.element_choice`'s candidate, or "scratch" where `compress.try_scratch`
-    found the re-initialised architecture better on validation."""
+    """How many of a row's runs fine-tuned from each start ({"l1": 3, "scratch": 2}; {} for runs without an
+    element choice): DeepIoT's `compress.element_choice` candidate, "handed_on" for a baseline's own kept weights
+    (`method.try_scratch`), or "scratch" where the re-initialised architecture was better on validation."""
     starts: dict[str, int] = {}
     for member in members:
         choice = member.get("element_choice")
         if not choice:
             continue
-        start = "scratch" if choice.get("scratch", {}).get("chosen") == "scratch" else choice["chosen"]
+        start = "scratch" if choice.get("scratch", {}).get("chosen") == "scratch" else choice.get("chosen", "handed_on")
         starts[start] = starts.get(start, 0) + 1
     return dict(sorted(starts.items()))
 
