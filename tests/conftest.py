@@ -45,3 +45,29 @@ def trained_model(data) -> nn.Module:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+@pytest.fixture
+def scratch_trials(monkeypatch):
+    """`install(prefer_scratch)` patches fine-tuning in the compression loop and in the baselines: every call runs
+    the real `finetune`, appends (is it try_scratch's from-scratch candidate?, the weights it started from) to the
+    returned list, and reports a best validation accuracy of 0.9 for the candidate `prefer_scratch` names, 0.8
+    for the other."""
+    from deepiot import finetune as finetuning
+    from deepiot.baselines import pipeline
+    from deepiot.compression import loop
+
+    def install(prefer_scratch: bool) -> list[tuple[bool, dict[str, torch.Tensor]]]:
+        started = []
+
+        def finetune(model, train, validation, config, **kwargs):
+            result = finetuning.finetune(model, train, validation, config, **kwargs)
+            scratch = str(kwargs.get("state_path", "")).endswith(loop.SCRATCH_STATE_FILE)
+            started.append((scratch, {key: value.clone() for key, value in model.state_dict().items()}))
+            return result._replace(best_val_accuracy=0.9 if scratch == prefer_scratch else 0.8)
+
+        monkeypatch.setattr(loop, "finetune", finetune)
+        monkeypatch.setattr(pipeline, "finetune", finetune)
+        return started
+
+    return install

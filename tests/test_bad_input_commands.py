@@ -127,6 +127,16 @@ REPRODUCE_CASES = {
         ["remeasure_latency=maybe"],
         "remeasure_latency='maybe' is invalid: expected true or false",
     ),
+    "originals_only=maybe": (["originals_only=maybe"], "originals_only='maybe' is invalid: expected true or false"),
+    "originals_only, bad grid": (
+        ["originals_only=true", "seeds=-1"],
+        r"seeds=\[-1\] is invalid: expected integers >= 0",
+    ),
+    "methods=scratch+scratch": (["methods=scratch+scratch"], r"unknown method\(s\) \['scratch\+scratch'\]"),
+    "method.try_scratch=maybe": (
+        ["methods=uniform", "method.try_scratch=maybe"],
+        r"method.try_scratch='maybe' is invalid: expected true or false",
+    ),
     "latency without profile": (
         ["cost=latency_ms", "budgets=0.1"],
         "a latency_ms budget needs a device profile",

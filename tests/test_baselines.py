@@ -454,22 +454,10 @@ def test_a_fraction_out_of_range_is_named_as_the_fraction(cnn):
 
 @pytest.mark.parametrize("scratch_better", [True, False])
 def test_try_scratch_keeps_the_better_of_the_handed_on_and_the_reinitialised_weights(
-    tmp_path, cnn, monkeypatch, scratch_better
+    tmp_path, cnn, scratch_trials, scratch_better
 ):
-    from deepiot.compression import loop
-
     model, structure, inputs = cnn
-    started = []  # (is it the from-scratch candidate?, the weights its fine-tuning started from)
-    real_finetune = pipeline.finetune
-
-    def finetune(start, train, validation, config, **kwargs):
-        result = real_finetune(start, train, validation, config, **kwargs)
-        scratch = str(kwargs.get("state_path", "")).endswith(loop.SCRATCH_STATE_FILE)
-        started.append((scratch, {key: value.clone() for key, value in start.state_dict().items()}))
-        return result._replace(best_val_accuracy=0.9 if scratch == scratch_better else 0.8)
-
-    monkeypatch.setattr(pipeline, "finetune", finetune)
-    monkeypatch.setattr(loop, "finetune", finetune)
+    started = scratch_trials(prefer_scratch=scratch_better)
     result = prune(model, toy_data(64, 0), toy_data(32, 1), method="magnitude", budget=0.3, seed=5,
                    try_scratch=True, finetune_config=NO_FINETUNING, out_dir=tmp_path, outputs=NO_LATENCY)  # fmt: skip
     assert [scratch for scratch, _ in started] == [False, True]

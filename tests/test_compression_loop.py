@@ -325,21 +325,12 @@ def test_auto_element_choice_picks_the_best_validation_candidate_and_is_kept_on_
 
 @pytest.mark.parametrize("scratch_better", [True, False])
 def test_try_scratch_trains_the_reinitialised_architecture_and_keeps_the_better_on_validation(
-    tmp_path, data, trained_model, monkeypatch, scratch_better
+    tmp_path, data, trained_model, scratch_trials, scratch_better
 ):
     from deepiot.runtime import accuracy, reinitialised
     from deepiot.structure import slice_model
 
-    started = []  # (is it the scratch candidate?, the weights fine-tuning started from)
-    real_finetune = loop.finetune
-
-    def finetune(model, train, validation, config, **kwargs):
-        result = real_finetune(model, train, validation, config, **kwargs)
-        scratch = str(kwargs.get("state_path", "")).endswith(loop.SCRATCH_STATE_FILE)
-        started.append((scratch, {key: value.clone() for key, value in model.state_dict().items()}))
-        return result._replace(best_val_accuracy=0.9 if scratch == scratch_better else 0.8)
-
-    monkeypatch.setattr(loop, "finetune", finetune)
+    started = scratch_trials(prefer_scratch=scratch_better)
     config = small_config(
         finetune_steps=0,
         target_params=0.3,

@@ -234,7 +234,7 @@ def finish(
     )  # fmt: skip
     if scratch_seed is not None:
         tuned, record = scratch_alternative(
-            choice.start, tuned, teacher if recipe.distill_weight > 0 else None, (splits.train, splits.val), recipe,
+            choice.start, tuned, teacher, (splits.train, splits.val), recipe,
             scratch_seed, Path(out_dir) / SCRATCH_STATE_FILE if out_dir is not None else None, progress,
         )  # fmt: skip
         details = {**(details or {}), "element_choice": {"scratch": record}}
