@@ -43,6 +43,7 @@ from deepiot.cli.baseline import (
     compose_baseline_config,
     run_baseline,
 )
+from deepiot.cli.grid_archive import RESULT_FILE, archive_originals
 from deepiot.cli.train import ensure_trained
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
@@ -52,7 +53,6 @@ from deepiot.utils import ConfigError, atomic_write
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
 # What a task's summary gives as mean ± std over the seeds of each (recipe, method, cost, budget)
 SUMMARY_KEYS = ("test_accuracy", "params_left", "macs_left", "model_bytes_left", "latency_ms", "latency_left")
 # `<method>+scratch` (e.g. uniform+scratch): the method with method.try_scratch=true — its architecture is also
@@ -476,7 +476,8 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
     """Collect every finished run of the task (any grid), write results.json, table.md and the Pareto plots.
 
     Runs of the single split and of cross-validation folds are kept apart: the single split's go to
-    `<results>/<task>/`, the folds' to `<results>/<task>/cv/` (table with 95% intervals and paired differences)."""
+    `<results>/<task>/`, the folds' to `<results>/<task>/cv/` (table with 95% intervals and paired differences),
+    with a copy of each fold's original (`originals/fold<k>.pt`, deepiot.cli.grid_archive)."""
     task_runs = grid.runs_dir / grid.task
     single = [json.loads(path.read_text()) for path in sorted(task_runs.glob(f"*/*/*/seed*/{RESULT_FILE}"))]
     folded = [
@@ -493,6 +494,7 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
         summary = summarise_folds(folded, original_accuracy)
         write_results(grid.task, grid.results_dir / grid.task / "cv", folded, summary,
                       summarise_originals(originals), cv_table)  # fmt: skip
+        archive_originals(task_runs, grid.results_dir / grid.task / "cv")  # another machine can resume the grid
     return single + folded
 
 

@@ -11,7 +11,9 @@ protocol, each with its own original; tables in <results_dir>/<task>/cv/), recip
 latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with cost.profile=... among the overrides), runs_dir
 (default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only,
 remeasure_latency (true: measure every finished run's latency again on this machine, e.g. after runs on a cluster),
-originals_only (true: train and export every fold's original and table their accuracy; no method runs).
+originals_only (true: train and export every fold's original and table their accuracy; no method runs),
+resume_from (a CV table folder, <results_dir>/<task>/cv: its archived originals and finished runs are put into
+runs_dir first, so a grid begun on another machine goes on here; training is bit-identical on one CPU model only).
 Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
 compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);
 <results_dir>/<task>/ receives results.json, table.md and pareto_<recipe>.png.
@@ -28,9 +30,10 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from deepiot.cli.dispatch import run_grid_on, split_launch_arguments
+from deepiot.cli.grid_archive import restore_grid
 from deepiot.cli.harness import (
     Grid,
     aggregate,
@@ -73,9 +76,9 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def parse(arguments: list[str]) -> tuple[Grid, dict[str, bool]]:
-    """key=value arguments → (Grid, {"aggregate_only": ..., "remeasure_latency": ...})."""
-    values, overrides, flags = {}, [], dict.fromkeys(FLAGS, False)
+def parse(arguments: list[str]) -> tuple[Grid, dict[str, Any]]:
+    """key=value arguments → (Grid, {"aggregate_only": ..., "remeasure_latency": ..., "resume_from": path or None})."""
+    values, overrides, flags = {}, [], {**dict.fromkeys(FLAGS, False), "resume_from": None}
     for argument in arguments:
         key, separator, value = argument.partition("=")
         if not separator:
@@ -86,6 +89,8 @@ def parse(arguments: list[str]) -> tuple[Grid, dict[str, bool]]:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 fail(f"{key}={value!r} is invalid: expected true or false.")
             flags[key] = value.lower() in ("true", "1", "yes")
+        elif key == "resume_from":
+            flags["resume_from"] = Path(value)
         elif key in GRID_KEYS:
             try:
                 values[key] = GRID_KEYS[key](value)
@@ -112,6 +117,9 @@ def main() -> None:
     except ValueError as error:  # Grid's own checks and check_grid's ConfigError
         fail(str(error))
     try:
+        if flags["resume_from"] is not None:
+            restored = restore_grid(grid.task, grid.runs_dir, flags["resume_from"])
+            print(f"[reproduce] {grid.task}: {restored} finished run(s) restored from {flags['resume_from']}")
         if flags["remeasure_latency"]:
             remeasure_latencies(grid)
         if flags["originals_only"]:
