@@ -1,5 +1,5 @@
 """The reproduction harness end to end on a tiny grid (DeepIoT + magnitude, 1 budget, 2 seeds), skip-on-rerun,
-and the deepiot-baseline config and recipes."""
+the deepiot-baseline config and recipes, and a CV grid resumed on another machine (resume_from)."""
 
 from __future__ import annotations
 
