@@ -132,6 +132,12 @@ REPRODUCE_CASES = {
         ["originals_only=true", "seeds=-1"],
         r"seeds=\[-1\] is invalid: expected integers >= 0",
     ),
+    "resume_from=": (["resume_from="], "resume_from is empty: expected a CV table folder"),
+    "resume_from missing": (
+        ["resume_from={tmp}/nosuch"],
+        r"resume_from=.*nosuch is not a cross-validation table folder with its originals",
+    ),
+    "resume_from a file": (["resume_from={tmp}/occupied"], "is not a cross-validation table folder"),
     "methods=scratch+scratch": (["methods=scratch+scratch"], r"unknown method\(s\) \['scratch\+scratch'\]"),
     "method.try_scratch=maybe": (
         ["methods=uniform", "method.try_scratch=maybe"],

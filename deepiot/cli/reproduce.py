@@ -90,6 +90,8 @@ def parse(arguments: list[str]) -> tuple[Grid, dict[str, Any]]:
                 fail(f"{key}={value!r} is invalid: expected true or false.")
             flags[key] = value.lower() in ("true", "1", "yes")
         elif key == "resume_from":
+            if not value:
+                fail("resume_from is empty: expected a CV table folder, e.g. experiments/reproduce/<task>/cv.")
             flags["resume_from"] = Path(value)
         elif key in GRID_KEYS:
             try:
