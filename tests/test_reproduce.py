@@ -306,6 +306,16 @@ def second_grid(first: Grid, tmp_path) -> Grid:
     return Grid(**{**first.__dict__, "runs_dir": tmp_path / "runs"})
 
 
+def test_a_grid_refuses_a_fold_original_trained_with_another_config(first_machine):
+    grid, _, _ = first_machine  # its runs_dir holds fold 0's original, trained with trainer.epochs=1
+    other = Grid(**{**grid.__dict__, "methods": ("uniform",), "overrides": (*TINY, "trainer.epochs=2")})
+    with pytest.raises(ConfigError, match="was trained with another config.*trainer.epochs"):
+        harness.check_grid(other)  # before anything runs: no run of it is finished, the original is the trap
+    with pytest.raises(ConfigError, match="was trained with another config"):
+        harness.original_reference(other, 0)  # its result.json is there, but is not this grid's original
+    assert not (other.task_dir(0) / "equal" / "uniform").exists()
+
+
 def test_the_table_folder_carries_each_fold_original(first_machine):
     grid, records, table = first_machine
     archived = table / "originals" / "fold0.pt"

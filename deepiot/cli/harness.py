@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.errors import HydraException
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines import statistics
@@ -44,7 +45,7 @@ from deepiot.cli.baseline import (
     run_baseline,
 )
 from deepiot.cli.grid_archive import RESULT_FILE, archive_originals
-from deepiot.cli.train import ensure_trained
+from deepiot.cli.train import ensure_trained, trained_original
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.errors import DeepIoTError
@@ -229,7 +230,8 @@ def check_grid(grid: Grid) -> None:
     ConfigError names the first bad value: an unknown task, an empty axis, a seed < 0, a budget outside (0, 1]
     (params, macs) or not > 0 (device units), a removed setting among the overrides (named with its replacement),
     a folder blocked by a file, a run's config as `run_baseline` checks it (one composed config per recipe ×
-    method), or a run folder finished with other overrides.
+    method), a run folder finished with other overrides, or a fold's original already in runs_dir trained with
+    another config (another data split, another fold's people, other epochs: one runs_dir holds one split).
     """
     check_removed_keys(grid.overrides)
     tasks = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -281,6 +283,8 @@ def check_grid(grid: Grid) -> None:
             finished(run)
         except ValueError as err:
             raise ConfigError(str(err)) from err
+    for fold in grid.folds or (None,):  # an original trained with another split or fold is never reused
+        trained_original(original_config(grid, fold))
 
 
 def run_grid(grid: Grid) -> list[dict[str, Any]]:
@@ -356,11 +360,9 @@ def original_reference(grid: Grid, fold: int | None = None) -> dict[str, Any]:
     thread)."""
     folder = grid.task_dir(fold) / "original"
     path = folder / RESULT_FILE
-    if path.is_file():
+    cfg = original_config(grid, fold)
+    if path.is_file() and trained_original(cfg) is not None:  # ConfigError for one trained on another split
         return json.loads(path.read_text())
-    cfg = compose_baseline_config(
-        [f"experiment={grid.task}", *grid.fold_overrides(fold), *grid.overrides, f"paths.output_dir={folder}"]
-    )
     torch.set_num_threads(1)
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path)
@@ -386,6 +388,14 @@ def original_reference(grid: Grid, fold: int | None = None) -> dict[str, Any]:
     }
     atomic_write(path, lambda file: file.write(json.dumps(record, indent=2) + "\n"))
     return record
+
+
+def original_config(grid: Grid, fold: int | None) -> DictConfig:
+    """The composed config of the task's (fold's) original, run folder `<runs>/<task>[/fold<k>]/original`."""
+    folder = grid.task_dir(fold) / "original"
+    return compose_baseline_config(
+        [f"experiment={grid.task}", *grid.fold_overrides(fold), *grid.overrides, f"paths.output_dir={folder}"]
+    )
 
 
 def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:

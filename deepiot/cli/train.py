@@ -40,20 +40,32 @@ def ensure_trained(cfg: DictConfig) -> Path:
         return _ensure_trained(cfg)
 
 
+def trained_original(cfg: DictConfig) -> Path | None:
+    """Path of the original in `cfg.paths.original_dir` when it is there and was trained with `cfg`'s data,
+    model, trainer and seed; None when there is none; ConfigError when it was trained with another config
+    (another data split, fold, epochs, ...), which must never be reused silently."""
+    model_path = Path(cfg.paths.original_dir) / "model.pt"
+    if not model_path.is_file():
+        return None
+    checkpoint = load_checkpoint(model_path, kind="trained_model")
+    expected = result_config(resolve_groups(cfg, RESULT_GROUPS))
+    if result_config(checkpoint["config"]) != expected:
+        raise ConfigError(
+            f"the trained original {model_path} was trained with another config "
+            f"({describe_differences(result_config(checkpoint['config']), expected)}). Delete that folder to "
+            "retrain it, or point paths.original_dir (deepiot-reproduce: runs_dir) at the run that matches this "
+            "config."
+        )
+    return model_path
+
+
 def _ensure_trained(cfg: DictConfig) -> Path:
     """`ensure_trained` (under its lock when it may train)."""
     run_dir = Path(cfg.paths.original_dir)
-    model_path = run_dir / "model.pt"
-    if model_path.is_file():
-        checkpoint = load_checkpoint(model_path, kind="trained_model")
-        expected = result_config(resolve_groups(cfg, RESULT_GROUPS))
-        if result_config(checkpoint["config"]) != expected:
-            raise ConfigError(
-                f"the trained original {model_path} was trained with another config "
-                f"({describe_differences(result_config(checkpoint['config']), expected)}). Delete that folder to "
-                "retrain it, or point paths.original_dir at the run that matches this config."
-            )
+    model_path = trained_original(cfg)
+    if model_path is not None:
         return model_path
+    model_path = run_dir / "model.pt"
     train_cfg = cfg.copy()
     with open_dict(train_cfg):
         train_cfg.paths.output_dir = str(run_dir)
