@@ -26,6 +26,12 @@ ORIGINAL_MODEL = Path("original") / "train" / "model.pt"  # under <runs>/<task>/
 RESULT_FILE = "result.json"
 
 
+def run_folder(task_dir: Path, recipe: str, method: str, cost: str, budget: float, seed: int) -> Path:
+    """A run's folder under its task's (fold's) folder: `<recipe>/<method>/<cost><budget>/seed<k>` (the one layout
+    of the harness's runs and of the runs restored here)."""
+    return task_dir / recipe / method / f"{cost}{budget:g}" / f"seed{seed}"
+
+
 def archive_originals(task_runs: Path, out: Path) -> list[Path]:
     """Copy every fold original `<task_runs>/fold<k>/original/train/model.pt` to `<out>/originals/fold<k>.pt`
     (atomically, only when missing or different). Returns the archived paths."""
@@ -73,8 +79,9 @@ def restore_grid(task: str, runs_dir: Path, source: Path) -> int:
             atomic_write(target, lambda file, data=data: file.write(data), binary=True)
     restored = 0
     for record in records:
-        folder = task_runs / f"fold{record['fold']}" / record["recipe"] / record["method"]
-        path = folder / f"{record['cost']}{record['budget']:g}" / f"seed{record['seed']}" / RESULT_FILE
+        folder = run_folder(task_runs / f"fold{record['fold']}", record["recipe"], record["method"],
+                            record["cost"], record["budget"], record["seed"])  # fmt: skip
+        path = folder / RESULT_FILE
         if path.is_file():
             continue
         moved = {**record, "overrides": moved_overrides(record["overrides"], task, runs_dir)}

@@ -44,7 +44,7 @@ from deepiot.cli.baseline import (
     compose_baseline_config,
     run_baseline,
 )
-from deepiot.cli.grid_archive import RESULT_FILE, archive_originals
+from deepiot.cli.grid_archive import RESULT_FILE, archive_originals, run_folder
 from deepiot.cli.train import ensure_trained, trained_original
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
@@ -186,13 +186,7 @@ class Run:
     @property
     def folder(self) -> Path:
         grid = self.grid
-        return (
-            grid.task_dir(self.fold)
-            / self.recipe
-            / self.method
-            / f"{grid.cost}{self.budget:g}"
-            / f"seed{self.seed}"
-        )
+        return run_folder(grid.task_dir(self.fold), self.recipe, self.method, grid.cost, self.budget, self.seed)
 
     @property
     def overrides(self) -> list[str]:
