@@ -316,6 +316,16 @@ def test_a_grid_refuses_a_fold_original_trained_with_another_config(first_machin
     assert not (other.task_dir(0) / "equal" / "uniform").exists()
 
 
+def test_the_tables_of_two_fold_protocols_of_one_task_never_overwrite_each_other(first_machine, tmp_path):
+    grid, records, table = first_machine  # the data config's own folds: <results>/<task>/cv
+    assert table == grid.folds_results_dir and (table / "table.md").is_file()
+    timed = Grid(**{**grid.__dict__, "results_dir": tmp_path, "overrides": (*TINY, "data.dataset.split=time_folds")})
+    assert len(harness.aggregate(timed)) == len(records)
+    assert (tmp_path / grid.task / "time_folds" / "table.md").is_file()  # named by the split the override names
+    assert (tmp_path / grid.task / "time_folds" / "originals" / "fold0.pt").is_file()
+    assert not (tmp_path / grid.task / "cv").exists()
+
+
 def test_the_table_folder_carries_each_fold_original(first_machine):
     grid, records, table = first_machine
     archived = table / "originals" / "fold0.pt"

@@ -4,7 +4,7 @@ Training an original is bit-identical on one CPU model only. The same fold's Dee
 trained with the same seed and config, reached 48.51% test on an AVX-512 machine and 50.09% on the one before,
 so runs made on another machine cannot simply be topped up with runs made here: they would compress another
 original and the paired differences would pair nothing. So `aggregate` copies each fold's original (model.pt)
-beside the CV table (`<results>/<task>/cv/originals/fold<k>.pt`), and `resume_from=<that cv folder>`
+beside the CV table (`<table folder>/originals/fold<k>.pt`), and `resume_from=<that table folder>`
 (`restore_grid`) puts those originals and every finished run of its results.json back into a runs_dir, so the
 grid goes on where it stopped, on any machine, and tables old and new runs together.
 """
@@ -47,7 +47,7 @@ def archive_originals(task_runs: Path, out: Path) -> list[Path]:
 
 
 def restore_grid(task: str, runs_dir: Path, source: Path) -> int:
-    """`resume_from=<source>`: the originals and finished runs of a CV table folder (`<results>/<task>/cv/`,
+    """`resume_from=<source>`: the originals and finished runs of a CV table folder (e.g. `<results>/<task>/cv/`,
     written by `aggregate`) into `<runs_dir>/<task>/`; returns how many runs were restored.
 
     Every check comes before any file is written: ConfigError when the folder is not a CV table of `task`, when a

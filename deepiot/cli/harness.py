@@ -160,6 +160,15 @@ class Grid:
         base = self.runs_dir / self.task
         return base if fold is None else base / f"fold{fold}"
 
+    @property
+    def folds_results_dir(self) -> Path:
+        """Where the folds' table goes: `<results>/<task>/<split>` when an override names the data split
+        (`data.dataset.split=time_folds` → `time_folds/`), so the tables of two fold protocols of one task never
+        overwrite each other; `<results>/<task>/cv` for the data config's own folds (HAPT activity's subjects)."""
+        splits = [item.split("=", 1)[1] for item in self.overrides
+                  if item.lstrip("+").split("=", 1)[0] == "data.dataset.split"]  # fmt: skip
+        return self.results_dir / self.task / (splits[-1] if splits else "cv")
+
     def fold_overrides(self, fold: int | None) -> list[str]:
         """The overrides that select a fold and its own original (none for the single split)."""
         if fold is None:
@@ -480,7 +489,8 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
     """Collect every finished run of the task (any grid), write results.json, table.md and the Pareto plots.
 
     Runs of the single split and of cross-validation folds are kept apart: the single split's go to
-    `<results>/<task>/`, the folds' to `<results>/<task>/cv/` (table with 95% intervals and paired differences),
+    `<results>/<task>/`, the folds' to `Grid.folds_results_dir` (`<results>/<task>/cv/`, or the split's name when
+    an override names it; table with 95% intervals and paired differences),
     with a copy of each fold's original (`originals/fold<k>.pt`, deepiot.cli.grid_archive)."""
     task_runs = grid.runs_dir / grid.task
     single = [json.loads(path.read_text()) for path in sorted(task_runs.glob(f"*/*/*/seed*/{RESULT_FILE}"))]
@@ -496,9 +506,8 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
     if folded or originals:  # the folds' originals are tabled also before any run (originals_only)
         original_accuracy = {original["fold"]: original["test_accuracy"] for original in originals}
         summary = summarise_folds(folded, original_accuracy)
-        write_results(grid.task, grid.results_dir / grid.task / "cv", folded, summary,
-                      summarise_originals(originals), cv_table)  # fmt: skip
-        archive_originals(task_runs, grid.results_dir / grid.task / "cv")  # another machine can resume the grid
+        write_results(grid.task, grid.folds_results_dir, folded, summary, summarise_originals(originals), cv_table)
+        archive_originals(task_runs, grid.folds_results_dir)  # another machine can resume the grid
     return single + folded
 
 

@@ -7,12 +7,13 @@ seed, resumable (finished runs are skipped), aggregated.
 
 Grid keys: task, methods (a structured baseline as <name>+scratch, e.g. uniform+scratch: with method.try_scratch=true,
 its architecture also trained from scratch and the better on validation kept, as DeepIoT's compress.try_scratch), budgets, seeds, folds (e.g. 0-4: cross-validation folds of the data config's fold
-protocol, each with its own original; tables in <results_dir>/<task>/cv/), recipes (equal | best), cost (params | macs: budgets are fractions;
+protocol, each with its own original; tables in <results_dir>/<task>/cv/, or <results_dir>/<task>/<split>/ when
+data.dataset.split=<split> is given, e.g. time_folds/), recipes (equal | best), cost (params | macs: budgets are fractions;
 latency_ms | model_kb | peak_activation_kb: budgets in ms / KiB, latency_ms with cost.profile=... among the overrides), runs_dir
 (default outputs/reproduce), results_dir (default experiments/reproduce), latency_repeats, aggregate_only,
 remeasure_latency (true: measure every finished run's latency again on this machine, e.g. after runs on a cluster),
 originals_only (true: train and export every fold's original and table their accuracy; no method runs),
-resume_from (a CV table folder, <results_dir>/<task>/cv: its archived originals and finished runs are put into
+resume_from (a CV table folder, e.g. <results_dir>/<task>/cv: its archived originals and finished runs are put into
 runs_dir first, so a grid begun on another machine goes on here; training is bit-identical on one CPU model only).
 Every other key=value is a Hydra override of configs/baseline.yaml applied to every run (finetune.*, data.*,
 compress.*, ...). Runs go to <runs_dir>/<task>/<recipe>/<method>/<cost><budget>/seed<k>/ (result.json last);
@@ -130,7 +131,7 @@ def main() -> None:
             records = aggregate(grid) if flags["aggregate_only"] else run_grid_on(grid, **launch)
     except DeepIoTError as error:  # GridError (failed runs), ConfigError, ...
         fail(str(error))
-    table = grid.results_dir / grid.task / ("cv" if grid.folds else "") / "table.md"
+    table = (grid.folds_results_dir if grid.folds else grid.results_dir / grid.task) / "table.md"
     if flags["originals_only"]:
         accuracies = ", ".join(f"{100 * original['test_accuracy']:.2f}%" for original in originals)
         print(f"[reproduce] {grid.task}: {len(originals)} original(s), test accuracy {accuracies} → {table}")
