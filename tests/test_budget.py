@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepiot.compression import CompressionConfig, LoopConfig, compress_model
-from deepiot.compression.budget import BudgetController, cost_ratios, fit_to_budget
+from deepiot.compression.budget import BudgetController, BudgetError, cost_ratios, fit_to_budget
 from deepiot.compression.compressor import MaskDistribution
 from deepiot.compression.reward import CriticConfig
 from deepiot.compression.schedules import ScheduleConfig
@@ -101,6 +101,29 @@ def test_fit_to_budget_never_empties_a_group(lenet300):
         structure, {"fc1": list(range(60)), "fc2": list(range(30))}, scores, {"params": 1e-6}
     )
     assert len(fitted["fc1"]) == 1 and len(fitted["fc2"]) == 1
+
+
+def test_fit_to_budget_keeps_min_kept_elements_a_group_the_highest_scored(lenet300):
+    _, structure = lenet300
+    scores = {"fc1": torch.linspace(1.0, 0.0, 60), "fc2": torch.linspace(0.0, 1.0, 30)}  # fc2: last ones best
+    searched = {"fc1": list(range(40)), "fc2": [3]}  # the search left fc2 one unit, not its best
+    fitted = fit_to_budget(structure, searched, scores, {"params": 0.3}, min_kept=5)
+    assert {25, 26, 27, 28, 29} <= set(fitted["fc2"]) and cost_ratios(structure, fitted)["params"] <= 0.3
+    squeezed = fit_to_budget(structure, searched, scores, {"params": 1e-6}, min_kept=5)
+    assert len(squeezed["fc1"]) == 5 and len(squeezed["fc2"]) == 5  # the floor outranks an impossible budget
+    assert fit_to_budget(structure, searched, scores, {}, min_kept=5) == {"fc1": list(range(40)),
+                                                                         "fc2": [3, 26, 27, 28, 29]}  # fmt: skip
+    assert fit_to_budget(structure, searched, scores, {"params": 0.3}) == fit_to_budget(
+        structure, searched, scores, {"params": 0.3}, min_kept=1
+    )
+
+
+def test_a_min_kept_the_budget_cannot_pay_for_is_refused_before_the_search(data, trained_model):
+    critic = LeNet300(hidden1=60, hidden2=30)
+    critic.load_state_dict(trained_model.state_dict())
+    config = budget_config(target_params=0.02, min_kept=30)  # 30 fc1 units alone: 30 x 784 weights, ~45%
+    with pytest.raises(BudgetError, match=r"compress.min_kept=30 cannot be met at compress.target_params=0.02"):
+        build_parts(critic, Structure.from_model(critic, data[0].tensors[0][:1]), data[0].tensors, config)
 
 
 def test_warm_up_trains_the_compressor_only_at_threshold_zero(data, trained_model):

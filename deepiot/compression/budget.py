@@ -160,11 +160,25 @@ def budget_fractions(structure: Structure, loop_settings: Mapping[str, Any]) -> 
             continue
         original = cost_of(structure, cost, full)
         if unit is None:
+            check_floor_cost(structure, cost, value, int(loop_settings.get("min_kept") or 1), original)
             fractions[cost] = value
             continue
         check_device_budget(structure, f"compress.{key}={value:g}", cost, value, unit, scale, original)
         fractions[cost] = value * scale / original
     return fractions
+
+
+def check_floor_cost(structure: Structure, cost: str, fraction: float, min_kept: int, original: float) -> None:
+    """BudgetError when `min_kept` elements in every group (capped at its size) cost more than `fraction`."""
+    if min_kept <= 1:
+        return  # one element per group below the budget: the search ends there (see budget_fractions)
+    floor = cost_of(structure, cost, {name: min(min_kept, size) for name, size in structure.group_sizes.items()})
+    if floor > fraction * original * (1 + 1e-9):
+        raise BudgetError(
+            f"compress.min_kept={min_kept} cannot be met at compress.target_{cost}={fraction:g}: {min_kept} elements "
+            f"in every group already leave {floor / original:.4g} of the {cost}. Expected a smaller min_kept or a "
+            f"budget of at least {floor / original:.4g}."
+        )
 
 
 def check_device_budget(
@@ -263,13 +277,17 @@ def fit_to_budget(
     kept: Mapping[str, list[int]],
     scores: Mapping[str, Tensor],
     budgets: Mapping[str, float],
+    min_kept: int = 1,
 ) -> dict[str, list[int]]:
     """The kept set adjusted to meet every budget as fully as possible, by element score (keep probability).
 
-    First the lowest-scored kept elements leave (never a group's last one) until every budget holds; then
-    removed elements come back, highest score first, whenever every budget still holds with them.
+    First every group below `min_kept` elements (capped at its size) gets its highest-scored elements back up to
+    that floor; then the lowest-scored kept elements leave (never below a group's floor) until every budget holds;
+    then removed elements come back, highest score first, whenever every budget still holds with them. With no
+    budgets only the floor is applied.
     """
     kept_sets = {name: set(indices) for name, indices in kept.items()}
+    floors = {group.name: min(max(min_kept, 1), group.size) for group in structure.groups}
     ranked = sorted(
         (
             (float(score), name, index)
@@ -278,6 +296,11 @@ def fit_to_budget(
         ),
         reverse=True,
     )
+    for _, name, index in ranked:  # highest score first
+        if len(kept_sets[name]) < floors[name]:
+            kept_sets[name].add(index)
+    if not budgets:
+        return {name: sorted(indices) for name, indices in kept_sets.items()}
 
     def fits() -> bool:
         ratios = cost_ratios(structure, kept_sets, budgets)
@@ -286,7 +309,7 @@ def fit_to_budget(
     for _, name, index in reversed(ranked):  # lowest score first
         if fits():
             break
-        if index in kept_sets[name] and len(kept_sets[name]) > 1:
+        if index in kept_sets[name] and len(kept_sets[name]) > floors[name]:
             kept_sets[name].discard(index)
     for _, name, index in ranked:  # highest score first
         if index not in kept_sets[name]:

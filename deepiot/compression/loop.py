@@ -300,16 +300,18 @@ def evaluate_and_decide(
 
 
 def final_kept_set(parts: LoopParts, state: LoopState) -> dict[str, list[int]]:
-    """The search's kept set, fitted to the budgets by keep probability when there are budgets to fit."""
-    budgets = parts.budget.budgets
-    if not budgets or not parts.config.loop.fit_to_budget:
+    """The search's kept set, raised to `compress.min_kept` per group and fitted to the budgets by keep
+    probability (`budget.fit_to_budget`)."""
+    budgets, loop = parts.budget.budgets, parts.config.loop
+    if not (budgets and loop.fit_to_budget) and loop.min_kept <= 1:
         return state.kept
     # ranked element by element on the host: one copy instead of a device sync per element
     probs = {name: torch.sigmoid(logits).cpu() for name, logits in state.keep_logits.items()}
-    fitted = fit_to_budget(parts.structure, state.kept, probs, budgets)
+    fitted = fit_to_budget(parts.structure, state.kept, probs, budgets if loop.fit_to_budget else {}, loop.min_kept)
     before, after = (cost_ratios(parts.structure, kept, budgets) for kept in (state.kept, fitted))
     log.info(
-        "kept set fitted to the budget: %s",
+        "kept set fitted to the budget%s: %s",
+        f" with at least {loop.min_kept} elements a group" if loop.min_kept > 1 else "",
         ", ".join(
             f"{name} {before[name]:.2%} → {after[name]:.2%} (budget {budgets[name]:.2%})" for name in budgets
         ),
