@@ -68,6 +68,9 @@ BASELINE_CASES = {
         "compress.choice_steps must be a positive",
     ),
     "choice_steps=abc": (["method=deepiot", "compress.choice_steps=abc"], "compress.choice_steps"),
+    "min_kept=0": (["method=deepiot", "compress.min_kept=0"], "compress.min_kept must be a positive"),
+    "min_kept=abc": (["method=deepiot", "compress.min_kept=abc"], "compress.min_kept"),
+    "min_kept=[]": (["method=deepiot", "compress.min_kept=[]"], "compress.min_kept"),
     "try_scratch=maybe": (["method=deepiot", "compress.try_scratch=maybe"], r"compress.try_scratch='maybe' has the wrong type: expected true or false"),
     "mask_scale": (["method=deepiot", "critic.mask_scale=half"], "critic.mask_scale must be one of"),
     "baseline try_scratch=maybe": (

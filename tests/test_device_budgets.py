@@ -117,6 +117,7 @@ def test_a_profile_of_another_runtime_or_thread_count_is_refused(tmp_path, data,
         ({"target_model_kb": 1.0}, r"target_model_kb=1 cannot be met: the smallest structure .* 3.152 KiB .* at least 3.152 KiB"),
         ({"target_peak_activation_kb": 0.5}, r"target_peak_activation_kb=0.5 cannot be met: .* 3.066 KiB of activation bytes.* at least 3.066 KiB"),
         ({"target_latency_ms": 0.01}, r"target_latency_ms=0.01 cannot be met: .* 0.03795 ms predicted"),
+        ({"target_model_kb": 50.0, "min_kept": 30}, r"target_model_kb=50 cannot be met: the smallest structure the model can have \(compress.min_kept=30 elements per group"),
     ],
 )  # fmt: skip
 def test_a_budget_the_original_meets_or_no_structure_meets_is_refused(tmp_path, trained_model, loop, message):

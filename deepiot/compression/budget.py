@@ -153,6 +153,7 @@ def budget_fractions(structure: Structure, loop_settings: Mapping[str, Any]) -> 
     A latency budget needs the profile attached first (`attach_profile`).
     """
     full = dict(structure.group_sizes)
+    min_kept = int(loop_settings.get("min_kept") or 1)
     fractions = {}
     for key, (cost, unit, scale) in BUDGET_COSTS.items():
         value = loop_settings.get(key)
@@ -160,10 +161,10 @@ def budget_fractions(structure: Structure, loop_settings: Mapping[str, Any]) -> 
             continue
         original = cost_of(structure, cost, full)
         if unit is None:
-            check_floor_cost(structure, cost, value, int(loop_settings.get("min_kept") or 1), original)
+            check_floor_cost(structure, cost, value, min_kept, original)
             fractions[cost] = value
             continue
-        check_device_budget(structure, f"compress.{key}={value:g}", cost, value, unit, scale, original)
+        check_device_budget(structure, f"compress.{key}={value:g}", cost, value, unit, scale, original, min_kept)
         fractions[cost] = value * scale / original
     return fractions
 
@@ -172,7 +173,7 @@ def check_floor_cost(structure: Structure, cost: str, fraction: float, min_kept:
     """BudgetError when `min_kept` elements in every group (capped at its size) cost more than `fraction`."""
     if min_kept <= 1:
         return  # one element per group below the budget: the search ends there (see budget_fractions)
-    floor = cost_of(structure, cost, {name: min(min_kept, size) for name, size in structure.group_sizes.items()})
+    floor = floor_cost(structure, cost, min_kept)
     if floor > fraction * original * (1 + 1e-9):
         raise BudgetError(
             f"compress.min_kept={min_kept} cannot be met at compress.target_{cost}={fraction:g}: {min_kept} elements "
@@ -181,10 +182,23 @@ def check_floor_cost(structure: Structure, cost: str, fraction: float, min_kept:
         )
 
 
+def floor_cost(structure: Structure, cost: str, min_kept: int) -> float:
+    """`cost` of the smallest structure the fit may leave: `min_kept` elements in every group (capped at its size)."""
+    return cost_of(structure, cost, {name: min(min_kept, size) for name, size in structure.group_sizes.items()})
+
+
 def check_device_budget(
-    structure: Structure, setting: str, cost: str, value: float, unit: str, scale: float, original: float
+    structure: Structure,
+    setting: str,
+    cost: str,
+    value: float,
+    unit: str,
+    scale: float,
+    original: float,
+    min_kept: int = 1,
 ) -> None:
-    """BudgetError when a budget of `value` `unit`s is met by the original or below the smallest structure."""
+    """BudgetError when a budget of `value` `unit`s is met by the original or below the smallest structure
+    (`min_kept` elements a group)."""
     source = " predicted by the device profile" if cost == "latency" else f" of {cost.replace('_', ' ')}"
     if original <= value * scale:
         raise BudgetError(
@@ -192,10 +206,11 @@ def check_device_budget(
             f"nothing to compress for this budget. Expected a budget below {original / scale:.4g} {unit}; or use "
             "the original as it is."
         )
-    floor = cost_of(structure, cost, dict.fromkeys(structure.group_sizes, 1))
+    floor = floor_cost(structure, cost, min_kept)
     if floor > value * scale * (1 + 1e-9):
+        smallest = "one element" if min_kept <= 1 else f"compress.min_kept={min_kept} elements"
         raise BudgetError(
-            f"{setting} cannot be met: the smallest structure the model can have (one element per group; the layers "
+            f"{setting} cannot be met: the smallest structure the model can have ({smallest} per group; the layers "
             f"deepiot does not compress stay whole) costs {floor / scale:.4g} {unit}{source}, more than the budget "
             f"of {value:g} {unit}. Expected a budget of at least {floor / scale:.4g} {unit}."
         )
