@@ -239,6 +239,38 @@ def test_runs_finished_before_the_process_settings_moved_still_count_as_finished
         harness.finished(run)
 
 
+def test_a_run_finished_before_a_config_file_changed_is_refused_not_skipped(tmp_path):
+    """result.json records the run's settings as the config files gave them: a finished run whose recorded value
+    of a key differs from what the files give now (an experiment file edited since) is a ConfigError naming the
+    key and both values, where the overrides alone would have skipped it as finished; keys only one side has
+    (added or removed since) and runs recorded without settings still count as finished."""
+    from deepiot.cli import harness
+    from deepiot.utils import ConfigError
+
+    original = f"paths.original_dir={tmp_path / 'original'}"
+    grid = harness.Grid(task="lenet5_mnist", methods=("deepiot",), budgets=(0.1,), seeds=(0,),
+                        runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", overrides=(original,))  # fmt: skip
+    run = grid.runs()[0]
+    settings = harness.run_settings(harness.compose_baseline_config([*run.overrides, "paths.output_dir=x"]))
+    assert settings["compress.min_kept"] == 1 and not any(key.startswith(("paths.", "budget.")) for key in settings)
+    run.folder.mkdir(parents=True)
+
+    def record(**changed):
+        (run.folder / harness.RESULT_FILE).write_text(
+            json.dumps({"overrides": run.overrides, "settings": {**settings, **changed}})
+        )
+
+    record()
+    harness.check_grid(grid)
+    record(**{"compress.a_key_removed_since": 3})
+    harness.check_grid(grid)
+    record(**{"compress.min_kept": 5, "finetune.lr": 0.5})
+    with pytest.raises(ConfigError, match=r"no longer give \(compress.min_kept: 5 → 1; finetune.lr: 0.5 → "):
+        harness.check_grid(grid)
+    (run.folder / harness.RESULT_FILE).write_text(json.dumps({"overrides": run.overrides}))
+    harness.check_grid(grid)
+
+
 # ---------------------------------------------------------------------------------------------- deepiot-export int8
 
 

@@ -321,7 +321,9 @@ def test_the_tables_of_two_fold_protocols_of_one_task_never_overwrite_each_other
     assert table == grid.folds_results_dir and (table / "table.md").is_file()
     timed = Grid(**{**grid.__dict__, "results_dir": tmp_path, "overrides": (*TINY, "data.dataset.split=time_folds")})
     assert len(harness.aggregate(timed)) == len(records)
-    assert (tmp_path / grid.task / "time_folds" / "table.md").is_file()  # named by the split the override names
+    timed_table = (tmp_path / grid.task / "time_folds" / "table.md").read_text()  # named by the split it names
+    assert timed_table.startswith(f"# {grid.task}: cross-validation (time folds)\n")
+    assert (table / "table.md").read_text().startswith(f"# {grid.task}: cross-validation (the data config's folds)")
     assert (tmp_path / grid.task / "time_folds" / "originals" / "fold0.pt").is_file()
     assert not (tmp_path / grid.task / "cv").exists()
 

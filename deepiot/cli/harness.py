@@ -19,6 +19,7 @@ DeepIoT run of the same fold, budget and seed from a fresh initialisation, so it
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines import statistics
@@ -50,7 +51,7 @@ from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.errors import DeepIoTError
 from deepiot.export import export_model, manifest_entries
-from deepiot.utils import ConfigError, atomic_write
+from deepiot.utils import ConfigError, atomic_write, describe_differences, flatten
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +234,9 @@ def check_grid(grid: Grid) -> None:
     ConfigError names the first bad value: an unknown task, an empty axis, a seed < 0, a budget outside (0, 1]
     (params, macs) or not > 0 (device units), a removed setting among the overrides (named with its replacement),
     a folder blocked by a file, a run's config as `run_baseline` checks it (one composed config per recipe ×
-    method), a run folder finished with other overrides, or a fold's original already in runs_dir trained with
-    another config (another data split, another fold's people, other epochs: one runs_dir holds one split).
+    method), a run folder finished with other overrides or with settings the config files no longer give (an
+    experiment or method file edited since: `check_settings`), or a fold's original already in runs_dir trained
+    with another config (another data split, another fold's people, other epochs: one runs_dir holds one split).
     """
     check_removed_keys(grid.overrides)
     tasks = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -271,21 +273,24 @@ def check_grid(grid: Grid) -> None:
                 f"{key}={folder} cannot be created: {blocking} is an existing file, not a folder."
             )
     runs = grid.runs()
-    checked: set[tuple[str, str]] = set()
+    settings: dict[tuple[str, str], dict[str, Any]] = {}
     for run in runs:
-        if (run.recipe, run.method) in checked:
+        if (run.recipe, run.method) in settings:
             continue
-        checked.add((run.recipe, run.method))
         try:
-            check_baseline_config(compose_baseline_config([*run.overrides, f"paths.output_dir={run.folder}"]))
+            cfg = compose_baseline_config([*run.overrides, f"paths.output_dir={run.folder}"])
+            check_baseline_config(cfg)
         except (HydraException, OmegaConfBaseException) as err:
             message = " ".join(str(err).split())
             raise ConfigError(f"the overrides of run {run.folder} do not compose: {message}") from err
+        settings[(run.recipe, run.method)] = run_settings(cfg)
     for run in runs:
         try:
-            finished(run)
+            done = finished(run)
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        if done:
+            check_settings(run, settings[(run.recipe, run.method)])
     for fold in grid.folds or (None,):  # an original trained with another split or fold is never reused
         trained_original(original_config(grid, fold))
 
@@ -345,6 +350,38 @@ def finished(run: Run) -> bool:
             "delete its folder, or use another runs_dir."
         )
     return True
+
+
+RUN_KEYS = ("paths", "budget", "run_seed", "data.dataset.fold", "method.plan")  # set per run by its overrides
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """A run's config as its files give it, flattened to dotted keys and unresolved (`${...}` stays as written),
+    less RUN_KEYS: the same for every run of one recipe and method of a grid. result.json records it."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
+    return {key: value for key, value in flat.items()
+            if not any(key == run_key or key.startswith(f"{run_key}.") for run_key in RUN_KEYS)}  # fmt: skip
+
+
+def check_settings(run: Run, expected: Mapping[str, Any]) -> None:
+    """ConfigError when the finished run's recorded settings give another value to a key than the config files
+    give now (an experiment or method file edited after the run: the harness would otherwise skip the run as
+    finished and table a row made with the old value). Keys one side lacks (added or removed since) and runs
+    recorded before settings were (no "settings") are not compared."""
+    path = run.folder / RESULT_FILE
+    recorded = json.loads(path.read_text()).get("settings")
+    if recorded is None:
+        return
+    recorded = {MOVED_KEYS.get(key, key): value for key, value in recorded.items()}
+    common = recorded.keys() & expected.keys()
+    old = {key: recorded[key] for key in common}
+    new = {key: expected[key] for key in common}
+    if old != new:
+        raise ConfigError(
+            f"{path} was written with settings the config files no longer give ({describe_differences(old, new)}): "
+            "a config changed after this run finished, so its row would not be what the grid's config makes. "
+            "Move its folder out of runs_dir (keep it as history) to run it again, or use another runs_dir."
+        )
 
 
 def renamed_overrides(recorded: Sequence[str]) -> list[str]:
@@ -420,6 +457,7 @@ def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:
         "seed": run.seed,
         "fold": run.fold,
         "overrides": run.overrides,
+        "settings": run_settings(cfg),
         "test_accuracy": report["accuracy"]["compressed_test"],
         "val_accuracy": report["accuracy"]["compressed_val"],
         "original_test_accuracy": report["accuracy"]["original_test"],
@@ -506,7 +544,8 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
     if folded or originals:  # the folds' originals are tabled also before any run (originals_only)
         original_accuracy = {original["fold"]: original["test_accuracy"] for original in originals}
         summary = summarise_folds(folded, original_accuracy)
-        write_results(grid.task, grid.folds_results_dir, folded, summary, summarise_originals(originals), cv_table)
+        folds_table = functools.partial(cv_table, folds_folder=grid.folds_results_dir.name)
+        write_results(grid.task, grid.folds_results_dir, folded, summary, summarise_originals(originals), folds_table)
         archive_originals(task_runs, grid.folds_results_dir)  # another machine can resume the grid
     return single + folded
 
@@ -694,10 +733,17 @@ def difference_text(difference: Mapping[str, Any] | None) -> str:
     return f"{text} [{100 * difference['low']:+.2f}, {100 * difference['high']:+.2f}]{marker}"
 
 
-def cv_table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str, Any] | None) -> str:
+FOLD_PROTOCOLS = {"cv": "the data config's folds"}  # the title of a fold table by its folder's name
+
+
+def cv_table(
+    task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str, Any] | None, folds_folder: str = "cv"
+) -> str:
     """Markdown: per method and budget the mean over folds with its 95% interval and the paired difference
-    to DeepIoT; the originals' accuracy per fold."""
-    lines = [f"# {task}: cross-validation", ""]
+    to DeepIoT; the originals' accuracy per fold. The title names the fold protocol by `folds_folder`
+    (`Grid.folds_results_dir`'s name: the split an override names, e.g. time_folds)."""
+    split = FOLD_PROTOCOLS.get(folds_folder, folds_folder.replace("_", " "))
+    lines = [f"# {task}: cross-validation ({split})", ""]
     if original is not None:
         folds = ", ".join(
             f"fold {record['fold']}: {100 * record['test_accuracy']:.2f}%" for record in original["folds"]
