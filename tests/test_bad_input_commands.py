@@ -73,6 +73,15 @@ BASELINE_CASES = {
     "min_kept=[]": (["method=deepiot", "compress.min_kept=[]"], "compress.min_kept"),
     "try_scratch=maybe": (["method=deepiot", "compress.try_scratch=maybe"], r"compress.try_scratch='maybe' has the wrong type: expected true or false"),
     "mask_scale": (["method=deepiot", "critic.mask_scale=half"], "critic.mask_scale must be one of"),
+    # budgets the architecture cannot meet: found on an untrained model of it, before the original is trained
+    "min_kept over the budget": (
+        ["method=deepiot", "compress.min_kept=40", "budget.fraction=0.01"],
+        r"compress.min_kept=40 cannot be met at compress.target_params=0.01: 40 elements in every group",
+    ),
+    "model_kb met by the original": (
+        ["method=deepiot", "budget.cost=model_kb", "budget.limit=5000"],
+        r"compress.target_model_kb=5000: the original model already fits",
+    ),
     "baseline try_scratch=maybe": (
         ["method=uniform", "method.try_scratch=maybe"],
         r"method.try_scratch='maybe' is invalid: expected true or false",

@@ -89,6 +89,9 @@ def test_groups_select_baseline_schedule_and_cost(tmp_path):
         ("compress.target_params=1.5", "target_params"),
         ("cost.name=joules", "unknown cost 'joules'"),
         ("compress.max_iterations=0", "max_iterations"),
+        # budgets the architecture cannot meet (BudgetError), found on an untrained model of it
+        ("compress.min_kept=90", r"compress.min_kept=90 cannot be met at compress.target_params="),
+        ("compress.target_model_kb=5000", r"compress.target_model_kb=5000: the original model already fits"),
     ],
 )
 def test_bad_config_fails_before_any_training(tmp_path, override, message):

@@ -34,13 +34,18 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from deepiot.api import OutputOptions, compress
+from deepiot.api import compress
 from deepiot.baselines.pipeline import METHODS, SCRATCH_ALTERNATIVE_METHODS, prune
 from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
-from deepiot.cli.compress import compression_config, config_device, output_options
+from deepiot.cli.compress import (
+    check_budgets_on_architecture,
+    compression_config,
+    config_device,
+    output_options,
+)
 from deepiot.cli.train import ensure_trained
-from deepiot.compression import CompressionResult
+from deepiot.compression import CompressionConfig
 from deepiot.compression.budget import DEVICE_BUDGETS, LatencyProfile
 from deepiot.compression.config import latency_profile_of
 from deepiot.finetune import FinetuneConfig
@@ -79,14 +84,20 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     recipe, (budget, cost) = check_baseline_config(cfg)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    bundle = load_bundle(cfg)
+    deepiot_config = deepiot_compression_config(cfg, recipe) if method["name"] in DEEPIOT_METHODS else None
+    if deepiot_config is not None:
+        check_budgets_on_architecture(cfg, bundle, deepiot_config)  # before the original is trained
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path)
-    bundle = load_bundle(cfg)
     out_dir = Path(cfg.paths.output_dir)
     outputs = output_options(cfg, checkpoint, original_path)
-    method = OmegaConf.to_container(cfg.method, resolve=True)
-    if method["name"] in DEEPIOT_METHODS:
-        return run_deepiot(cfg, model, bundle, recipe, out_dir, outputs).report
+    if deepiot_config is not None:
+        return compress(
+            model, bundle.train, bundle.val, bundle.test, config=deepiot_config, out_dir=out_dir, outputs=outputs,
+            progress=show_progress(cfg.progress_bar),
+        ).report  # fmt: skip
     # fraction/counts replace the budget; scratch only records it (its structure is the plan's or the counts')
     own_structure = method["name"] != "scratch" and (method.get("fraction") or method.get("counts"))
     result = prune(
@@ -215,16 +226,9 @@ def with_search_settings(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg, search) if search else cfg
 
 
-def run_deepiot(
-    cfg: DictConfig,
-    model: torch.nn.Module,
-    bundle: Any,
-    recipe: FinetuneConfig | None,
-    out_dir: Path,
-    outputs: OutputOptions,
-) -> CompressionResult:
-    """DeepIoT's budget-driven search with the budget as its target, then its fine-tuning of the sliced model
-    with `recipe` (the shared one; None keeps the compress config's own `finetune` group)."""
+def deepiot_compression_config(cfg: DictConfig, recipe: FinetuneConfig | None) -> CompressionConfig:
+    """DeepIoT's budget-driven search with the run's budget as its target and the run's seed, fine-tuning the
+    sliced model with `recipe` (the shared one; None keeps the compress config's own `finetune` group)."""
     config = compression_config(with_search_settings(cfg))
     budget, cost = budget_setting(cfg)
     targets = {key: None for key in ("params", "macs", *DEVICE_BUDGETS)}
@@ -232,11 +236,7 @@ def run_deepiot(
     loop = dataclasses.replace(
         config.loop, seed=int(cfg.run_seed), **{f"target_{key}": value for key, value in targets.items()}
     )
-    config = dataclasses.replace(config, loop=loop, finetune=recipe or config.finetune)
-    return compress(
-        model, bundle.train, bundle.val, bundle.test, config=config, out_dir=out_dir, outputs=outputs,
-        progress=show_progress(cfg.progress_bar),
-    )  # fmt: skip
+    return dataclasses.replace(config, loop=loop, finetune=recipe or config.finetune)
 
 
 @checked_command_line("deepiot-baseline", "baseline")

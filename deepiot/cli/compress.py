@@ -14,6 +14,7 @@ weights the plan refers to) and export/ (TorchScript, ONNX, manifest).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -28,11 +29,13 @@ from deepiot.checkpoint import load_trained_model, save_checkpoint
 from deepiot.cli import CONFIG_DIR, checked_command_line, reported_errors
 from deepiot.cli.train import ensure_trained
 from deepiot.compression import STATE_FILE, CompressionConfig, CompressionResult
+from deepiot.compression.budget import attach_profile, budget_fractions
 from deepiot.compression.state import read_saved_state
 from deepiot.export import SLICED_MODEL_KIND
 from deepiot.report import REPORT_JSON
 from deepiot.runtime import resolve_device
-from deepiot.train import check_train_config, load_bundle, show_progress
+from deepiot.structure import Structure
+from deepiot.train import build_fitting_model, check_train_config, describe_model, load_bundle, show_progress
 from deepiot.utils import ConfigError, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.num_threads)
     bundle = load_bundle(cfg)
     check_enough_data(bundle, config)
+    check_budgets_on_architecture(cfg, bundle, config)
     remove_stale_temporaries(out_dir)
     original_path = ensure_trained(cfg)
     model, checkpoint = load_trained_model(original_path, device)
@@ -122,6 +126,17 @@ def run_compress(cfg: DictConfig) -> dict[str, Any]:
     save_finetuned_model(out_dir, checkpoint, result)
     publish_report_last(out_dir, result.report)
     return result.report
+
+
+def check_budgets_on_architecture(cfg: DictConfig, bundle: Any, config: CompressionConfig) -> None:
+    """BudgetError, before the original is trained or loaded, for a budget the model's architecture cannot meet
+    (already met by the original, below the smallest structure, below the min_kept floor): the costs depend on
+    the layers' shapes, not on their weights, so an untrained model of `cfg.model` answers what the trained one
+    would (`budget_fractions`, the search's own check)."""
+    model = build_fitting_model(describe_model(cfg, bundle), bundle)
+    structure = Structure.from_model(model, bundle.train[:1][0])
+    attach_profile(structure, model, config.latency_profile, config.latency_needed_by())
+    budget_fractions(structure, dataclasses.asdict(config.loop))
 
 
 def check_enough_data(bundle: Any, config: CompressionConfig) -> None:
