@@ -136,6 +136,12 @@ def test_latency_model_sums_layers_and_overhead():
     ] * 3
     assert model.model_ms(rows) == pytest.approx(3 + 0.5 - 0.75)
     assert LatencyModel.from_dict(model.to_dict()) == model
+    # a negative fitted overhead never takes a model below its layers' floors (0.2 ms a linear layer here)
+    floored = LatencyModel({"linear": KindModel((1.0, 0.0, 0.0, 0.0, 0.0, 0.0), (), 0.2)}, (-10.0, 0.0))
+    assert floored.model_ms(rows) == pytest.approx(0.6)
+    macs = torch.tensor([1.0, 5.0], requires_grad=True)
+    tensor_rows = [{"kind": "linear", "features": {**rows[0]["features"], "macs": macs}}] * 3
+    assert floored.model_ms(tensor_rows).tolist() == pytest.approx([0.6, 0.6])
     with pytest.raises(ValueError, match="no latency model for gru layers"):
         model.layer_ms("gru", rows[0]["features"])
 

@@ -136,8 +136,11 @@ class LatencyModel:
         return total
 
     def model_ms(self, rows: Sequence[Mapping[str, Any]]) -> Number:
-        """Predicted time of a whole model: Σ layers + o₀ + o₁·layers."""
-        return self.layers_sum_ms(rows) + self.overhead[0] + self.overhead[1] * len(rows)
+        """Predicted time of a whole model: Σ layers + o₀ + o₁·layers, never below the sum of its layers' floors
+        (a fitted overhead can be negative: on a noisy profile it once took a small model's prediction below 0)."""
+        total = self.layers_sum_ms(rows) + self.overhead[0] + self.overhead[1] * len(rows)
+        floor = sum(self.kinds[row["kind"]].floor_ms for row in rows)
+        return torch.clamp(total, min=floor) if isinstance(total, Tensor) else max(total, floor)
 
     def with_overhead(
         self, models: Sequence[Sequence[Mapping[str, Any]]], times_ms: np.ndarray
