@@ -4,6 +4,7 @@ the deepiot-baseline config and recipes, and a CV grid resumed on another machin
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from deepiot.cli import harness, reproduce
 from deepiot.cli.baseline import compose_baseline_config, finetune_config, run_baseline
 from deepiot.cli.grid_archive import ORIGINAL_MODEL, restore_grid
 from deepiot.cli.harness import Grid, run_grid
+from deepiot.compression.state import SCRATCH_STATE_FILE
 from deepiot.export import ExportError
 from deepiot.utils import ConfigError
 
@@ -198,6 +200,41 @@ def test_fold_runs_have_their_own_folders_originals_and_order(tmp_path):
     scratch = runs[2]
     assert f"method.plan={runs[0].folder / 'slicing_plan.json'}" in scratch.overrides  # DeepIoT's architecture
     assert harness.parse_folds("0-2,4") == (0, 1, 2, 4) and harness.parse_folds("") == ()
+
+
+def test_a_scratch_run_takes_over_deepiots_own_training_from_scratch_bit_for_bit(tmp_path):
+    overrides = (*TINY, f"paths.original_dir={tmp_path / 'train'}", "compress.try_scratch=true")
+    grid = tiny_grid(tmp_path, methods=("deepiot", "scratch"), seeds=(0,), overrides=overrides)
+    source, run = grid.runs()
+    taken = {record["method"]: record for record in run_grid(grid)}["scratch"]
+    assert taken["training_reused_from"] == str(source.folder)
+    shared = load_checkpoint(run.folder / "finetune_state.pt", kind="finetune_state")
+
+    shutil.rmtree(run.folder)  # trained again, with no DeepIoT training to take over
+    (source.folder / SCRATCH_STATE_FILE).unlink()
+    trained = {record["method"]: record for record in run_grid(grid)}["scratch"]
+    assert trained["training_reused_from"] is None
+    own = load_checkpoint(run.folder / "finetune_state.pt", kind="finetune_state")
+    assert own["best_state_dict"].keys() == shared["best_state_dict"].keys()
+    assert all(torch.equal(own["best_state_dict"][key], shared["best_state_dict"][key]) for key in own["best_state_dict"])
+    assert (trained["test_accuracy"], trained["val_accuracy"]) == (taken["test_accuracy"], taken["val_accuracy"])
+
+
+def test_a_scratch_run_trains_itself_when_deepiots_training_used_another_recipe_or_seed(tmp_path):
+    overrides = (*TINY, f"paths.original_dir={tmp_path / 'train'}", "compress.try_scratch=true")
+    grid = tiny_grid(tmp_path, methods=("deepiot",), seeds=(0,), overrides=overrides)
+    run_grid(grid)
+    scratch = harness.Run(grid, "equal", "scratch", 0.2, 0)
+    cfg = compose_baseline_config([*scratch.overrides, f"paths.output_dir={scratch.folder}"])
+    state = grid.runs()[0].folder / SCRATCH_STATE_FILE
+    saved = torch.load(state, weights_only=False)
+    torch.save({**saved, "config": {**saved["config"], "lr": saved["config"]["lr"] * 2}}, state)
+    assert harness.reuse_scratch_training(scratch, cfg) is None  # another recipe
+    torch.save(saved, state)
+    cfg_seed = compose_baseline_config([*scratch.overrides, "run_seed=1", f"paths.output_dir={scratch.folder}"])
+    assert harness.reuse_scratch_training(scratch, cfg_seed) is None  # another initialisation seed
+    assert harness.reuse_scratch_training(scratch, cfg) == grid.runs()[0].folder
+    assert (scratch.folder / "finetune_state.pt").read_bytes() == state.read_bytes()
 
 
 def test_a_scratch_suffixed_method_runs_the_method_with_try_scratch_in_its_own_folder(tmp_path):

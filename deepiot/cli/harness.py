@@ -14,7 +14,8 @@ the grid's overrides) and lives in `<runs>/<task>/fold<k>/...`; each fold has it
 `<runs>/<task>/fold<k>/original/train/` and shared by the fold's runs. The table then gives, per method and
 budget, the mean over folds (seeds averaged inside a fold) with its 95% interval and the paired difference to
 DeepIoT on the same folds (`deepiot.baselines.statistics`). The `scratch` method trains the architecture of the
-DeepIoT run of the same fold, budget and seed from a fresh initialisation, so it runs after it.
+DeepIoT run of the same fold, budget and seed from a fresh initialisation, so it runs after it; where that run's
+`compress.try_scratch` already did exactly this training, the scratch run takes it over (`reuse_scratch_training`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 import logging
 import platform
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +36,25 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines import statistics
-from deepiot.baselines.pipeline import METHODS, SCRATCH_ALTERNATIVE_METHODS
-from deepiot.checkpoint import load_trained_model
+from deepiot.baselines.pipeline import FINETUNE_STATE, METHODS, SCRATCH_ALTERNATIVE_METHODS
+from deepiot.checkpoint import load_checkpoint, load_trained_model
 from deepiot.cli import CONFIG_DIR, MOVED_KEYS, check_removed_keys
 from deepiot.cli.baseline import (
     DEEPIOT_METHODS,
     RECIPES,
     check_baseline_config,
     compose_baseline_config,
+    finetune_config,
     run_baseline,
 )
 from deepiot.cli.grid_archive import RESULT_FILE, archive_originals, run_folder
 from deepiot.cli.train import ensure_trained, trained_original
 from deepiot.compression.budget import DEVICE_BUDGETS
+from deepiot.compression.state import SCRATCH_STATE_FILE
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.errors import DeepIoTError
 from deepiot.export import export_model, manifest_entries
+from deepiot.finetune import STATE_KIND as FINETUNE_STATE_KIND
 from deepiot.utils import ConfigError, atomic_write, describe_differences, flatten
 
 log = logging.getLogger(__name__)
@@ -441,6 +445,7 @@ def original_config(grid: Grid, fold: int | None) -> DictConfig:
 def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:
     """One run: `run_baseline` into the run folder, ONNX latency, then result.json (last, atomically)."""
     cfg = compose_baseline_config([*run.overrides, f"paths.output_dir={run.folder}"])
+    reused = reuse_scratch_training(run, cfg)
     report = run_baseline(cfg)
     example = torch.zeros(1, *original["input_shape"])
     sparse = "unstructured" in report
@@ -474,9 +479,36 @@ def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:
         "torch_pruning_params": report.get("torch_pruning", {}).get("params"),
         "element_choice": report.get("element_choice"),  # DeepIoT: the weights fine-tuning started from
         "wall_time_s": report["wall_time_s"],
+        "training_reused_from": str(reused) if reused else None,  # scratch: the DeepIoT run that trained it
     }
     atomic_write(run.folder / RESULT_FILE, lambda file: file.write(json.dumps(record, indent=2) + "\n"))
     return record
+
+
+def reuse_scratch_training(run: Run, cfg: DictConfig) -> Path | None:
+    """A `scratch` run trains what its DeepIoT run's `compress.try_scratch` has already trained: the same sliced
+    architecture, re-initialised with the same seed, trained with the same recipe and teacher (the fold's
+    original). When that run is finished and kept its training (`scratch_finetune_state.pt`) with this run's
+    recipe, seed and number of steps, the file becomes this run's fine-tuning state, which `finetune` resumes at
+    its last step — what training it again gives, bit for bit (tests/test_reproduce.py), without the hours.
+    Returns the DeepIoT run folder it came from, or None (the run trains itself)."""
+    if run.method != "scratch" or (run.folder / FINETUNE_STATE).exists():
+        return None
+    source = Run(run.grid, run.recipe, SCRATCH_SOURCE, run.budget, run.seed, run.fold).folder
+    state, report = source / SCRATCH_STATE_FILE, source / "report.json"
+    if not ((source / RESULT_FILE).is_file() and state.is_file() and report.is_file()):
+        return None
+    recipe = finetune_config(cfg)
+    saved = load_checkpoint(state, kind=FINETUNE_STATE_KIND)
+    seed = json.loads(report.read_text()).get("config", {}).get("loop", {}).get("seed")
+    same = recipe is not None and saved["config"] == asdict(recipe) and saved["loop"]["step"] == recipe.steps
+    if not same or seed != int(cfg.run_seed):
+        return None
+    data = state.read_bytes()
+    atomic_write(run.folder / FINETUNE_STATE, lambda file: file.write(data), binary=True)
+    log.info("%s: the training from scratch of %s is this run's (same architecture, seed and recipe)", run.folder,
+             source)  # fmt: skip
+    return source
 
 
 def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int) -> float:
