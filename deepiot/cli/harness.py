@@ -25,7 +25,7 @@ import json
 import logging
 import platform
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deepiot.baselines import statistics
 from deepiot.baselines.pipeline import FINETUNE_STATE, METHODS, SCRATCH_ALTERNATIVE_METHODS
-from deepiot.checkpoint import load_checkpoint, load_trained_model
+from deepiot.checkpoint import load_trained_model
 from deepiot.cli import CONFIG_DIR, MOVED_KEYS, check_removed_keys
 from deepiot.cli.baseline import (
     DEEPIOT_METHODS,
@@ -54,7 +54,7 @@ from deepiot.compression.state import SCRATCH_STATE_FILE
 from deepiot.cost.latency import measure_onnx_latency
 from deepiot.errors import DeepIoTError
 from deepiot.export import export_model, manifest_entries
-from deepiot.finetune import STATE_KIND as FINETUNE_STATE_KIND
+from deepiot.finetune import read_saved_state
 from deepiot.utils import ConfigError, atomic_write, describe_differences, flatten
 
 log = logging.getLogger(__name__)
@@ -490,7 +490,7 @@ def reuse_scratch_training(run: Run, cfg: DictConfig) -> Path | None:
     architecture, re-initialised with the same seed, trained with the same recipe and teacher (the fold's
     original). When that run is finished and kept its training (`scratch_finetune_state.pt`) with this run's
     recipe, seed and number of steps, the file becomes this run's fine-tuning state, which `finetune` resumes at
-    its last step — what training it again gives, bit for bit (tests/test_reproduce.py), without the hours.
+    its last step — what training it again gives, bit for bit (tests/test_reproduce.py).
     Returns the DeepIoT run folder it came from, or None (the run trains itself)."""
     if run.method != "scratch" or (run.folder / FINETUNE_STATE).exists():
         return None
@@ -499,10 +499,14 @@ def reuse_scratch_training(run: Run, cfg: DictConfig) -> Path | None:
     if not ((source / RESULT_FILE).is_file() and state.is_file() and report.is_file()):
         return None
     recipe = finetune_config(cfg)
-    saved = load_checkpoint(state, kind=FINETUNE_STATE_KIND)
     seed = json.loads(report.read_text()).get("config", {}).get("loop", {}).get("seed")
-    same = recipe is not None and saved["config"] == asdict(recipe) and saved["loop"]["step"] == recipe.steps
-    if not same or seed != int(cfg.run_seed):
+    if recipe is None or seed != int(cfg.run_seed):
+        return None
+    try:  # the recipe check `finetune` makes before it resumes
+        saved = read_saved_state(state, recipe)
+    except ConfigError:
+        return None
+    if saved["loop"]["step"] != recipe.steps:
         return None
     data = state.read_bytes()
     atomic_write(run.folder / FINETUNE_STATE, lambda file: file.write(data), binary=True)
