@@ -248,11 +248,12 @@ def test_runs_finished_before_the_process_settings_moved_still_count_as_finished
         harness.finished(run)
 
 
-def test_a_run_finished_before_a_config_file_changed_is_refused_not_skipped(tmp_path):
+def test_a_run_finished_before_a_config_file_changed_is_refused_not_skipped(tmp_path, caplog):
     """result.json records the run's settings as the config files gave them: a finished run whose recorded value
     of a key differs from what the files give now (an experiment file edited since) is a ConfigError naming the
     key and both values, where the overrides alone would have skipped it as finished; keys only one side has
-    (added or removed since) and runs recorded without settings still count as finished."""
+    (added or removed since) and runs recorded without settings still count as finished, the latter with a
+    warning that names them as unchecked."""
     from deepiot.cli import harness
     from deepiot.utils import ConfigError
 
@@ -270,14 +271,19 @@ def test_a_run_finished_before_a_config_file_changed_is_refused_not_skipped(tmp_
         )
 
     record()
-    harness.check_grid(grid)
+    with caplog.at_level("WARNING", logger=harness.log.name):
+        harness.check_grid(grid)
+    assert "without a check" not in caplog.text
     record(**{"compress.a_key_removed_since": 3})
     harness.check_grid(grid)
     record(**{"compress.min_kept": 5, "finetune.lr": 0.5})
     with pytest.raises(ConfigError, match=r"no longer give \(compress.min_kept: 5 → 1; finetune.lr: 0.5 → "):
         harness.check_grid(grid)
     (run.folder / harness.RESULT_FILE).write_text(json.dumps({"overrides": run.overrides}))
-    harness.check_grid(grid)
+    with caplog.at_level("WARNING", logger=harness.log.name):
+        harness.check_grid(grid)
+    warning = f"1 finished run(s) of the lenet5_mnist grid were recorded before runs recorded their settings (e.g. {run.folder})"
+    assert warning in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- deepiot-export int8

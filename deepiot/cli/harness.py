@@ -288,13 +288,21 @@ def check_grid(grid: Grid) -> None:
             message = " ".join(str(err).split())
             raise ConfigError(f"the overrides of run {run.folder} do not compose: {message}") from err
         settings[(run.recipe, run.method)] = run_settings(cfg)
+    unchecked = []
     for run in runs:
         try:
             done = finished(run)
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        if done:
-            check_settings(run, settings[(run.recipe, run.method)])
+        if done and not check_settings(run, settings[(run.recipe, run.method)]):
+            unchecked.append(run.folder)
+    if unchecked:
+        log.warning(
+            "%d finished run(s) of the %s grid were recorded before runs recorded their settings (e.g. %s): they "
+            "count as finished without a check against the config files. If a config file changed since they ran "
+            "(an experiment's compress.min_kept, say), move their folders out of runs_dir to run them again.",
+            len(unchecked), grid.task, unchecked[0],
+        )  # fmt: skip
     for fold in grid.folds or (None,):  # an original trained with another split or fold is never reused
         trained_original(original_config(grid, fold))
 
@@ -367,15 +375,15 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
             if not any(key == run_key or key.startswith(f"{run_key}.") for run_key in RUN_KEYS)}  # fmt: skip
 
 
-def check_settings(run: Run, expected: Mapping[str, Any]) -> None:
+def check_settings(run: Run, expected: Mapping[str, Any]) -> bool:
     """ConfigError when the finished run's recorded settings give another value to a key than the config files
     give now (an experiment or method file edited after the run: the harness would otherwise skip the run as
-    finished and table a row made with the old value). Keys one side lacks (added or removed since) and runs
-    recorded before settings were (no "settings") are not compared."""
+    finished and table a row made with the old value). Keys one side lacks (added or removed since) are not
+    compared; False (nothing compared) for a run recorded before settings were (no "settings"), True otherwise."""
     path = run.folder / RESULT_FILE
     recorded = json.loads(path.read_text()).get("settings")
     if recorded is None:
-        return
+        return False
     recorded = {MOVED_KEYS.get(key, key): value for key, value in recorded.items()}
     common = recorded.keys() & expected.keys()
     old = {key: recorded[key] for key in common}
@@ -386,6 +394,7 @@ def check_settings(run: Run, expected: Mapping[str, Any]) -> None:
             "a config changed after this run finished, so its row would not be what the grid's config makes. "
             "Move its folder out of runs_dir (keep it as history) to run it again, or use another runs_dir."
         )
+    return True
 
 
 def renamed_overrides(recorded: Sequence[str]) -> list[str]:
