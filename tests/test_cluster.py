@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_reproduce import TINY
 
-from deepiot.cli import harness
+from deepiot.cli import dispatch, harness
 from deepiot.cli.dispatch import run_grid_on, waves
 from deepiot.cli.harness import Grid
 
@@ -232,6 +232,40 @@ def test_parallel_grid_gives_the_sequential_results_and_a_killed_grid_resumes_on
     assert outcomes(run_grid_on(grid, "submitit_local", workers=2)) == outcomes(expected)
     logs = sorted((grid.runs_dir / ".submitit").glob("*/*_0_log.err"))
     assert len(logs) == 2  # the original (read back) and the killed run
+
+
+def test_a_run_another_process_finished_during_the_grid_is_not_run_again(
+    sequential_grid, monkeypatch, caplog
+):
+    """A scratch run started by hand once its DeepIoT run was done finishes while the grid's earlier wave runs: the
+    grid's scratch wave (listed when the grid started) skips it instead of training it a second time."""
+    tmp_path, original, _ = sequential_grid
+    monkeypatch.setenv("PYTHONPATH", job_env()["PYTHONPATH"])  # the loky workers import this checkout
+    grid = tiny_grid(tmp_path, "sequential", original)  # its folder is left as it was: the same result.json
+    scratch = next(run for run in grid.runs() if run.method == "scratch")
+    result = scratch.folder / harness.RESULT_FILE
+    finished_by_hand = result.read_bytes()
+    result.unlink()
+    assert [len(wave) for wave in waves(grid)] == [1, 0, 1]  # the original and the scratch run are pending
+    submitted, enter = [], dispatch.Executor.__enter__
+
+    def enter_and_finish_by_hand(self):
+        submit_all = enter(self)
+
+        def submit(jobs, cwd):
+            submitted.append([job.name for job in jobs])
+            outcomes = submit_all(jobs, cwd)
+            result.write_bytes(finished_by_hand)  # meanwhile, another process finished the scratch run
+            return outcomes
+
+        return submit
+
+    monkeypatch.setattr(dispatch.Executor, "__enter__", enter_and_finish_by_hand)
+    with caplog.at_level("INFO", logger="deepiot.cli.dispatch"):
+        records = run_grid_on(grid, "parallel", workers=2)
+    assert submitted == [[str(grid.task_dir(None) / "original")]]  # no scratch wave
+    assert f"{scratch.folder}: finished since the grid started (by another process): skipped" in caplog.text
+    assert len(records) == 4 and result.read_bytes() == finished_by_hand
 
 
 def test_ray_grid_from_the_command_line_gives_the_sequential_results(ray_head, sequential_grid):

@@ -9,7 +9,8 @@ Waves, each finished before the next starts: the originals of the folds with mis
 then every missing run but `scratch`, then the `scratch` runs (each trains the architecture of the DeepIoT run of
 its fold, budget and seed, so that run must have finished). The driver then aggregates, exactly as `run_grid`
 does. A run is skipped when its result.json exists (written last, atomically), so a killed grid, rerun on any
-launcher, runs only what is missing. A failing run does not stop the others (GridError names the failures after
+launcher, runs only what is missing; each wave checks again before it starts, so a run another process finished
+meanwhile is not run twice. A failing run does not stop the others (GridError names the failures after
 aggregating); a configuration error (it would fail every run) stops the grid after the wave it occurred in.
 
 Jobs run in the driver's working folder (relative runs_dir and overrides resolve as in the driver; on several Ray
@@ -100,6 +101,15 @@ def waves(grid: Grid) -> list[list[Job]]:
     ]
 
 
+def finished_since(job: Job) -> bool:
+    """Whether the job's run finished after the grid listed its waves (another process ran it meanwhile, e.g. a
+    scratch run started by hand once its DeepIoT run was done): it is skipped, not run again."""
+    if job.run is None or not harness.finished(job.run):
+        return False
+    log.info("%s: finished since the grid started (by another process): skipped", job.name)
+    return True
+
+
 def run_grid_on(
     grid: Grid, launcher: str = "sequential", workers: int = 2, address: str | None = None
 ) -> list[dict[str, Any]]:
@@ -119,7 +129,7 @@ def run_grid_on(
     cwd = os.getcwd()
     with Executor(launcher, workers, address, grid) as submit_all:
         for wave in waves(grid):
-            wave = [job for job in wave if job.fold not in failed_folds]
+            wave = [job for job in wave if job.fold not in failed_folds and not finished_since(job)]
             if not wave:
                 continue
             log.info("%s: %d job(s) on %s, %d at a time", grid.task, len(wave), launcher, workers)
