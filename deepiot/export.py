@@ -39,8 +39,16 @@ from deepiot.structure.plan import rebuild_original
 from deepiot.utils import describe_differences
 
 FORMATS = ("torchscript", "onnx", "executorch", "litert")
-DEFAULT_FORMATS = ("torchscript", "onnx")  # executorch needs the optional [edge] extra, litert the [litert] one
-FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "executorch": "model.pte", "litert": "model.tflite"}
+DEFAULT_FORMATS = (
+    "torchscript",
+    "onnx",
+)  # executorch needs the optional [edge] extra, litert the [litert] one
+FILE_NAMES = {
+    "torchscript": "model.ts",
+    "onnx": "model.onnx",
+    "executorch": "model.pte",
+    "litert": "model.tflite",
+}
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "slicing_plan.json"
 INT8_NAME = "model.int8.onnx"  # written by deepiot.quantize.export_int8 after an export

@@ -54,7 +54,9 @@ def main() -> None:
     cpus = [cpu for cpu in options.get("cpus", "EPYC-Rome,Haswell").split(",") if cpu]
     model, saved = load_trained_model(checkpoint)
     train, test = checkpoint_datasets(checkpoint)
-    chosen = np.linspace(0, len(test) - 1, min(windows, len(test))).round().astype(int)  # spread over the split
+    chosen = (
+        np.linspace(0, len(test) - 1, min(windows, len(test))).round().astype(int)
+    )  # spread over the split
     inputs, labels = test.tensors[0][chosen].numpy().astype(np.float32), test.tensors[1][chosen].numpy()
     lines = [f"`{checkpoint}` ({len(inputs)} test windows; onnxruntime int8 static QDQ, per-channel, 256 "
              "calibration windows from the training split)", "",

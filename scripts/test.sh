@@ -23,4 +23,5 @@ if ! command -v qemu-x86_64 >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-g
     || echo "[test] qemu-user could not be installed; the emulated-CPU int8 tests will skip"
 fi
 python3 -m ruff check deepiot tests scripts
+python3 -m ruff format --check deepiot tests scripts
 python3 -m pytest -m "not slow" -q "$@"

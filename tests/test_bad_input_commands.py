@@ -71,7 +71,10 @@ BASELINE_CASES = {
     "min_kept=0": (["method=deepiot", "compress.min_kept=0"], "compress.min_kept must be a positive"),
     "min_kept=abc": (["method=deepiot", "compress.min_kept=abc"], "compress.min_kept"),
     "min_kept=[]": (["method=deepiot", "compress.min_kept=[]"], "compress.min_kept"),
-    "try_scratch=maybe": (["method=deepiot", "compress.try_scratch=maybe"], r"compress.try_scratch='maybe' has the wrong type: expected true or false"),
+    "try_scratch=maybe": (
+        ["method=deepiot", "compress.try_scratch=maybe"],
+        r"compress.try_scratch='maybe' has the wrong type: expected true or false",
+    ),
     "mask_scale": (["method=deepiot", "critic.mask_scale=half"], "critic.mask_scale must be one of"),
     # budgets the architecture cannot meet: found on an untrained model of it, before the original is trained
     "min_kept over the budget": (
@@ -139,7 +142,10 @@ REPRODUCE_CASES = {
         ["remeasure_latency=maybe"],
         "remeasure_latency='maybe' is invalid: expected true or false",
     ),
-    "originals_only=maybe": (["originals_only=maybe"], "originals_only='maybe' is invalid: expected true or false"),
+    "originals_only=maybe": (
+        ["originals_only=maybe"],
+        "originals_only='maybe' is invalid: expected true or false",
+    ),
     "originals_only, bad grid": (
         ["originals_only=true", "seeds=-1"],
         r"seeds=\[-1\] is invalid: expected integers >= 0",
@@ -262,7 +268,9 @@ def test_a_run_finished_before_a_config_file_changed_is_refused_not_skipped(tmp_
                         runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", overrides=(original,))  # fmt: skip
     run = grid.runs()[0]
     settings = harness.run_settings(harness.compose_baseline_config([*run.overrides, "paths.output_dir=x"]))
-    assert settings["compress.min_kept"] == 1 and not any(key.startswith(("paths.", "budget.")) for key in settings)
+    assert settings["compress.min_kept"] == 1 and not any(
+        key.startswith(("paths.", "budget.")) for key in settings
+    )
     run.folder.mkdir(parents=True)
 
     def record(**changed):
@@ -393,7 +401,9 @@ def test_deepiot_profile_refuses_bad_settings_before_any_timing(case_id, tmp_pat
     command = [sys.executable, "-m", "deepiot.cli.profile", *arguments, f"out_dir={tmp_path / 'profile'}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.startswith("deepiot-profile: error: ") and done.stderr.count("error:") == 1, done.stderr
+    assert done.stderr.startswith("deepiot-profile: error: ") and done.stderr.count("error:") == 1, (
+        done.stderr
+    )
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one paragraph
     assert re.search(pattern, done.stderr), (pattern, done.stderr)
     assert files_under(tmp_path) == []  # no suite, no profile
@@ -437,14 +447,32 @@ def test_edge_table_refuses_bad_arguments_before_any_export(case_id, tmp_path):
 
 CRITERIA_CASES = {
     "no run dir": ([], "the following arguments are required: --run-dir"),
-    "run dir without an original": (["--run-dir", "{tmp}/empty", "--counts-from", "r.json"], "has no original/train"),
+    "run dir without an original": (
+        ["--run-dir", "{tmp}/empty", "--counts-from", "r.json"],
+        "has no original/train",
+    ),
     "missing counts file": (["--run-dir", "{fold}", "--counts-from", "gone.json"], "is not a finished run's"),
-    "malformed counts file": (["--run-dir", "{fold}", "--counts-from", "bad.json"], "is not a finished run's"),
+    "malformed counts file": (
+        ["--run-dir", "{fold}", "--counts-from", "bad.json"],
+        "is not a finished run's",
+    ),
     "empty counts": (["--run-dir", "{fold}", "--counts-from", "empty.json"], "kept_counts must map groups"),
-    "threads 0": (["--run-dir", "{fold}", "--counts-from", "r.json", "--threads", "0"], "--threads: expected"),
-    "threads x": (["--run-dir", "{fold}", "--counts-from", "r.json", "--threads", "x"], "--threads: expected"),
-    "empty criteria": (["--run-dir", "{fold}", "--counts-from", "r.json", "--criteria", ""], "--criteria: expected"),
-    "unknown criterion": (["--run-dir", "{fold}", "--criteria", "l2", "--counts-from", "r.json"], "subset of"),
+    "threads 0": (
+        ["--run-dir", "{fold}", "--counts-from", "r.json", "--threads", "0"],
+        "--threads: expected",
+    ),
+    "threads x": (
+        ["--run-dir", "{fold}", "--counts-from", "r.json", "--threads", "x"],
+        "--threads: expected",
+    ),
+    "empty criteria": (
+        ["--run-dir", "{fold}", "--counts-from", "r.json", "--criteria", ""],
+        "--criteria: expected",
+    ),
+    "unknown criterion": (
+        ["--run-dir", "{fold}", "--criteria", "l2", "--counts-from", "r.json"],
+        "subset of",
+    ),
 }
 
 
@@ -464,7 +492,9 @@ def test_compare_criteria_refuses_bad_arguments_before_any_work(case_id, tmp_pat
     before = files_under(tmp_path)
     arguments = [argument.format(fold=fold, tmp=tmp_path) for argument in arguments]
     script = Path(__file__).resolve().parents[1] / "scripts" / "compare_criteria.py"
-    done = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.startswith("compare_criteria: error: "), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one paragraph
@@ -559,12 +589,18 @@ def test_a_removed_setting_is_refused_with_its_replacement(argument):
     with pytest.raises(ConfigError, match=REMOVED[argument]):
         check_removed_keys(["experiment=lenet5_mnist", argument])
     # settings that exist: the root keys, and the trainer group's others
-    check_removed_keys(["paths.original_dir=out", "num_threads=1", "progress_bar=false", "trainer.resume=false"])
+    check_removed_keys(
+        ["paths.original_dir=out", "num_threads=1", "progress_bar=false", "trainer.resume=false"]
+    )
 
 
-@pytest.mark.parametrize("argument", ["paths.artifacts_dir=out", "trainer.num_threads=1", "trainer.progress_bar=false"])
+@pytest.mark.parametrize(
+    "argument", ["paths.artifacts_dir=out", "trainer.num_threads=1", "trainer.progress_bar=false"]
+)
 @pytest.mark.parametrize("command", ["train", "compress", "baseline"])
-def test_commands_refuse_a_removed_setting_before_hydra_runs(command, argument, monkeypatch, tmp_path, capsys):
+def test_commands_refuse_a_removed_setting_before_hydra_runs(
+    command, argument, monkeypatch, tmp_path, capsys
+):
     import importlib
 
     main = importlib.import_module(f"deepiot.cli.{command}").main

@@ -81,7 +81,9 @@ def test_importance_is_the_batchnorm_folded_layer_and_the_raw_weights_without_on
     matrix = structure.importance_matrix(model, "conv1")  # [1·3·3 + 1, 8]
     fused = nn.functional.conv2d(inputs, matrix[:-1].t().reshape(8, 1, 3, 3), matrix[-1])
     assert torch.allclose(fused, model.bn1(model.conv1(inputs)), atol=1e-5)
-    assert structure.batchnorm_of(model, "conv1") is model.bn1 and structure.batchnorm_of(model, "conv2") is None
+    assert (
+        structure.batchnorm_of(model, "conv1") is model.bn1 and structure.batchnorm_of(model, "conv2") is None
+    )
     assert torch.equal(structure.importance_matrix(model, "conv2"), structure.weight_matrix(model, "conv2"))
 
 
@@ -382,7 +384,9 @@ def test_random_at_a_budget_keeps_magnitude_floors_counts_not_the_collapsed_ones
     floor_counts = selection.counts_of(selection.magnitude_floor_at_budget(model, structure, 0.02))
     assert selection.counts_of(choice.kept) == floor_counts
     assert floor_counts["fc2"] >= 10
-    assert choice.kept != selection.magnitude_floor_at_budget(model, structure, 0.02)  # random, not the L1 pick
+    assert choice.kept != selection.magnitude_floor_at_budget(
+        model, structure, 0.02
+    )  # random, not the L1 pick
 
 
 def test_default_floors_rise_to_the_class_count_within_half_the_budget():
@@ -461,8 +465,12 @@ def test_try_scratch_keeps_the_better_of_the_handed_on_and_the_reinitialised_wei
     result = prune(model, toy_data(64, 0), toy_data(32, 1), method="magnitude", budget=0.3, seed=5,
                    try_scratch=True, finetune_config=NO_FINETUNING, out_dir=tmp_path, outputs=NO_LATENCY)  # fmt: skip
     assert [scratch for scratch, _ in started] == [False, True]
-    handed_on, _ = slice_checked(model, structure, selection.magnitude_at_budget(model, structure, 0.3), inputs)
-    fresh, _ = runtime.reinitialised(handed_on, 5)  # the definition: same architecture, reset, seeded by `seed`
+    handed_on, _ = slice_checked(
+        model, structure, selection.magnitude_at_budget(model, structure, 0.3), inputs
+    )
+    fresh, _ = runtime.reinitialised(
+        handed_on, 5
+    )  # the definition: same architecture, reset, seeded by `seed`
     for (_, weights), expected in zip(started, (handed_on, fresh), strict=True):
         assert all(torch.equal(weights[key], value) for key, value in expected.state_dict().items())
     assert result.report["element_choice"] == {"scratch": {
@@ -470,8 +478,14 @@ def test_try_scratch_keeps_the_better_of_the_handed_on_and_the_reinitialised_wei
         "val_accuracy": {"handed_on": 0.9 - 0.1 * scratch_better, "scratch": 0.8 + 0.1 * scratch_better},
     }}  # fmt: skip
     winner = fresh if scratch_better else handed_on  # 0 steps: the winner's weights come back unchanged
-    assert all(torch.equal(value, winner.state_dict()[key]) for key, value in result.sliced_model.state_dict().items())
-    assert json.loads((tmp_path / "report.json").read_text())["element_choice"] == result.report["element_choice"]
+    assert all(
+        torch.equal(value, winner.state_dict()[key])
+        for key, value in result.sliced_model.state_dict().items()
+    )
+    assert (
+        json.loads((tmp_path / "report.json").read_text())["element_choice"]
+        == result.report["element_choice"]
+    )
 
 
 @pytest.mark.parametrize("method", ["scratch", "unstructured", "unstructured_fair"])

@@ -122,7 +122,9 @@ def test_a_min_kept_the_budget_cannot_pay_for_is_refused_before_the_search(data,
     critic = LeNet300(hidden1=60, hidden2=30)
     critic.load_state_dict(trained_model.state_dict())
     config = budget_config(target_params=0.02, min_kept=30)  # 30 fc1 units alone: 30 x 784 weights, ~45%
-    with pytest.raises(BudgetError, match=r"compress.min_kept=30 cannot be met at compress.target_params=0.02"):
+    with pytest.raises(
+        BudgetError, match=r"compress.min_kept=30 cannot be met at compress.target_params=0.02"
+    ):
         build_parts(critic, Structure.from_model(critic, data[0].tensors[0][:1]), data[0].tensors, config)
 
 

@@ -26,7 +26,13 @@ PACKAGE = Path(deepiot.__file__).parent
 
 # Lowest first; the units of one layer may import each other (tests/test_imports.py forbids cycles).
 LAYERS: list[set[str]] = [
-    {"deepiot", "errors", "utils", "runtime", "checks"},  # the package root (version, gym registration), helpers
+    {
+        "deepiot",
+        "errors",
+        "utils",
+        "runtime",
+        "checks",
+    },  # the package root (version, gym registration), helpers
     {"data"},
     {"models"},
     {"checkpoint"},  # rebuilds models from their config
@@ -176,5 +182,7 @@ def test_the_readme_layout_names_every_unit_in_layer_order():
     assert set(named) - units - {"__init__"} == set(), "units the README names that LAYERS does not know"
     layers = [LAYER_OF[unit] for unit in named if unit in LAYER_OF]
     assert layers == sorted(layers), f"the README lists units out of layer order: {named}"
-    on_disk = {path.stem for path in PACKAGE.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
+    on_disk = {
+        path.stem for path in PACKAGE.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()
+    }
     assert on_disk - {"__init__"} <= units, "a unit on disk that LAYERS does not place"

@@ -190,7 +190,9 @@ def test_without_a_test_split_int8_is_judged_on_training_windows_not_used_for_ca
     calibration = sample_windows(train, 64, seed=0)
     assert len(heldout) == 16
     for window in heldout.tensors[0].numpy():  # none of them was a calibration window
-        assert not np.any(np.all(np.isclose(calibration, window[None]), axis=tuple(range(1, calibration.ndim))))
+        assert not np.any(
+            np.all(np.isclose(calibration, window[None]), axis=tuple(range(1, calibration.ndim)))
+        )
     with pytest.raises(ExportError, match="all 80 training windows were drawn for calibration"):
         heldout_windows(train, None, count=80, seed=0)
 
@@ -229,7 +231,9 @@ def test_int8_holds_its_bound_on_an_emulated_avx2_cpu_without_vnni(tmp_path, cpu
     torch.manual_seed(0)
     model = LSTMClassifier(input_shape=(16, 6), hidden_size=12, num_layers=2).eval()
     inputs = torch.randn(40, 16, 6)
-    export_model(model, inputs[:1], tmp_path, manifest_extra={}, formats=["onnx"], onnx_exporter="torchscript")
+    export_model(
+        model, inputs[:1], tmp_path, manifest_extra={}, formats=["onnx"], onnx_exporter="torchscript"
+    )
     train = torch.utils.data.TensorDataset(inputs, torch.zeros(40, dtype=torch.long))
     export_int8(tmp_path, train, train, windows=32)
     native = {name: make_session(tmp_path / name).run(None, {"input": inputs[:8].numpy()})[0]

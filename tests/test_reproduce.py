@@ -198,7 +198,9 @@ def test_fold_runs_have_their_own_folders_originals_and_order(tmp_path):
         in runs[0].overrides
     )
     scratch = runs[2]
-    assert f"method.plan={runs[0].folder / 'slicing_plan.json'}" in scratch.overrides  # DeepIoT's architecture
+    assert (
+        f"method.plan={runs[0].folder / 'slicing_plan.json'}" in scratch.overrides
+    )  # DeepIoT's architecture
     assert harness.parse_folds("0-2,4") == (0, 1, 2, 4) and harness.parse_folds("") == ()
 
 
@@ -216,8 +218,14 @@ def test_a_scratch_run_takes_over_deepiots_own_training_from_scratch_bit_for_bit
     assert trained["training_reused_from"] is None
     own = load_checkpoint(run.folder / "finetune_state.pt", kind="finetune_state")
     assert own["best_state_dict"].keys() == shared["best_state_dict"].keys()
-    assert all(torch.equal(own["best_state_dict"][key], shared["best_state_dict"][key]) for key in own["best_state_dict"])
-    assert (trained["test_accuracy"], trained["val_accuracy"]) == (taken["test_accuracy"], taken["val_accuracy"])
+    assert all(
+        torch.equal(own["best_state_dict"][key], shared["best_state_dict"][key])
+        for key in own["best_state_dict"]
+    )
+    assert (trained["test_accuracy"], trained["val_accuracy"]) == (
+        taken["test_accuracy"],
+        taken["val_accuracy"],
+    )
 
 
 def test_a_scratch_run_trains_itself_when_deepiots_training_used_another_recipe_or_seed(tmp_path):
@@ -231,7 +239,9 @@ def test_a_scratch_run_trains_itself_when_deepiots_training_used_another_recipe_
     torch.save({**saved, "config": {**saved["config"], "lr": saved["config"]["lr"] * 2}}, state)
     assert harness.reuse_scratch_training(scratch, cfg) is None  # another recipe
     torch.save(saved, state)
-    cfg_seed = compose_baseline_config([*scratch.overrides, "run_seed=1", f"paths.output_dir={scratch.folder}"])
+    cfg_seed = compose_baseline_config(
+        [*scratch.overrides, "run_seed=1", f"paths.output_dir={scratch.folder}"]
+    )
     assert harness.reuse_scratch_training(scratch, cfg_seed) is None  # another initialisation seed
     assert harness.reuse_scratch_training(scratch, cfg) == grid.runs()[0].folder
     assert (scratch.folder / "finetune_state.pt").read_bytes() == state.read_bytes()
@@ -240,7 +250,10 @@ def test_a_scratch_run_trains_itself_when_deepiots_training_used_another_recipe_
 def test_a_scratch_suffixed_method_runs_the_method_with_try_scratch_in_its_own_folder(tmp_path):
     grid = tiny_grid(tmp_path, methods=("uniform+scratch", "uniform"), seeds=(0,))
     alternative, plain = sorted(grid.runs(), key=lambda run: run.method != "uniform+scratch")
-    assert alternative.folder.parent.parent.name == "uniform+scratch" and plain.folder.parent.parent.name == "uniform"
+    assert (
+        alternative.folder.parent.parent.name == "uniform+scratch"
+        and plain.folder.parent.parent.name == "uniform"
+    )
     assert "method=uniform" in alternative.overrides and "method.try_scratch=true" in alternative.overrides
     assert not any("try_scratch" in override for override in plain.overrides)
     harness.check_grid(grid)  # both compose and pass deepiot-baseline's checks
@@ -299,11 +312,18 @@ def test_cv_summary_pairs_methods_by_fold_and_tables_the_intervals():
     assert "| equal | magnitude | 3% params | 3 | 6 | 9,000 | 3.00% | 4.00% |" in table
     assert "| -2.00 [-2.00, -2.00] * | -3.00 [-3.00, -3.00] * |" in table
     assert "fold 0: 95.00%" in table
-    assert summary["deepiot"]["starts"] == {"critic": 1, "l1": 1, "scratch": 1} and summary["magnitude"]["starts"] == {}
+    assert (
+        summary["deepiot"]["starts"] == {"critic": 1, "l1": 1, "scratch": 1}
+        and summary["magnitude"]["starts"] == {}
+    )
     assert "- equal deepiot 3% params: critic 1, l1 1, scratch 1" in table
-    baseline = [cv_record("uniform+scratch", fold, 0, 0.9) for fold in range(3)]  # method.try_scratch's record
+    baseline = [
+        cv_record("uniform+scratch", fold, 0, 0.9) for fold in range(3)
+    ]  # method.try_scratch's record
     for record, chosen in zip(baseline, ("scratch", "handed_on", "scratch"), strict=True):
-        record["element_choice"] = {"scratch": {"chosen": chosen, "val_accuracy": {"handed_on": 0.8, "scratch": 0.8}}}
+        record["element_choice"] = {
+            "scratch": {"chosen": chosen, "val_accuracy": {"handed_on": 0.8, "scratch": 0.8}}
+        }
     (row,) = harness.summarise_folds(baseline, {0: 0.91, 1: 0.81, 2: 0.96})
     assert row["starts"] == {"handed_on": 1, "scratch": 2}
 
@@ -313,7 +333,10 @@ def test_cv_glance_pivots_budgets_by_method_and_counts_where_deepiot_stands():
     records = [cv_record("deepiot", fold, 0, accuracy) for fold, accuracy in deepiot.items()]
     # uniform 2 points behind on every fold (significant); scratch +1, -1, 0 (not separable); random 3 ahead
     records += [cv_record("uniform", fold, 0, accuracy - 0.02) for fold, accuracy in deepiot.items()]
-    records += [cv_record("scratch", fold, 0, deepiot[fold] + shift) for fold, shift in ((0, 0.01), (1, -0.01), (2, 0))]
+    records += [
+        cv_record("scratch", fold, 0, deepiot[fold] + shift)
+        for fold, shift in ((0, 0.01), (1, -0.01), (2, 0))
+    ]
     records += [cv_record("random", fold, 0, accuracy + 0.03) for fold, accuracy in deepiot.items()]
     summary = harness.summarise_folds(records, None)
     lines = harness.cv_glance(summary)
@@ -356,11 +379,19 @@ def test_a_grid_refuses_a_fold_original_trained_with_another_config(first_machin
 def test_the_tables_of_two_fold_protocols_of_one_task_never_overwrite_each_other(first_machine, tmp_path):
     grid, records, table = first_machine  # the data config's own folds: <results>/<task>/cv
     assert table == grid.folds_results_dir and (table / "table.md").is_file()
-    timed = Grid(**{**grid.__dict__, "results_dir": tmp_path, "overrides": (*TINY, "data.dataset.split=time_folds")})
+    timed = Grid(
+        **{**grid.__dict__, "results_dir": tmp_path, "overrides": (*TINY, "data.dataset.split=time_folds")}
+    )
     assert len(harness.aggregate(timed)) == len(records)
-    timed_table = (tmp_path / grid.task / "time_folds" / "table.md").read_text()  # named by the split it names
+    timed_table = (
+        tmp_path / grid.task / "time_folds" / "table.md"
+    ).read_text()  # named by the split it names
     assert timed_table.startswith(f"# {grid.task}: cross-validation (time folds)\n")
-    assert (table / "table.md").read_text().startswith(f"# {grid.task}: cross-validation (the data config's folds)")
+    assert (
+        (table / "table.md")
+        .read_text()
+        .startswith(f"# {grid.task}: cross-validation (the data config's folds)")
+    )
     assert (tmp_path / grid.task / "time_folds" / "originals" / "fold0.pt").is_file()
     assert not (tmp_path / grid.task / "cv").exists()
 
@@ -369,12 +400,15 @@ def test_the_table_folder_carries_each_fold_original(first_machine):
     grid, records, table = first_machine
     archived = table / "originals" / "fold0.pt"
     assert archived.read_bytes() == (grid.task_dir(0) / "original" / "train" / "model.pt").read_bytes()
-    assert load_checkpoint(archived, kind="trained_model")["metrics"]["test_accuracy"] == (
-        records[0]["original_test_accuracy"]
+    assert (
+        load_checkpoint(archived, kind="trained_model")["metrics"]["test_accuracy"]
+        == (records[0]["original_test_accuracy"])
     )
 
 
-def test_resume_from_restores_the_original_and_the_runs_and_runs_nothing_again(first_machine, tmp_path, monkeypatch):
+def test_resume_from_restores_the_original_and_the_runs_and_runs_nothing_again(
+    first_machine, tmp_path, monkeypatch
+):
     grid, records, table = first_machine
     here = second_grid(grid, tmp_path)
     assert restore_grid(here.task, here.runs_dir, table) == 2
@@ -387,7 +421,9 @@ def test_resume_from_restores_the_original_and_the_runs_and_runs_nothing_again(f
     monkeypatch.setattr(harness, "ensure_trained", lambda cfg: here.task_dir(0) / ORIGINAL_MODEL)
     again = run_grid(here)  # the restored runs count as finished for the same grid in another runs_dir
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in records]
-    assert all(f"paths.original_dir={here.task_dir(0) / 'original' / 'train'}" in r["overrides"] for r in again)
+    assert all(
+        f"paths.original_dir={here.task_dir(0) / 'original' / 'train'}" in r["overrides"] for r in again
+    )
     assert restore_grid(here.task, here.runs_dir, table) == 0  # nothing left to restore
 
 
@@ -412,7 +448,9 @@ def test_resume_from_refuses_another_original_or_a_mixed_table(first_machine, tm
     (mixed / "results.json").write_text(json.dumps(document))
     with pytest.raises(ConfigError, match="mixes originals"):
         restore_grid(grid.task, tmp_path / "elsewhere", mixed)
-    with pytest.raises(ConfigError, match="holds the 'deepsense_hapt_activity' grid, not task=lstm_hapt_activity"):
+    with pytest.raises(
+        ConfigError, match="holds the 'deepsense_hapt_activity' grid, not task=lstm_hapt_activity"
+    ):
         restore_grid("lstm_hapt_activity", tmp_path / "elsewhere", table)
     with pytest.raises(ConfigError, match="not a cross-validation table folder"):
         restore_grid(grid.task, tmp_path / "elsewhere", tmp_path)

@@ -30,9 +30,13 @@ def test_pairing_removes_the_spread_between_folds():
     method = {0: 0.81, 1: 0.91, 2: 0.97, 3: 0.86, 4: 0.89}
     difference = paired_difference(method, reference)
     assert difference.mean == pytest.approx(0.01)
-    assert difference.high - difference.low == pytest.approx(0.0, abs=1e-12)  # identical differences: no spread
+    assert difference.high - difference.low == pytest.approx(
+        0.0, abs=1e-12
+    )  # identical differences: no spread
     assert difference.significant is True
-    unpaired = mean_interval(list(method.values()))  # the same numbers unpaired: an interval wider than the gap
+    unpaired = mean_interval(
+        list(method.values())
+    )  # the same numbers unpaired: an interval wider than the gap
     assert unpaired.high - unpaired.low > 0.05
 
 

@@ -162,7 +162,9 @@ def check_method_settings(method: dict[str, Any]) -> None:
         raise ConfigError(f"config value method.normalizer={normalizer!r} is invalid: expected mean or max.")
     try_scratch = method.get("try_scratch", False)
     if not isinstance(try_scratch, bool):
-        raise ConfigError(f"config value method.try_scratch={try_scratch!r} is invalid: expected true or false.")
+        raise ConfigError(
+            f"config value method.try_scratch={try_scratch!r} is invalid: expected true or false."
+        )
     if try_scratch and name not in SCRATCH_ALTERNATIVE_METHODS:
         raise ConfigError(
             f"method.try_scratch=true applies to the methods that fine-tune the original's weights "

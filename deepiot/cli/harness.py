@@ -64,7 +64,11 @@ SUMMARY_KEYS = ("test_accuracy", "params_left", "macs_left", "model_bytes_left",
 # `<method>+scratch` (e.g. uniform+scratch): the method with method.try_scratch=true — its architecture is also
 # trained from scratch and the better on validation kept, the alternative DeepIoT gets from compress.try_scratch
 SCRATCH_SUFFIX = "+scratch"
-ALL_METHODS = (*DEEPIOT_METHODS, *METHODS, *(f"{method}{SCRATCH_SUFFIX}" for method in SCRATCH_ALTERNATIVE_METHODS))
+ALL_METHODS = (
+    *DEEPIOT_METHODS,
+    *METHODS,
+    *(f"{method}{SCRATCH_SUFFIX}" for method in SCRATCH_ALTERNATIVE_METHODS),
+)
 SCRATCH_SOURCE = (
     "deepiot"  # the harness's `scratch` runs train this method's architecture of the same run from scratch
 )
@@ -200,7 +204,9 @@ class Run:
     @property
     def folder(self) -> Path:
         grid = self.grid
-        return run_folder(grid.task_dir(self.fold), self.recipe, self.method, grid.cost, self.budget, self.seed)
+        return run_folder(
+            grid.task_dir(self.fold), self.recipe, self.method, grid.cost, self.budget, self.seed
+        )
 
     @property
     def overrides(self) -> list[str]:
@@ -581,7 +587,9 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
         json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/*/*/*/seed*/{RESULT_FILE}"))
     ]
     single = [record for record in single if record.get("fold") is None]
-    originals = [json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/original/{RESULT_FILE}"))]
+    originals = [
+        json.loads(path.read_text()) for path in sorted(task_runs.glob(f"fold*/original/{RESULT_FILE}"))
+    ]
     if single or not (folded or originals):
         original_path = task_runs / "original" / RESULT_FILE
         original = json.loads(original_path.read_text()) if original_path.is_file() else None
@@ -590,7 +598,9 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
         original_accuracy = {original["fold"]: original["test_accuracy"] for original in originals}
         summary = summarise_folds(folded, original_accuracy)
         folds_table = functools.partial(cv_table, folds_folder=grid.folds_results_dir.name)
-        write_results(grid.task, grid.folds_results_dir, folded, summary, summarise_originals(originals), folds_table)
+        write_results(
+            grid.task, grid.folds_results_dir, folded, summary, summarise_originals(originals), folds_table
+        )
         archive_originals(task_runs, grid.folds_results_dir)  # another machine can resume the grid
     return single + folded
 
@@ -688,7 +698,11 @@ def fine_tuning_starts(members: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         choice = member.get("element_choice")
         if not choice:
             continue
-        start = "scratch" if choice.get("scratch", {}).get("chosen") == "scratch" else choice.get("chosen", "handed_on")
+        start = (
+            "scratch"
+            if choice.get("scratch", {}).get("chosen") == "scratch"
+            else choice.get("chosen", "handed_on")
+        )
         starts[start] = starts.get(start, 0) + 1
     return dict(sorted(starts.items()))
 
@@ -782,7 +796,10 @@ FOLD_PROTOCOLS = {"cv": "the data config's folds"}  # the title of a fold table 
 
 
 def cv_table(
-    task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str, Any] | None, folds_folder: str = "cv"
+    task: str,
+    summary: Sequence[Mapping[str, Any]],
+    original: Mapping[str, Any] | None,
+    folds_folder: str = "cv",
 ) -> str:
     """Markdown: per method and budget the mean over folds with its 95% interval and the paired difference
     to DeepIoT; the originals' accuracy per fold. The title names the fold protocol by `folds_folder`
@@ -868,7 +885,11 @@ def cv_glance(summary: Sequence[Mapping[str, Any]]) -> list[str]:
                     # the method minus DeepIoT below 0, significantly: DeepIoT is ahead
                     tally[1 if not difference["significant"] else 0 if difference["mean"] < 0 else 2] += 1
                 texts.append(text)
-            lines.append(f"| {budget_text(budget, cost)} | " + " | ".join(texts) + f" | {tally[0]} / {tally[1]} / {tally[2]} |")
+            lines.append(
+                f"| {budget_text(budget, cost)} | "
+                + " | ".join(texts)
+                + f" | {tally[0]} / {tally[1]} / {tally[2]} |"
+            )
         lines.append("")
     return lines
 

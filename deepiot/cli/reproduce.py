@@ -92,7 +92,9 @@ def parse(arguments: list[str]) -> tuple[Grid, dict[str, Any]]:
             flags[key] = value.lower() in ("true", "1", "yes")
         elif key == "resume_from":
             if not value:
-                fail("resume_from is empty: expected a CV table folder, e.g. experiments/reproduce/<task>/cv.")
+                fail(
+                    "resume_from is empty: expected a CV table folder, e.g. experiments/reproduce/<task>/cv."
+                )
             flags["resume_from"] = Path(value)
         elif key in GRID_KEYS:
             try:

@@ -130,7 +130,9 @@ def attach_profile(
     try:
         attach_latency_model(structure, model, document)
     except ValueError as err:  # the profile lacks a layer kind of this model
-        raise BudgetError(f"{needed_by}: cost.profile={settings.profile!r} cannot price this model: {err}") from err
+        raise BudgetError(
+            f"{needed_by}: cost.profile={settings.profile!r} cannot price this model: {err}"
+        ) from err
 
 
 def cost_of(structure: Structure, cost: str, counts: Mapping[str, int]) -> float:
@@ -164,12 +166,16 @@ def budget_fractions(structure: Structure, loop_settings: Mapping[str, Any]) -> 
             check_floor_cost(structure, cost, value, min_kept, original)
             fractions[cost] = value
             continue
-        check_device_budget(structure, f"compress.{key}={value:g}", cost, value, unit, scale, original, min_kept)
+        check_device_budget(
+            structure, f"compress.{key}={value:g}", cost, value, unit, scale, original, min_kept
+        )
         fractions[cost] = value * scale / original
     return fractions
 
 
-def check_floor_cost(structure: Structure, cost: str, fraction: float, min_kept: int, original: float) -> None:
+def check_floor_cost(
+    structure: Structure, cost: str, fraction: float, min_kept: int, original: float
+) -> None:
     """BudgetError when `min_kept` elements in every group (capped at its size) cost more than `fraction`."""
     if min_kept <= 1:
         return  # one element per group below the budget: the search ends there (see budget_fractions)
@@ -184,7 +190,9 @@ def check_floor_cost(structure: Structure, cost: str, fraction: float, min_kept:
 
 def floor_cost(structure: Structure, cost: str, min_kept: int) -> float:
     """`cost` of the smallest structure the fit may leave: `min_kept` elements in every group (capped at its size)."""
-    return cost_of(structure, cost, {name: min(min_kept, size) for name, size in structure.group_sizes.items()})
+    return cost_of(
+        structure, cost, {name: min(min_kept, size) for name, size in structure.group_sizes.items()}
+    )
 
 
 def check_device_budget(

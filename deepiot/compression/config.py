@@ -176,4 +176,6 @@ def latency_profile_of(cost: Mapping[str, Any]) -> LatencyProfile:
     """The device-profile settings of a `cost` group (cost.profile, cost.runtime, cost.threads; the group's other
     keys belong to the cost model) as a LatencyProfile, its defaults where a key is absent; ConfigError names a
     bad value. The one place a profile is built from settings: the search and the baselines both call it."""
-    return config_to_dataclass(LatencyProfile, {key: cost[key] for key in PROFILE_KEYS if key in cost}, "cost")
+    return config_to_dataclass(
+        LatencyProfile, {key: cost[key] for key in PROFILE_KEYS if key in cost}, "cost"
+    )

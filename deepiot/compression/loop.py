@@ -307,7 +307,9 @@ def final_kept_set(parts: LoopParts, state: LoopState) -> dict[str, list[int]]:
         return state.kept
     # ranked element by element on the host: one copy instead of a device sync per element
     probs = {name: torch.sigmoid(logits).cpu() for name, logits in state.keep_logits.items()}
-    fitted = fit_to_budget(parts.structure, state.kept, probs, budgets if loop.fit_to_budget else {}, loop.min_kept)
+    fitted = fit_to_budget(
+        parts.structure, state.kept, probs, budgets if loop.fit_to_budget else {}, loop.min_kept
+    )
     before, after = (cost_ratios(parts.structure, kept, budgets) for kept in (state.kept, fitted))
     log.info(
         "kept set fitted to the budget%s: %s",
@@ -430,7 +432,9 @@ def scratch_alternative(
     {both}}). Resumable from `state_path`."""
     train, validation = splits
     fresh, _ = reinitialised(sliced, seed)
-    scratch = finetune(fresh, train, validation, recipe, teacher=teacher, state_path=state_path, progress=progress)
+    scratch = finetune(
+        fresh, train, validation, recipe, teacher=teacher, state_path=state_path, progress=progress
+    )
     won = scratch.best_val_accuracy > tuned.best_val_accuracy
     record = {
         "chosen": "scratch" if won else "handed_on",

@@ -33,7 +33,9 @@ class LatencyPredictor:
     """Predicted batch-1 latency (ms) of a structure for any kept counts: Σ layer models + overhead."""
 
     def __init__(self, inventory: tuple[LayerSpec, ...], latency_model: LatencyModel) -> None:
-        uncovered = [f"{spec.name} ({spec.kind})" for spec in inventory if spec.kind not in latency_model.kinds]
+        uncovered = [
+            f"{spec.name} ({spec.kind})" for spec in inventory if spec.kind not in latency_model.kinds
+        ]
         if uncovered:
             raise ValueError(
                 f"the device profile has no latency model for layer(s) {', '.join(uncovered)}: it covers "

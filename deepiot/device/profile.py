@@ -27,7 +27,11 @@ PROFILE_NAME = "device_profile.json"
 PLOT_NAME = "fit.png"
 PROFILE_FORMAT = "deepiot-device-profile/1"
 RUNTIMES = ("onnxruntime", "torch", "executorch")
-REFERENCE_ARCHITECTURES = ("lenet5", "deepsense", "lstm")  # sliced in the suite; their layer kinds are profiled
+REFERENCE_ARCHITECTURES = (
+    "lenet5",
+    "deepsense",
+    "lstm",
+)  # sliced in the suite; their layer kinds are profiled
 STATISTICS = ("median", "p10")
 # what a profile must hold to price latency: top-level objects and their keys
 PROFILE_KEYS = {"environment": ("runtime", "threads"), "latency_model": ("kinds", "overhead")}

@@ -142,7 +142,9 @@ class Structure:
         if norm is None:
             return self.weight_matrix(model, name)
         producers = [model.get_submodule(self.data.producers[i].module) for i in self.group(name).modules]
-        ones = producers[0].weight.new_ones(self.group(name).size)  # BatchNorm's defaults, on the model's device
+        ones = producers[0].weight.new_ones(
+            self.group(name).size
+        )  # BatchNorm's defaults, on the model's device
         zeros = torch.zeros_like(ones)
         variance = norm.running_var if norm.running_var is not None else ones
         mean = norm.running_mean if norm.running_mean is not None else zeros

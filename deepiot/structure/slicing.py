@@ -177,7 +177,9 @@ def check_equivalent(
     model: nn.Module, structure: Structure, sliced: nn.Module, kept: KeptIndices, tolerance: float = 1e-4
 ) -> None:
     """Raise StructureError unless `sliced` computes the hard-masked `model` on the example inputs (eval)."""
-    masks = structure.masks_from_kept(kept, structure.example_inputs[0].device)  # where the inputs (and model) are
+    masks = structure.masks_from_kept(
+        kept, structure.example_inputs[0].device
+    )  # where the inputs (and model) are
     modes = [(module, module.training) for module in [*model.modules(), *sliced.modules()]]
     try:
         model.eval()
