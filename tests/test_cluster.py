@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -216,14 +217,18 @@ def sequential_grid(tmp_path_factory):
 
 
 def test_parallel_grid_gives_the_sequential_results_and_a_killed_grid_resumes_on_submitit(
-    sequential_grid, monkeypatch
+    sequential_grid, monkeypatch, caplog
 ):
     tmp_path, original, expected = sequential_grid
     monkeypatch.setenv("PYTHONPATH", job_env()["PYTHONPATH"])  # the loky workers import this checkout
     grid = tiny_grid(tmp_path, "parallel", original)
     assert [len(wave) for wave in waves(grid)] == [1, 2, 2]  # original, deepiot runs, then scratch runs
-    records = run_grid_on(grid, "parallel", workers=2)
+    with caplog.at_level("INFO", logger="deepiot.cli.dispatch"):
+        records = run_grid_on(grid, "parallel", workers=2)
     assert len(records) == 4 and outcomes(records) == outcomes(expected)
+    ended = re.findall(r"\[(\d)/2\] (\S+): done in [\d.]+ s", caplog.text)  # a line per run as it ends
+    assert sorted(folder for _, folder in ended) == sorted(str(run.folder) for run in grid.runs())
+    assert sorted(index for index, _ in ended) == ["1", "1", "2", "2"]  # two waves of 2, counted as they end
     killed = grid.runs()[-1]  # as if the grid had been killed before its last run finished
     (killed.folder / harness.RESULT_FILE).unlink()
     assert [[job.name for job in wave] for wave in waves(grid)] == [[str(grid.task_dir(None) / "original")], [],
@@ -252,9 +257,9 @@ def test_a_run_another_process_finished_during_the_grid_is_not_run_again(
     def enter_and_finish_by_hand(self):
         submit_all = enter(self)
 
-        def submit(jobs, cwd):
+        def submit(jobs, cwd, report):
             submitted.append([job.name for job in jobs])
-            outcomes = submit_all(jobs, cwd)
+            outcomes = submit_all(jobs, cwd, report)
             result.write_bytes(finished_by_hand)  # meanwhile, another process finished the scratch run
             return outcomes
 

@@ -7,10 +7,10 @@
 
 Waves, each finished before the next starts: the originals of the folds with missing runs (one job per fold),
 then every missing run but `scratch`, then the `scratch` runs (each trains the architecture of the DeepIoT run of
-its fold, budget and seed, so that run must have finished). The driver then aggregates, exactly as `run_grid`
-does. A run is skipped when its result.json exists (written last, atomically), so a killed grid, rerun on any
-launcher, runs only what is missing; each wave checks again before it starts, so a run another process finished
-meanwhile is not run twice. A failing run does not stop the others (GridError names the failures after
+its fold, budget and seed, so that run must have finished). The driver logs each job as it ends (`[3/25] <run
+folder>: done in 812.4 s`), then aggregates, exactly as `run_grid` does. A run is skipped when its result.json
+exists (written last, atomically), so a killed grid, rerun on any launcher, runs only what is missing; each wave
+checks again before it starts, so a run another process finished meanwhile is not run twice. A failing run does not stop the others (GridError names the failures after
 aggregating); a configuration error (it would fail every run) stops the grid after the wave it occurred in.
 
 Jobs run in the driver's working folder (relative runs_dir and overrides resolve as in the driver; on several Ray
@@ -101,6 +101,21 @@ def waves(grid: Grid) -> list[list[Job]]:
     ]
 
 
+def progress_log(total: int) -> Callable[[Outcome], None]:
+    """A callback that logs each job of a wave of `total` as it ends: `[3/25] <folder>: done in 812.4 s`."""
+    ended = 0
+
+    def report(outcome: Outcome) -> None:
+        nonlocal ended
+        ended += 1
+        if outcome.ok:
+            log.info("[%d/%d] %s: done in %.1f s", ended, total, outcome.name, outcome.seconds)
+        else:
+            log.error("[%d/%d] %s: failed: %s", ended, total, outcome.name, outcome.error)
+
+    return report
+
+
 def finished_since(job: Job) -> bool:
     """Whether the job's run finished after the grid listed its waves (another process ran it meanwhile, e.g. a
     scratch run started by hand once its DeepIoT run was done): it is skipped, not run again."""
@@ -133,12 +148,10 @@ def run_grid_on(
             if not wave:
                 continue
             log.info("%s: %d job(s) on %s, %d at a time", grid.task, len(wave), launcher, workers)
-            outcomes = submit_all(wave, cwd)
+            outcomes = submit_all(wave, cwd, progress_log(len(wave)))
             for job, outcome in zip(wave, outcomes, strict=True):
                 if outcome.ok:
-                    log.info("%s: done in %.1f s", outcome.name, outcome.seconds)
                     continue
-                log.error("%s: failed: %s", outcome.name, outcome.error)
                 if job.run is None:
                     failed_folds.add(job.fold)
                 failures.append(f"{outcome.name}: {outcome.error.splitlines()[0]}")
@@ -157,11 +170,13 @@ def run_grid_on(
     return records
 
 
-Submit = Callable[[Sequence[Job], str], list[Outcome]]
+Report = Callable[[Outcome], None]
+# submit_all(jobs, cwd, report): runs the jobs, calls report(outcome) as each ends, returns the outcomes in job order
+Submit = Callable[[Sequence[Job], str, Report], list[Outcome]]
 
 
 class Executor:
-    """Context manager: a `submit_all(jobs, cwd) -> outcomes` for the launcher, and its cleanup."""
+    """Context manager: a `submit_all(jobs, cwd, report) -> outcomes` (Submit) for the launcher, and its cleanup."""
 
     def __init__(self, launcher: str, workers: int, address: str | None, grid: Grid) -> None:
         self.launcher, self.workers, self.address, self.grid = launcher, workers, address, grid
@@ -179,10 +194,13 @@ class Executor:
     def _parallel(self) -> Submit:
         from joblib import Parallel, delayed
 
-        def submit_all(jobs: Sequence[Job], cwd: str) -> list[Outcome]:
-            return list(
-                Parallel(n_jobs=self.workers, backend="loky")(delayed(work)(job, cwd) for job in jobs)
-            )
+        def submit_all(jobs: Sequence[Job], cwd: str, report: Report) -> list[Outcome]:
+            ended = {}
+            run_all = Parallel(n_jobs=self.workers, backend="loky", return_as="generator_unordered")
+            for outcome in run_all(delayed(work)(job, cwd) for job in jobs):
+                report(outcome)
+                ended[outcome.name] = outcome
+            return [ended[job.name] for job in jobs]
 
         return submit_all
 
@@ -198,7 +216,7 @@ class Executor:
             self.started_ray = True
         remote = ray.remote(num_cpus=1, max_retries=0)(work)
 
-        def submit_all(jobs: Sequence[Job], cwd: str) -> list[Outcome]:
+        def submit_all(jobs: Sequence[Job], cwd: str, report: Report) -> list[Outcome]:
             handles: dict[Any, int] = {}
             outcomes: list[Outcome | None] = [None] * len(jobs)
             queue = list(enumerate(jobs))
@@ -213,6 +231,7 @@ class Executor:
                         outcomes[index] = ray.get(handle)
                     except Exception as error:  # noqa: BLE001 - a worker that died: this job failed
                         outcomes[index] = Outcome(jobs[index].name, False, f"{type(error).__name__}: {error}")
+                    report(outcomes[index])
             return [outcome for outcome in outcomes if outcome is not None]
 
         return submit_all
@@ -222,7 +241,7 @@ class Executor:
 
         folder = Path(self.grid.runs_dir) / ".submitit" / "%j"
 
-        def submit_all(jobs: Sequence[Job], cwd: str) -> list[Outcome]:
+        def submit_all(jobs: Sequence[Job], cwd: str, report: Report) -> list[Outcome]:
             runner = submitit.LocalExecutor(folder=folder)
             runner.update_parameters(timeout_min=24 * 60)
             running: dict[Any, int] = {}
@@ -239,6 +258,7 @@ class Executor:
                         outcomes[index] = handle.result()
                     except Exception as error:  # noqa: BLE001 - the job's process failed: this job failed
                         outcomes[index] = Outcome(jobs[index].name, False, f"{type(error).__name__}: {error}")
+                    report(outcomes[index])
                 time.sleep(0.5)
             return [outcome for outcome in outcomes if outcome is not None]
 
