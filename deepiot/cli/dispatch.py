@@ -10,8 +10,9 @@ then every missing run but `scratch`, then the `scratch` runs (each trains the a
 its fold, budget and seed, so that run must have finished). The driver logs each job as it ends (`[3/25] <run
 folder>: done in 812.4 s`), then aggregates, exactly as `run_grid` does. A run is skipped when its result.json
 exists (written last, atomically), so a killed grid, rerun on any launcher, runs only what is missing; each wave
-checks again before it starts, so a run another process finished meanwhile is not run twice. A failing run does not stop the others (GridError names the failures after
-aggregating); a configuration error (it would fail every run) stops the grid after the wave it occurred in.
+checks again before it starts, so a run another process finished meanwhile is not run twice. A failing run does
+not stop the others (GridError names the failures after aggregating); a configuration error (it would fail every
+run) stops the grid after the wave it occurred in.
 
 Jobs run in the driver's working folder (relative runs_dir and overrides resolve as in the driver; on several Ray
 nodes it must be a shared path) with one torch thread, as in `run_grid`.
@@ -101,7 +102,7 @@ def waves(grid: Grid) -> list[list[Job]]:
     ]
 
 
-def progress_log(total: int) -> Callable[[Outcome], None]:
+def progress_log(total: int) -> Report:
     """A callback that logs each job of a wave of `total` as it ends: `[3/25] <folder>: done in 812.4 s`."""
     ended = 0
 
