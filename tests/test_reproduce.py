@@ -16,6 +16,7 @@ from deepiot.cli.baseline import compose_baseline_config, finetune_config, run_b
 from deepiot.cli.grid_archive import ORIGINAL_MODEL, restore_grid
 from deepiot.cli.harness import Grid, run_grid
 from deepiot.compression.state import SCRATCH_STATE_FILE
+from deepiot.device.host import cpu_description
 from deepiot.export import ExportError
 from deepiot.utils import ConfigError
 
@@ -345,6 +346,26 @@ def test_cv_glance_pivots_budgets_by_method_and_counts_where_deepiot_stands():
     assert harness.cv_glance([row for row in summary if row["method"] != "deepiot"]) == []
 
 
+def test_a_table_whose_runs_ran_on_several_cpus_names_them_per_budget():
+    records = [cv_record("deepiot", fold, 0, 0.9) | {"cpu": "Intel Xeon (AVX512)"} for fold in range(3)]
+    records += [cv_record("uniform", fold, 0, 0.9) | {"cpu": "AMD EPYC (AVX2)"} for fold in (0, 1)]
+    records += [cv_record("uniform", 2, 0, 0.9)]  # made before runs recorded their CPU
+    records += [
+        cv_record("deepiot", fold, 0, 0.9) | {"budget": 0.1, "cpu": "AMD EPYC (AVX2)"} for fold in range(3)
+    ]
+    summary = harness.summarise_folds(records, None)
+    assert {row["method"]: row["cpus"] for row in summary if row["budget"] == 0.03} == {
+        "deepiot": {"Intel Xeon (AVX512)": 3},
+        "uniform": {"AMD EPYC (AVX2)": 2, harness.UNRECORDED_CPU: 1},
+    }
+    table = harness.cv_table("task", summary, None)
+    assert "- 3% params: AMD EPYC (AVX2) 2, CPU not recorded 1, Intel Xeon (AVX512) 3" in table
+    assert "- 10% params: AMD EPYC (AVX2) 3" in table
+    one_machine = [record for record in records if record["budget"] == 0.1]
+    assert "more than one machine" not in harness.cv_table("task", harness.summarise_folds(one_machine), None)
+    assert "more than one machine" not in harness.table("task", harness.summarise(one_machine), None)
+
+
 # --- a CV grid carried to another machine: its originals archived beside its table, resume_from restores them
 # with its finished runs (deepiot.cli.grid_archive)
 
@@ -379,6 +400,7 @@ def test_a_grid_refuses_a_fold_original_trained_with_another_config(first_machin
 def test_the_tables_of_two_fold_protocols_of_one_task_never_overwrite_each_other(first_machine, tmp_path):
     grid, records, table = first_machine  # the data config's own folds: <results>/<task>/cv
     assert table == grid.folds_results_dir and (table / "table.md").is_file()
+    assert {record["cpu"] for record in records} == {cpu_description()}  # each run names where it ran
     timed = Grid(
         **{**grid.__dict__, "results_dir": tmp_path, "overrides": (*TINY, "data.dataset.split=time_folds")}
     )

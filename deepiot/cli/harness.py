@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import platform
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from deepiot.cli.train import ensure_trained, trained_original
 from deepiot.compression.budget import DEVICE_BUDGETS
 from deepiot.compression.state import SCRATCH_STATE_FILE
 from deepiot.cost.latency import measure_onnx_latency
+from deepiot.device.host import cpu_description
 from deepiot.errors import DeepIoTError
 from deepiot.export import export_model, manifest_entries
 from deepiot.finetune import read_saved_state
@@ -73,6 +75,7 @@ SCRATCH_SOURCE = (
     "deepiot"  # the harness's `scratch` runs train this method's architecture of the same run from scratch
 )
 REFERENCE_METHOD = "deepiot"  # paired differences are method − this one
+UNRECORDED_CPU = "CPU not recorded"  # runs made before result.json named its CPU
 
 # The paper's rows (docs/paper.md): parameters left (weights only) and accuracy; MNIST/CIFAR tasks are the same
 # tasks, the HAPT tasks are stand-ins for the paper's HHAR ones (other data, other original). A row whose
@@ -495,6 +498,7 @@ def execute(run: Run, original: Mapping[str, Any]) -> dict[str, Any]:
         "element_choice": report.get("element_choice"),  # DeepIoT: the weights fine-tuning started from
         "wall_time_s": report["wall_time_s"],
         "training_reused_from": str(reused) if reused else None,  # scratch: the DeepIoT run that trained it
+        "cpu": cpu_description(),  # where it ran: fp32 rounding and the latency are the machine's
     }
     atomic_write(run.folder / RESULT_FILE, lambda file: file.write(json.dumps(record, indent=2) + "\n"))
     return record
@@ -630,6 +634,7 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"recipe": recipe, "method": method, "cost": cost, "budget": budget}
         row["seeds"] = len(members)
         row["sparse"] = any(member["sparse"] for member in members)
+        row["cpus"] = cpu_counts(members)
         for key in SUMMARY_KEYS:
             values = np.array([member[key] for member in members], dtype=float)
             row[key] = float(values.mean())
@@ -668,6 +673,7 @@ def summarise_folds(
         row["folds"] = sorted({member["fold"] for member in members})
         row["seeds"] = len(members)
         row["sparse"] = any(member["sparse"] for member in members)
+        row["cpus"] = cpu_counts(members)
         row["params"] = float(np.mean([member["params"] for member in members]))
         for key in SUMMARY_KEYS:
             fold_values = list(per_fold(members, key).values())
@@ -687,6 +693,28 @@ def summarise_folds(
         )
         rows.append(row)
     return rows
+
+
+def cpu_counts(members: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many of a row's runs ran on each CPU (`deepiot.device.host.cpu_description`; runs recorded before
+    2026-12-08 carry none and count as UNRECORDED_CPU)."""
+    return dict(sorted(Counter(member.get("cpu") or UNRECORDED_CPU for member in members).items()))
+
+
+def machine_lines(summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines naming the CPUs a table's runs ran on, per budget, when there is more than one (fp32
+    rounding and the latency are each run's machine's); [] when every run ran on one CPU."""
+    if len({cpu for row in summary for cpu in row.get("cpus", {})}) < 2:
+        return []
+    per_budget: dict[tuple, Counter] = {}
+    for row in summary:
+        per_budget.setdefault((row["cost"], row["budget"]), Counter()).update(row.get("cpus", {}))
+    lines = ["", "Runs made on more than one machine (runs per CPU; accuracy can move with the CPU's fp32 rounding, "
+             "and each run's latency is its own machine's):", ""]  # fmt: skip
+    for (cost, budget), counts in sorted(per_budget.items()):
+        machines = ", ".join(f"{cpu} {count}" for cpu, count in sorted(counts.items()))
+        lines.append(f"- {budget_text(budget, cost)}: {machines}")
+    return lines
 
 
 def fine_tuning_starts(members: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -770,6 +798,7 @@ def table(task: str, summary: Sequence[Mapping[str, Any]], original: Mapping[str
             "Unstructured rows count nonzero parameters of a model of the original shape: they need sparse storage "
             "and run at the original's dense MACs and latency (no smaller dense model exists).",
         ]
+    lines += machine_lines(summary)
     return "\n".join(lines) + "\n"
 
 
@@ -846,6 +875,7 @@ def cv_table(
             + ", ".join(f"{start} {count}" for start, count in row["starts"].items())
             for row in starts
         ]
+    lines += machine_lines(summary)
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,8 @@
 `profile_device` (CLI `deepiot-profile`) times single layers and sliced reference models (warm-up, repeats,
 medians) and fits `LatencyModel`, an interpretable piecewise-linear model per layer kind (FastDeepIoT's
 form); `attach_latency_model` + the registered cost `latency` let the search price structures by it.
-`ort_profile.py` times a suite folder on a device with only numpy + onnxruntime.
+`ort_profile.py` times a suite folder on a device with only numpy + onnxruntime. `host.py` names the CPU a
+run was made on (its result records it, and tables that mix machines say so).
 """
 
 from __future__ import annotations
