@@ -16,6 +16,7 @@ from deepiot.cli.baseline import compose_baseline_config, finetune_config, run_b
 from deepiot.cli.grid_archive import ORIGINAL_MODEL, restore_grid
 from deepiot.cli.harness import Grid, run_grid
 from deepiot.compression.state import SCRATCH_STATE_FILE
+from deepiot.device import host
 from deepiot.device.host import cpu_description
 from deepiot.export import ExportError
 from deepiot.utils import ConfigError
@@ -344,6 +345,18 @@ def test_cv_glance_pivots_budgets_by_method_and_counts_where_deepiot_stands():
     assert "| budget | deepiot | random | scratch | uniform | ahead / even / behind |" in lines
     assert "| 3% params | 88.33 | 91.33 (+3.00*) | 88.33 (+0.00) | 86.33 (-2.00*) | 1 / 1 / 1 |" in lines
     assert harness.cv_glance([row for row in summary if row["method"] != "deepiot"]) == []
+
+
+def test_the_cpu_description_names_the_model_and_torchs_kernel_level(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  7B13 64-Core Processor\n"
+    )
+    monkeypatch.setattr(host, "CPUINFO", cpuinfo)
+    level = torch.backends.cpu.get_cpu_capability()
+    assert host.cpu_description() == f"AMD EPYC 7B13 64-Core Processor ({level})"
+    monkeypatch.setattr(host, "CPUINFO", tmp_path / "absent")  # not Linux: platform's name
+    assert host.cpu_description().endswith(f" ({level})") and len(host.cpu_description()) > len(level) + 3
 
 
 def test_a_table_whose_runs_ran_on_several_cpus_names_them_per_budget():

@@ -697,7 +697,7 @@ def summarise_folds(
 
 def cpu_counts(members: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """How many of a row's runs ran on each CPU (`deepiot.device.host.cpu_description`; runs recorded before
-    2026-12-08 carry none and count as UNRECORDED_CPU)."""
+    the field, 2026-12-07, carry none and count as UNRECORDED_CPU)."""
     return dict(sorted(Counter(member.get("cpu") or UNRECORDED_CPU for member in members).items()))
 
 
