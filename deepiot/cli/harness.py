@@ -710,7 +710,8 @@ def machine_lines(summary: Sequence[Mapping[str, Any]]) -> list[str]:
     for row in summary:
         per_budget.setdefault((row["cost"], row["budget"]), Counter()).update(row.get("cpus", {}))
     lines = ["", "Runs made on more than one machine (runs per CPU; accuracy can move with the CPU's fp32 rounding, "
-             "and each run's latency is its own machine's):", ""]  # fmt: skip
+             "and a run's latency is its own machine's unless the grid measured them again on one host, "
+             "`latency_host`):", ""]  # fmt: skip
     for (cost, budget), counts in sorted(per_budget.items()):
         machines = ", ".join(f"{cpu} {count}" for cpu, count in sorted(counts.items()))
         lines.append(f"- {budget_text(budget, cost)}: {machines}")
